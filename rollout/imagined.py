@@ -1,0 +1,339 @@
+"""Imagination: a frozen World Expert as a simulator.
+
+Two views of the same thing:
+
+* `ImaginationEngine` — the batched engine the GRPO trainer uses: B starts × G samples imagined as one batch
+  of N = B·G rows per chunk, without gradients, returning `Trajectories` with the on-policy log-probs of every
+  chunk.
+* `ImaginedVectorEnv` / `ImaginedEnv` — the standard `gymnasium` interfaces over the same World Expert, so any
+  RL code that speaks gymnasium can train in imagination. An action is a whole chunk [H, A].
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode, VectorEnv
+
+from wlarl.types import ActionSample, Observation, RewardOutput, Trajectories, WorldPrediction
+
+__all__ = ["ImaginationEngine", "ImaginedVectorEnv", "ImaginedEnv", "freeze_snapshot", "starts_to_observation"]
+
+# Characters an instruction may contain (gymnasium's Text space checks every character against a charset).
+INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " .,;:!?'\"-_()/&+"
+MAX_INSTRUCTION_LENGTH = 256
+
+
+def freeze_snapshot(policy: torch.nn.Module) -> torch.nn.Module:
+    """A frozen deep copy of `policy`: eval mode, no gradients. Serves as simulator and KL reference."""
+    import copy
+
+    snapshot = copy.deepcopy(policy)
+    snapshot.eval()
+    for p in snapshot.parameters():
+        p.requires_grad_(False)
+    return snapshot
+
+
+def starts_to_observation(starts: Sequence[dict[str, Any]]) -> Observation:
+    """Stack start-state dicts (image uint8 [H,W,3], state [S], instruction, task_name) into an Observation [B]."""
+    if len(starts) == 0:
+        raise ValueError("starts_to_observation: got no start states")
+    images = torch.stack([torch.as_tensor(np.asarray(s["image"], dtype=np.uint8)) for s in starts])
+    states = torch.stack([torch.as_tensor(np.asarray(s["state"], dtype=np.float32)) for s in starts])
+    return Observation(
+        images=images,
+        states=states,
+        instructions=[str(s["instruction"]) for s in starts],
+        task_names=[str(s["task_name"]) for s in starts],
+    )
+
+
+class ImaginationEngine:
+    """Batched on-policy imagination over a frozen World Expert.
+
+    Args:
+        world: the frozen WLA snapshot whose World Expert predicts the next observation (see `freeze_snapshot`).
+        horizon: T, the number of chunks of an imagined episode.
+        success_threshold: an episode terminates (successfully) once sigmoid(success logit) ≥ this value.
+        decode_images: decode predicted latents into subgoal images (reward models score those).
+    """
+
+    def __init__(self, world: torch.nn.Module, horizon: int = 8, success_threshold: float = 0.5, decode_images=True):
+        if horizon < 1:
+            raise ValueError(f"ImaginationEngine: horizon must be ≥ 1 chunk, got {horizon}")
+        if not 0.0 < success_threshold < 1.0:
+            raise ValueError(f"ImaginationEngine: success_threshold must lie in (0, 1), got {success_threshold}")
+        self.world = world
+        self.horizon = horizon
+        self.success_threshold = success_threshold
+        self.decode_images = decode_images
+
+    @torch.no_grad()
+    def rollout(
+        self,
+        policy: torch.nn.Module,
+        starts: Observation,
+        group_size: int = 1,
+        temperature: float = 1.0,
+        horizon: int | None = None,
+        sample: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Trajectories:
+        """Imagine G episodes from each of B starts.
+
+        Args:
+            policy: the acting WLA policy (`act(obs, sample, temperature, generator=...)`).
+            starts: Observation [B].
+            group_size: G samples per start; rows are ordered b*G + g.
+            temperature: sampling temperature of the policy.
+            horizon: T (defaults to the engine's).
+
+        Returns:
+            Trajectories with N = B·G rows and T chunks. Rows keep being imagined after they terminate (so that
+            every tensor is dense), but `alive` [N, T] marks the chunks that count.
+        """
+        T = horizon or self.horizon
+        obs = starts.repeat_interleave(group_size)  # [N]
+        N = len(obs)
+        alive = torch.ones(N, dtype=torch.bool)
+        success = torch.zeros(N, dtype=torch.bool)
+        observations: list[Observation] = []
+        samples: list[ActionSample] = []
+        preds: list[WorldPrediction] = []
+        alive_t: list[torch.Tensor] = []
+        for _t in range(T):
+            act_kwargs = {"sample": sample, "temperature": temperature}
+            if generator is not None:
+                act_kwargs["generator"] = generator
+            action = policy.act(obs, **act_kwargs).detach()
+            pred = self.world.imagine(obs, action.actions, decode=self.decode_images)
+            observations.append(obs)
+            samples.append(action)
+            preds.append(pred)
+            alive_t.append(alive.clone())
+            succeeded_now = torch.sigmoid(pred.success_logits.float().cpu()) >= self.success_threshold  # [N]
+            success |= alive & succeeded_now
+            alive = alive & ~succeeded_now
+            obs = self.world.next_observation(obs, pred)
+        if self.decode_images:
+            subgoal_images = torch.stack([p.images.cpu() for p in preds], dim=1)  # [N, T, H, W, 3]
+        else:
+            subgoal_images = torch.zeros((N, T, *starts.images.shape[1:]), dtype=torch.uint8)
+        return Trajectories(
+            observations=observations,
+            samples=samples,
+            subgoal_images=subgoal_images,
+            subgoal_latents=torch.stack([p.latents.cpu() for p in preds], dim=1),  # [N, T, C, h, w]
+            states=torch.stack([p.states.cpu() for p in preds], dim=1),  # [N, T, S]
+            success_logits=torch.stack([p.success_logits.cpu() for p in preds], dim=1),  # [N, T]
+            alive=torch.stack(alive_t, dim=1),  # [N, T]
+            success=success,
+            instructions=list(obs.instructions),
+            task_names=list(obs.task_names),
+            group_size=group_size,
+        )
+
+
+def _single_step_trajectories(obs: Observation, actions: torch.Tensor, pred: WorldPrediction) -> Trajectories:
+    """Wrap one imagined chunk as Trajectories with T = 1 (for per-step rewards in the gymnasium view)."""
+    N = len(obs)
+    empty = torch.zeros((N, 0))
+    sample = ActionSample(
+        actions=actions,
+        log_prob=torch.zeros(N),
+        log_prob_terms=torch.zeros_like(actions),
+        subtask_ids=empty.long(),
+        subtask_mask=empty.bool(),
+        subtask_log_probs=empty,
+        subtask_text=[""] * N,
+    )
+    return Trajectories(
+        observations=[obs],
+        samples=[sample],
+        subgoal_images=pred.images[:, None] if pred.images is not None else torch.zeros((N, 1, *obs.images.shape[1:]), dtype=torch.uint8),
+        subgoal_latents=pred.latents[:, None],
+        states=pred.states[:, None],
+        success_logits=pred.success_logits[:, None],
+        alive=torch.ones((N, 1), dtype=torch.bool),
+        success=torch.sigmoid(pred.success_logits) >= 0.5,
+        instructions=list(obs.instructions),
+        task_names=list(obs.task_names),
+        group_size=1,
+    )
+
+
+class ImaginedVectorEnv(VectorEnv):
+    """`gymnasium.vector.VectorEnv` whose dynamics are a frozen WLA World Expert.
+
+    Observations are dicts with ``image`` uint8 [N, H, W, 3], ``state`` float32 [N, S] and ``instruction`` (a tuple
+    of N strings), like the real simulators. An action is an action chunk [N, H, A]. Rewards come from
+    `reward_scorer` (a `rewards.RewardScorer` or any callable Trajectories → RewardOutput | [N] tensor) applied to
+    the single predicted chunk; without one, the reward is the predicted success probability. Episodes terminate
+    on predicted success and are truncated after `horizon` chunks. Autoreset follows gymnasium's NEXT_STEP mode.
+
+    Args:
+        world: frozen WLA snapshot.
+        start_states: list of start dicts (image, state, instruction, task_name[, seed]), e.g. from
+            `wlarl.data.start_states`; `reset(options={"observations": Observation})` hands starts in instead.
+        num_envs: N.
+        horizon: T chunks before truncation.
+        success_threshold: success probability that ends an episode.
+        reward_scorer: optional reward functions.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": ["rgb_array"]}
+
+    def __init__(
+        self,
+        world: torch.nn.Module,
+        start_states: Sequence[dict[str, Any]],
+        num_envs: int = 1,
+        horizon: int = 8,
+        success_threshold: float = 0.5,
+        reward_scorer: Callable[..., Any] | None = None,
+        render_mode: str | None = None,
+    ):
+        if len(start_states) == 0:
+            raise ValueError("ImaginedVectorEnv: start_states is empty; give at least one start dict")
+        if horizon < 1:
+            raise ValueError(f"ImaginedVectorEnv: horizon must be ≥ 1, got {horizon}")
+        self.world = world
+        self.start_states = list(start_states)
+        self.num_envs = num_envs
+        self.horizon = horizon
+        self.success_threshold = success_threshold
+        self.reward_scorer = reward_scorer
+        self.render_mode = render_mode
+        cfg = getattr(world, "config", None)
+        chunk = int(getattr(cfg, "chunk_size", 8))
+        action_dim = int(getattr(cfg, "action_dim", 4))
+        first = self.start_states[0]
+        image_shape = tuple(np.asarray(first["image"]).shape)
+        state_dim = int(np.asarray(first["state"]).shape[0])
+        self.single_observation_space = gym.spaces.Dict(
+            {
+                "image": gym.spaces.Box(0, 255, image_shape, dtype=np.uint8),
+                "state": gym.spaces.Box(-np.inf, np.inf, (state_dim,), dtype=np.float32),
+                "instruction": gym.spaces.Text(MAX_INSTRUCTION_LENGTH, min_length=0, charset=INSTRUCTION_CHARSET),
+            }
+        )
+        self.single_action_space = gym.spaces.Box(-1.0, 1.0, (chunk, action_dim), dtype=np.float32)
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
+        self._obs: Observation | None = None
+        self._t = np.zeros(num_envs, dtype=np.int64)
+        self._needs_reset = np.zeros(num_envs, dtype=bool)
+        self._last_images: np.ndarray | None = None
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+    def _draw_starts(self, n: int) -> Observation:
+        idx = self.np_random.integers(0, len(self.start_states), size=n)
+        return starts_to_observation([self.start_states[i] for i in idx])
+
+    def _to_numpy_obs(self, obs: Observation) -> dict[str, Any]:
+        return {
+            "image": obs.images.cpu().numpy().astype(np.uint8),
+            "state": obs.states.cpu().numpy().astype(np.float32),
+            "instruction": tuple(s[:MAX_INSTRUCTION_LENGTH] for s in obs.instructions),
+        }
+
+    def _rewards(self, obs: Observation, actions: torch.Tensor, pred: WorldPrediction) -> np.ndarray:
+        if self.reward_scorer is None:
+            return torch.sigmoid(pred.success_logits.float()).cpu().numpy()
+        out = self.reward_scorer(_single_step_trajectories(obs, actions, pred))
+        if isinstance(out, RewardOutput):
+            out = out.weighted_sum()
+        return np.asarray(torch.as_tensor(out, dtype=torch.float32).cpu().numpy(), dtype=np.float64)
+
+    # -- gymnasium API ---------------------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        handed_in = (options or {}).get("observations")
+        if handed_in is not None:
+            if not isinstance(handed_in, Observation) or len(handed_in) != self.num_envs:
+                raise ValueError(
+                    f"ImaginedVectorEnv.reset: options['observations'] must be an Observation with {self.num_envs} rows"
+                )
+            self._obs = handed_in
+        else:
+            self._obs = self._draw_starts(self.num_envs)
+        self._t[:] = 0
+        self._needs_reset[:] = False
+        self._last_images = self._obs.images.cpu().numpy()
+        return self._to_numpy_obs(self._obs), {}
+
+    @torch.no_grad()
+    def step(self, actions):
+        if self._obs is None:
+            raise RuntimeError("ImaginedVectorEnv.step called before reset()")
+        actions = torch.as_tensor(np.asarray(actions, dtype=np.float32))
+        expected = (self.num_envs, *self.single_action_space.shape)
+        if tuple(actions.shape) != expected:
+            raise ValueError(f"ImaginedVectorEnv.step: actions must have shape {expected} [N, H, A], got {tuple(actions.shape)}")
+        pred = self.world.imagine(self._obs, actions, decode=True)
+        rewards = self._rewards(self._obs, actions, pred)
+        success_prob = torch.sigmoid(pred.success_logits.float()).cpu().numpy()
+        next_obs = self.world.next_observation(self._obs, pred)
+        self._t += 1
+        terminated = success_prob >= self.success_threshold
+        truncated = (self._t >= self.horizon) & ~terminated
+        # NEXT_STEP autoreset: rows that finished at the previous step restart now; their action is ignored.
+        resetting = self._needs_reset.copy()
+        if resetting.any():
+            fresh = self._draw_starts(int(resetting.sum()))
+            rows = np.flatnonzero(resetting)
+            keep = [i for i in range(self.num_envs) if not resetting[i]]
+            merged = Observation.cat([next_obs.index(keep), fresh]) if keep else fresh
+            order = np.argsort(np.concatenate([np.asarray(keep, dtype=np.int64), rows]))
+            next_obs = merged.index(torch.as_tensor(order))  # fresh rows carry no latents: all are re-encoded
+            rewards[rows] = 0.0
+            terminated[rows] = False
+            truncated[rows] = False
+            self._t[rows] = 0
+        self._needs_reset = terminated | truncated
+        self._obs = next_obs
+        info = {"success_prob": success_prob, "success": terminated.copy(), "latents": pred.latents.cpu().numpy()}
+        return self._to_numpy_obs(next_obs), rewards.astype(np.float64), terminated, truncated, info
+
+    def render(self):
+        if self._obs is None:
+            return None
+        return self._obs.images.cpu().numpy()
+
+
+class ImaginedEnv(gym.Env):
+    """Single-env view of `ImaginedVectorEnv` (N = 1); passes `gymnasium.utils.env_checker.check_env`."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, world: torch.nn.Module, start_states: Sequence[dict[str, Any]], horizon: int = 8, **kwargs):
+        self._vec = ImaginedVectorEnv(world, start_states, num_envs=1, horizon=horizon, **kwargs)
+        self.observation_space = self._vec.single_observation_space
+        self.action_space = self._vec.single_action_space
+        self.render_mode = kwargs.get("render_mode")
+
+    @staticmethod
+    def _unbatch(obs: dict[str, Any]) -> dict[str, Any]:
+        return {"image": obs["image"][0], "state": obs["state"][0], "instruction": obs["instruction"][0]}
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        obs, info = self._vec.reset(seed=seed, options=options)
+        return self._unbatch(obs), info
+
+    def step(self, action):
+        # A terminated single env must be reset by its user; do not let the vector autoreset leak through.
+        self._vec._needs_reset[:] = False
+        obs, r, term, trunc, info = self._vec.step(np.asarray(action, dtype=np.float32)[None])
+        single_info = {"success_prob": float(info["success_prob"][0]), "success": bool(info["success"][0])}
+        return self._unbatch(obs), float(r[0]), bool(term[0]), bool(trunc[0]), single_info
+
+    def render(self):
+        frames = self._vec.render()
+        return None if frames is None else frames[0]

@@ -1,0 +1,443 @@
+"""GRPO inside the policy's own World Expert, on `transformers.Trainer` (built the way TRL's GRPOTrainer is).
+
+One training step reads top to bottom in `_prepare_inputs` and `compute_loss`:
+
+    starts → imagine (B·G rows, frozen World Expert) → score (reward functions) → advantages → update → log
+
+The train dataset is a list of start states. `wlarl` never imports `rollout` or `rewards`: the recipe hands
+the trainer an imagination engine (`rollout.imagined.ImaginationEngine`) and a reward scorer
+(`rewards.RewardScorer`), both plain objects with one method each.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+from transformers import Trainer, TrainerCallback
+
+from wlarl.algorithms import grpo
+from wlarl.configs import GRPOWorldConfig
+from wlarl.types import ActionSample, Observation, RewardOutput, Trajectories
+
+
+class ImaginationEngineLike(Protocol):
+    """What the trainer needs from an imagination engine (see `rollout.imagined.ImaginationEngine`)."""
+
+    world: torch.nn.Module
+
+    def rollout(
+        self, policy: torch.nn.Module, starts: Observation, group_size: int, temperature: float, horizon: int
+    ) -> Trajectories: ...
+
+
+RewardScorerLike = Callable[..., RewardOutput]
+
+
+def collate_starts(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Start-state dicts → a batch dict (images uint8 [B,H,W,3], states [B,S], instructions, task_names, seeds)."""
+    return {
+        "images": torch.stack([torch.as_tensor(np.asarray(it["image"], dtype=np.uint8)) for it in items]),
+        "states": torch.stack([torch.as_tensor(np.asarray(it["state"], dtype=np.float32)) for it in items]),
+        "instructions": [str(it["instruction"]) for it in items],
+        "task_names": [str(it["task_name"]) for it in items],
+        "seeds": torch.as_tensor([int(it.get("seed", -1)) for it in items], dtype=torch.long),
+    }
+
+
+def batch_to_observation(batch: dict[str, Any]) -> Observation:
+    return Observation(
+        images=batch["images"].cpu(),
+        states=batch["states"].cpu().float(),
+        instructions=list(batch["instructions"]),
+        task_names=list(batch["task_names"]),
+    )
+
+
+class MetricsJsonlCallback(TrainerCallback):
+    """Appends every log (one JSON object per logged step) to `output_dir/metrics.jsonl` on the main process."""
+
+    def __init__(self, output_dir: str):
+        self.path = os.path.join(output_dir, "metrics.jsonl")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        row = {"step": state.global_step}
+        for k, v in logs.items():
+            if isinstance(v, torch.Tensor):
+                v = v.item()
+            if isinstance(v, float) and not math.isfinite(v):
+                v = None
+            row[k] = v
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+class GRPOWorldTrainer(Trainer):
+    """GRPO for a WLA policy, imagining with a frozen snapshot of its own World Expert.
+
+    Args:
+        model: the WLA policy being trained (a `WLAPolicy`).
+        args: `GRPOWorldConfig`.
+        train_dataset: start states, a sequence of dicts (image, state, instruction, task_name, seed) — e.g.
+            `wlarl.data.start_states(dataset)`.
+        imagination: an engine with `rollout(policy, starts, group_size, temperature, horizon) -> Trajectories`
+            and a `.world` attribute: the frozen snapshot, also the KL reference.
+        reward_scorer: callable `(trajectories, trainer_state=...) -> RewardOutput`.
+        world_aux_dataset: optional SFT windows of real episodes for the `world_aux_coef` loss.
+        world_aux_collate: collate function for `world_aux_dataset`.
+        processing_class: the policy's processor, saved with every checkpoint.
+        callbacks: extra `TrainerCallback`s (real evaluation, verification, …).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        args: GRPOWorldConfig,
+        train_dataset: Sequence[dict[str, Any]],
+        imagination: ImaginationEngineLike,
+        reward_scorer: RewardScorerLike,
+        world_aux_dataset: Any | None = None,
+        world_aux_collate: Callable | None = None,
+        processing_class: Any | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+    ):
+        if not isinstance(args, GRPOWorldConfig):
+            raise TypeError(f"GRPOWorldTrainer: args must be a GRPOWorldConfig, got {type(args).__name__}")
+        if len(train_dataset) == 0:
+            raise ValueError("GRPOWorldTrainer: train_dataset (start states) is empty")
+        if args.world_aux_coef > 0 and world_aux_dataset is None:
+            raise ValueError("GRPOWorldTrainer: world_aux_coef > 0 needs world_aux_dataset (SFT windows of real episodes)")
+        # The image tokenizer stays fixed during GRPO: imagined latents from the frozen snapshot must keep
+        # meaning the same thing to the policy.
+        tokenizer_module = getattr(model, "image_tokenizer", None)
+        if tokenizer_module is not None:
+            for p in tokenizer_module.parameters():
+                p.requires_grad_(False)
+        callbacks = [MetricsJsonlCallback(args.output_dir), *(callbacks or [])]
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            data_collator=collate_starts,
+            processing_class=processing_class,
+            callbacks=callbacks,
+        )
+        self.imagination = imagination
+        self.reward_scorer = reward_scorer
+        self.world_aux_dataset = world_aux_dataset
+        self.world_aux_collate = world_aux_collate
+        self._world_aux_iter = None
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._buffered_inputs: dict[str, Any] | None = None
+        self._step = 0
+        # Masks imagined successes that verification does not trust (set by the verification callback).
+        self.success_filter: Callable[[Trajectories], torch.Tensor] | None = None
+        for cb in self.callback_handler.callbacks:
+            if hasattr(cb, "bind"):
+                cb.bind(self)
+
+    # ------------------------------------------------------------------------------------------ data
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = ["image", "state", "instruction", "task_name", "seed"]
+
+    def get_train_dataloader(self) -> DataLoader:
+        """B = `num_starts` start states per process and step, drawn with replacement (seeded per rank)."""
+        gen = torch.Generator().manual_seed(self.args.seed + 1000 * self.args.process_index)
+        total = self.args.num_starts * max(self.args.max_steps, 1) * self.args.num_iterations
+        sampler = RandomSampler(self.train_dataset, replacement=True, num_samples=total, generator=gen)
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self.args.num_starts,
+            sampler=sampler,
+            collate_fn=collate_starts,
+            drop_last=True,
+            num_workers=0,
+        )
+
+    def _sample_starts(self, n: int) -> dict[str, Any]:
+        """n extra start states (dynamic-sampling refills), seeded by step and rank."""
+        gen = torch.Generator().manual_seed(self.args.seed + 7919 * (self.state.global_step + 1) + self.args.process_index)
+        idx = torch.randint(len(self.train_dataset), (n,), generator=gen).tolist()
+        return collate_starts([self.train_dataset[i] for i in idx])
+
+    # ------------------------------------------------------------------------------------------ rollout
+    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Imagine, score and compute advantages once every `num_iterations` steps; reuse the buffer between."""
+        if not self.model.training:
+            return self._generate_and_score(inputs)
+        if self._step % self.args.num_iterations == 0 or self._buffered_inputs is None:
+            self._buffered_inputs = self._generate_and_score(inputs)
+        return self._buffered_inputs
+
+    def _imagine(self, starts: Observation) -> Trajectories:
+        policy = self.accelerator.unwrap_model(self.model)
+        was_training = policy.training
+        policy.eval()
+        try:
+            traj = self.imagination.rollout(
+                policy, starts, group_size=self.args.num_generations, temperature=self.args.temperature,
+                horizon=self.args.horizon,
+            )
+        finally:
+            policy.train(was_training)
+        return traj
+
+    def _score(self, traj: Trajectories) -> RewardOutput:
+        out = self.reward_scorer(traj, trainer_state=self.state)
+        if not isinstance(out, RewardOutput):
+            raise TypeError(f"reward_scorer must return a RewardOutput, got {type(out).__name__}")
+        return out
+
+    @torch.no_grad()
+    def _generate_and_score(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        G, B = self.args.num_generations, self.args.num_starts
+        t0 = time.perf_counter()
+        # --- imagine (with dynamic sampling: keep groups with success rate in [lo, hi], refill by oversampling)
+        kept: list[tuple[Trajectories, RewardOutput, torch.Tensor]] = []
+        n_kept, n_seen, rounds = 0, 0, 0
+        t_imagine = t_reward = 0.0
+        batch = inputs
+        fallback = None
+        while True:
+            ta = time.perf_counter()
+            traj = self._imagine(batch_to_observation(batch))
+            tb = time.perf_counter()
+            rewards = self._score(traj)
+            t_imagine += tb - ta
+            t_reward += time.perf_counter() - tb
+            success = traj.success.clone()
+            if self.success_filter is not None:
+                success &= self.success_filter(traj).bool()
+            if fallback is None:
+                fallback = (traj, rewards, success)
+            if not self.args.dynamic_sampling:
+                kept.append((traj, rewards, success))
+                n_kept = B
+                break
+            lo, hi = self.args.dynamic_sampling_range
+            keep = grpo.dynamic_sampling_mask(success, G, lo, hi)  # [B'] bool
+            n_seen += keep.numel()
+            if keep.any():
+                rows = torch.nonzero(keep.repeat_interleave(G)).squeeze(1)
+                take = rows[: (B - n_kept) * G]
+                kept.append((self._index_traj(traj, take), self._index_rewards(rewards, take), success[take]))
+                n_kept += take.numel() // G
+            rounds += 1
+            if n_kept >= B or rounds >= self.args.max_resample_rounds:
+                break
+            batch = self._sample_starts(B)
+        if n_kept == 0:  # no group carried signal: train on the first round (its advantages are all zero)
+            kept = [fallback]
+        traj = self._cat_traj([k[0] for k in kept])
+        rewards = RewardOutput(
+            per_function=torch.cat([k[1].per_function for k in kept]), names=kept[0][1].names, weights=kept[0][1].weights
+        )
+        success = torch.cat([k[2] for k in kept])
+        N, T = traj.num_rows, traj.horizon
+
+        # --- advantages: per-trajectory reward → group advantage, broadcast to every chunk that counts
+        total = grpo.aggregate_rewards(rewards.per_function, rewards.weights, self.args.multi_objective_aggregation, G)  # [N]
+        advantages = grpo.group_advantages(total, G, self.args.scale_rewards)  # [N]
+        mask = traj.alive.clone()  # [N, T]
+        if self.args.mask_truncated_completions:
+            mask = grpo.mask_truncated(mask, success)
+
+        # --- log-probs of the sampling policy (old) and of the frozen reference
+        old_logp = torch.stack([s.log_prob for s in traj.samples], dim=1)  # [N, T]
+        old_sub = torch.stack([(s.subtask_log_probs * s.subtask_mask).sum(-1) for s in traj.samples], dim=1)  # [N, T]
+        ref_logp = None
+        if self.args.beta > 0:
+            ref = self._flat_log_prob(self.imagination.world, traj)
+            ref_logp = ref["action"].view(T, N).T  # [N, T]
+
+        # --- metrics
+        m = self._metrics
+        m["rollout/imagined_success"].append(traj.success.float().mean().item())
+        m["rollout/counted_success"].append(success.float().mean().item())
+        m["rollout/episode_length"].append(traj.lengths.float().mean().item())
+        m["rollout/action_abs_mean"].append(traj.actions.abs().mean().item())
+        m["reward/total"].append(total.mean().item())
+        m["reward/total_std"].append(total.std().item() if N > 1 else 0.0)
+        for f, name in enumerate(rewards.names):
+            col = rewards.per_function[:, f]
+            valid = col[~torch.isnan(col)]
+            m[f"reward/{name}"].append(valid.mean().item() if valid.numel() else float("nan"))
+        m["rollout/kept_groups"].append(float(traj.num_rows // G))
+        if self.args.dynamic_sampling:
+            m["rollout/groups_seen"].append(float(n_seen))
+            m["rollout/resample_rounds"].append(float(rounds))
+        m["time/imagine"].append(t_imagine)
+        m["time/rewards"].append(t_reward)
+        m["time/rollout_total"].append(time.perf_counter() - t0)
+        m["time/imagined_env_steps_per_s"].append(
+            float(N * T * traj.samples[0].actions.shape[1]) / max(t_imagine, 1e-9)
+        )
+        self._maybe_log_images(traj, rewards)
+        return {
+            "trajectories": traj,
+            "advantages": advantages,
+            "mask": mask,
+            "success": success,
+            "old_logp": old_logp,
+            "old_subtask_logp": old_sub,
+            "ref_logp": ref_logp,
+        }
+
+    # ------------------------------------------------------------------------------------------ loss
+    def _flat_log_prob(self, model: torch.nn.Module, traj: Trajectories) -> dict[str, torch.Tensor]:
+        """Log-probs of every (observation, sample) pair of `traj`, flattened chunk-major to [T·N]."""
+        obs = Observation.cat(traj.observations)  # [T·N]
+        sample = ActionSample.cat(traj.samples)  # [T·N]
+        return model(obs=obs, sample=sample, temperature=self.args.temperature)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        traj: Trajectories = inputs["trajectories"]
+        N, T = traj.num_rows, traj.horizon
+        t0 = time.perf_counter()
+        out = self._flat_log_prob(model, traj)
+        logp = out["action"].view(T, N).T  # [N, T]
+        mask = inputs["mask"]
+        adv_NT = grpo.broadcast_advantages(inputs["advantages"], mask)  # [N, T]
+        new_lp, old_lp, tok_mask, tok_adv = logp, inputs["old_logp"], mask, adv_NT
+        if self.args.subtask_coef > 0:
+            # Subtask tokens are extra "tokens" of the same trajectory, with the same advantage.
+            sub = out["subtask"].view(T, N).T  # [N, T]
+            new_lp = torch.cat([logp, self.args.subtask_coef * sub], dim=1)  # [N, 2T]
+            old_lp = torch.cat([inputs["old_logp"], self.args.subtask_coef * inputs["old_subtask_logp"]], dim=1)
+            tok_mask = torch.cat([mask, mask], dim=1)
+            tok_adv = torch.cat([adv_NT, adv_NT], dim=1)
+        loss, stats = grpo.policy_loss(
+            new_lp, old_lp.detach(), tok_adv, tok_mask, loss_type=self.args.loss_type,
+            epsilon_low=self.args.epsilon, epsilon_high=self.args.epsilon_high,
+        )
+        m = self._metrics
+        m["loss/policy"].append(loss.item())
+        for k, v in stats.items():
+            m[f"policy/{k}"].append(float(v))
+        if self.args.beta > 0:
+            kl = grpo.kl_k3(logp, inputs["ref_logp"])  # [N, T]
+            kl_mean = (kl * mask).sum() / mask.sum().clamp(min=1)
+            loss = loss + self.args.beta * kl_mean
+            m["loss/kl"].append(kl_mean.item())
+        if self.args.nll_coef > 0:
+            nll = grpo.nll_anchor_loss(logp, mask, inputs["success"])
+            loss = loss + self.args.nll_coef * nll
+            m["loss/nll"].append(nll.item())
+        if self.args.world_aux_coef > 0:
+            world = self._world_aux_loss(model)
+            loss = loss + self.args.world_aux_coef * world
+            m["loss/world_aux"].append(world.item())
+        m["time/update_forward"].append(time.perf_counter() - t0)
+        return loss
+
+    def _world_aux_loss(self, model) -> torch.Tensor:
+        """World-modelling losses on a batch of real SFT windows, so the World Expert keeps modelling reality."""
+        if self._world_aux_iter is None:
+            self._world_aux_iter = self._cycle_world_aux()
+        batch = next(self._world_aux_iter)
+        losses = model(sft_batch=batch)
+        return sum(v for k, v in losses.items() if k.startswith("loss/world"))
+
+    def _cycle_world_aux(self):
+        gen = torch.Generator().manual_seed(self.args.seed + 31 * self.args.process_index)
+        while True:
+            loader = DataLoader(
+                self.world_aux_dataset, batch_size=self.args.world_aux_batch_size, shuffle=True, generator=gen,
+                collate_fn=self.world_aux_collate, drop_last=False,
+            )
+            yield from loader
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        t0 = time.perf_counter()
+        out = super().training_step(model, inputs, num_items_in_batch)
+        self._step += 1
+        self._metrics["time/step"].append(time.perf_counter() - t0)
+        return out
+
+    # ------------------------------------------------------------------------------------------ logging
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        for key, vals in self._metrics.items():
+            valid = [v for v in vals if not math.isnan(v)]
+            logs[key] = sum(valid) / len(valid) if valid else None
+        self._metrics.clear()
+        super().log(logs, start_time)
+
+    def _maybe_log_images(self, traj: Trajectories, rewards: RewardOutput) -> None:
+        every = self.args.log_image_steps
+        if not every or self.state.global_step % every != 0 or not self.accelerator.is_main_process:
+            return
+        rows = list(range(0, traj.num_rows, traj.group_size))[:4]  # the first sample of up to 4 groups
+        first = traj.observations[0].images[rows]  # [R, H, W, 3]
+        strip = torch.cat([first[:, None], traj.subgoal_images[rows]], dim=1)  # [R, 1+T, H, W, 3]
+        R, T1, Hp, Wp, _ = strip.shape
+        grid = strip.permute(0, 2, 1, 3, 4).reshape(R * Hp, T1 * Wp, 3).numpy()  # rows: starts; columns: chunks
+        path = os.path.join(self.args.output_dir, "imagined", f"step_{self.state.global_step:06d}.png")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        import imageio.v3 as iio
+
+        iio.imwrite(path, grid)
+        report_to = self.args.report_to or []
+        if "wandb" in report_to:
+            import wandb
+
+            if wandb.run is not None:
+                caption = " | ".join(f"{traj.task_names[r]}: {'✓' if traj.success[r] else '✗'}" for r in rows)
+                wandb.log({"rollout/imagined_strip": wandb.Image(grid, caption=caption)}, commit=False)
+        if "tensorboard" in report_to:
+            for cb in self.callback_handler.callbacks:
+                tb = getattr(cb, "tb_writer", None)
+                if tb is not None:
+                    tb.add_image("rollout/imagined_strip", grid, self.state.global_step, dataformats="HWC")
+
+    # ------------------------------------------------------------------------------------------ helpers
+    @staticmethod
+    def _index_traj(traj: Trajectories, rows: torch.Tensor) -> Trajectories:
+        r = rows.tolist()
+        return Trajectories(
+            observations=[o.index(rows) for o in traj.observations],
+            samples=[s.index(rows) for s in traj.samples],
+            subgoal_images=traj.subgoal_images[rows],
+            subgoal_latents=traj.subgoal_latents[rows],
+            states=traj.states[rows],
+            success_logits=traj.success_logits[rows],
+            alive=traj.alive[rows],
+            success=traj.success[rows],
+            instructions=[traj.instructions[i] for i in r],
+            task_names=[traj.task_names[i] for i in r],
+            group_size=traj.group_size,
+        )
+
+    @staticmethod
+    def _index_rewards(rewards: RewardOutput, rows: torch.Tensor) -> RewardOutput:
+        return RewardOutput(per_function=rewards.per_function[rows], names=rewards.names, weights=rewards.weights)
+
+    @staticmethod
+    def _cat_traj(items: list[Trajectories]) -> Trajectories:
+        if len(items) == 1:
+            return items[0]
+        T = items[0].horizon
+        return Trajectories(
+            observations=[Observation.cat([it.observations[t] for it in items]) for t in range(T)],
+            samples=[ActionSample.cat([it.samples[t] for it in items]) for t in range(T)],
+            subgoal_images=torch.cat([it.subgoal_images for it in items]),
+            subgoal_latents=torch.cat([it.subgoal_latents for it in items]),
+            states=torch.cat([it.states for it in items]),
+            success_logits=torch.cat([it.success_logits for it in items]),
+            alive=torch.cat([it.alive for it in items]),
+            success=torch.cat([it.success for it in items]),
+            instructions=[s for it in items for s in it.instructions],
+            task_names=[s for it in items for s in it.task_names],
+            group_size=items[0].group_size,
+        )

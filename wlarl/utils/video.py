@@ -1,0 +1,108 @@
+"""Writing rollout videos: mp4 when an ffmpeg back-end is installed, animated GIF otherwise.
+
+Frames are uint8 [T, H, W, 3] everywhere. `side_by_side` builds the real | imagined strips used by
+verification.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def mp4_available() -> bool:
+    """True when imageio can encode mp4 (imageio-ffmpeg or PyAV installed, or an ffmpeg binary on PATH)."""
+    return any(importlib.util.find_spec(m) is not None for m in ("imageio_ffmpeg", "av")) or bool(
+        shutil.which("ffmpeg")
+    )
+
+
+def _as_frames(frames: Any) -> np.ndarray:
+    arr = np.asarray(frames.cpu() if hasattr(frames, "cpu") else frames)
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"video frames: expected uint8 [T, H, W, 3], got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        raise TypeError(f"video frames: expected dtype uint8 [T, H, W, 3], got {arr.dtype}")
+    if arr.shape[0] == 0:
+        raise ValueError("video frames: expected at least one frame, got T = 0")
+    return np.ascontiguousarray(arr)
+
+
+def write_video(frames: Any, path: str | Path, fps: int = 10, fmt: str = "auto") -> Path:
+    """Write frames to `path`; the suffix is replaced by the format actually written.
+
+    Args:
+        frames: uint8 [T, H, W, 3] (numpy array or tensor).
+        path: destination; parent folders are created.
+        fps: frames per second.
+        fmt: "mp4", "gif" or "auto" (mp4 when an encoder is available, else gif).
+
+    Returns:
+        The path written (with suffix .mp4 or .gif).
+    """
+    import imageio.v3 as iio
+
+    arr = _as_frames(frames)
+    if fmt == "auto":
+        fmt = "mp4" if mp4_available() else "gif"
+    if fmt not in ("mp4", "gif"):
+        raise ValueError(f"write_video: fmt must be 'mp4', 'gif' or 'auto', got {fmt!r}")
+    out = Path(path).with_suffix(f".{fmt}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "mp4":
+        # Most H.264 encoders need even sizes: pad by one pixel row/column when odd.
+        pad_h, pad_w = arr.shape[1] % 2, arr.shape[2] % 2
+        if pad_h or pad_w:
+            arr = np.pad(arr, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        iio.imwrite(out, arr, fps=fps)
+    else:
+        iio.imwrite(out, arr, extension=".gif", duration=int(1000 / max(fps, 1)), loop=0)
+    return out
+
+
+def side_by_side(*videos: Any, gap: int = 2, gap_value: int = 255) -> np.ndarray:
+    """Concatenate videos horizontally (e.g. real | imagined), padding shorter ones by repeating their last frame.
+
+    Args:
+        *videos: each uint8 [T_i, H, W_i, 3] with the same H.
+        gap: width in pixels of the separator column between videos.
+        gap_value: grey level of the separator.
+
+    Returns:
+        uint8 [max T_i, H, Σ W_i + gap·(n-1), 3].
+    """
+    if not videos:
+        raise ValueError("side_by_side: expected at least one video")
+    arrs = [_as_frames(v) for v in videos]
+    heights = {a.shape[1] for a in arrs}
+    if len(heights) != 1:
+        raise ValueError(f"side_by_side: expected videos of equal height, got heights {sorted(heights)}")
+    t_max = max(a.shape[0] for a in arrs)
+    padded = [
+        np.concatenate([a, np.repeat(a[-1:], t_max - a.shape[0], axis=0)]) if a.shape[0] < t_max else a for a in arrs
+    ]
+    parts: list[np.ndarray] = []
+    for i, a in enumerate(padded):
+        if i and gap:
+            parts.append(np.full((t_max, a.shape[1], gap, 3), gap_value, dtype=np.uint8))
+        parts.append(a)
+    return np.concatenate(parts, axis=2)  # [T, H, ΣW + gaps, 3]
+
+
+def frame_strip(frames: Any, max_frames: int = 16) -> np.ndarray:
+    """A single image of up to `max_frames` evenly spaced frames side by side (for loggers without video).
+
+    Args:
+        frames: uint8 [T, H, W, 3].
+        max_frames: most frames kept.
+
+    Returns:
+        uint8 [H, K·W, 3] with K = min(T, max_frames).
+    """
+    arr = _as_frames(frames)
+    idx = np.unique(np.linspace(0, arr.shape[0] - 1, num=min(arr.shape[0], max_frames)).round().astype(int))
+    return np.concatenate(list(arr[idx]), axis=1)

@@ -1,0 +1,38 @@
+"""wlarl rewards: reward functions and reward models scored on (predicted) trajectories.
+
+See `rewards.base` for the contract and docs/rewards.md for writing your own.
+"""
+
+from rewards.base import (
+    BUILTIN_REWARDS,
+    SUBTASK_JOIN,
+    RewardFunctionError,
+    RewardLoadError,
+    RewardScorer,
+    build_reward_funcs,
+    build_reward_scorer,
+    predicted_success,
+    resolve_reward_func,
+    reward_factory,
+    text_format,
+    trajectory_reward_kwargs,
+    trajectory_success,
+    validate_rewards,
+)
+
+__all__ = [
+    "BUILTIN_REWARDS",
+    "SUBTASK_JOIN",
+    "RewardFunctionError",
+    "RewardLoadError",
+    "RewardScorer",
+    "build_reward_funcs",
+    "build_reward_scorer",
+    "predicted_success",
+    "resolve_reward_func",
+    "reward_factory",
+    "text_format",
+    "trajectory_reward_kwargs",
+    "trajectory_success",
+    "validate_rewards",
+]

@@ -1,0 +1,181 @@
+"""GRPO post-training of a WLA policy inside its own frozen World Expert.
+
+Launch (zero-config: the default preset, end to end on a CPU):
+
+    accelerate launch recipes/grpo_world.py
+
+With a preset, two CPU processes and overrides:
+
+    accelerate launch --config_file recipes/configs/accelerate_configs/cpu_2proc.yaml recipes/grpo_world.py \
+        --config recipes/configs/debug.yaml --output_dir runs/debug --max_steps 4 \
+        --reward_funcs subgoal_success shaping --reward_weights 1.0 0.1
+
+When no `policy_path` is configured, the recipe first builds one with the same preset — collect demonstrations
+→ SFT → success reward model — caches it under `$WLARL_CACHE` (default `~/.cache/wlarl`) and reuses it on the
+next launch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+if not torch.cuda.is_available():
+    # Multi-process launches on a CPU only join a gloo process group when accelerate is told to use the CPU.
+    os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+
+from accelerate import PartialState  # noqa: E402
+
+from rewards import build_reward_funcs  # noqa: E402
+from rollout.imagined import ImaginationEngine, freeze_snapshot  # noqa: E402
+from wlarl.cli import load_section, parse_config, resolve_preset, save_config  # noqa: E402
+from wlarl.configs import GRPOWorldConfig  # noqa: E402
+from wlarl.data import SFTWindows, collate_windows, load_episodes, start_states  # noqa: E402
+from wlarl.models.wla import WLAPolicy, WLAProcessor  # noqa: E402
+from wlarl.trainer import GRPOWorldTrainer  # noqa: E402
+
+logger = logging.getLogger("wlarl.grpo_world")
+RECIPES = Path(__file__).resolve().parent
+
+
+def _run_stage(args: list[str], log_path: Path) -> None:
+    """Run one recipe as a subprocess; its output goes to the log and the terminal; failure stops the launch."""
+    cmd = [sys.executable, *args]
+    logger.info("bootstrap: %s", " ".join(cmd))
+    env = dict(os.environ)
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)  # the stages are single-process programs
+    with open(log_path, "a") as log:
+        proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = "".join(open(log_path).readlines()[-30:])
+        raise RuntimeError(f"bootstrap stage failed ({' '.join(args[:1])}, exit {proc.returncode}); log {log_path}:\n{tail}")
+
+
+def _find_checkpoint(root: Path) -> Path:
+    for candidate in (root / "final", root):
+        if (candidate / "config.json").is_file() and any(candidate.glob("*.safetensors")):
+            return candidate
+    raise FileNotFoundError(f"no saved model (config.json + *.safetensors) under {root}")
+
+
+def bootstrap(preset: str) -> dict[str, str]:
+    """Collect demos → SFT → reward model with `preset`, cached by the preset's content. Returns the paths."""
+    preset_path = resolve_preset(preset)
+    sections = {s: load_section(preset, s) for s in ("collect_demos", "sft_wla", "train_reward")}
+    key = hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:12]
+    cache_root = Path(os.environ.get("WLARL_CACHE", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wlarl"))
+    root = cache_root / "bootstrap" / f"{preset_path.stem}-{key}"
+    done = root / "paths.json"
+    if done.is_file():
+        paths = json.loads(done.read_text())
+        logger.info("bootstrap: reusing the cached policy, reward model and dataset in %s", root)
+        return paths
+    logger.info("bootstrap: no policy_path configured; building one with preset %s into %s", preset_path, root)
+    tmp = root.with_name(root.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    log = tmp / "bootstrap.log"
+    cfg_arg = ["--config", str(preset_path)]
+    _run_stage([str(RECIPES / "collect_demos.py"), *cfg_arg, "--output_dir", str(tmp / "data")], log)
+    _run_stage(
+        [str(RECIPES / "sft_wla.py"), *cfg_arg, "--dataset_path", str(tmp / "data"), "--output_dir", str(tmp / "policy")],
+        log,
+    )
+    policy_dir = _find_checkpoint(tmp / "policy")
+    _run_stage(
+        [
+            str(RECIPES / "train_reward.py"), *cfg_arg, "--dataset_path", str(tmp / "data"),
+            "--policy_path", str(policy_dir), "--output_dir", str(tmp / "reward"),
+        ],
+        log,
+    )
+    reward_dir = _find_checkpoint(tmp / "reward")
+    rel = {
+        "policy_path": str(policy_dir.relative_to(tmp)),
+        "reward_model_path": str(reward_dir.relative_to(tmp)),
+        "dataset_path": "data",
+    }
+    shutil.rmtree(root, ignore_errors=True)
+    os.replace(tmp, root)  # the cache entry appears whole or not at all
+    paths = {k: str(root / v) for k, v in rel.items()}
+    done.write_text(json.dumps(paths, indent=2))
+    logger.info("bootstrap: done; cached in %s", root)
+    return paths
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    preset_given = "--config" in sys.argv
+    cfg = parse_config(GRPOWorldConfig, "grpo_world", default_preset="default")
+    preset = sys.argv[sys.argv.index("--config") + 1] if preset_given else "default"
+    state = PartialState()
+
+    # --- policy, reward model and start states: given, or bootstrapped once (main process first) ----------------
+    if cfg.policy_path is None:
+        with state.main_process_first():
+            paths = bootstrap(preset)
+        cfg.policy_path = paths["policy_path"]
+        cfg.reward_model_path = cfg.reward_model_path or paths["reward_model_path"]
+        cfg.dataset_path = cfg.dataset_path or paths["dataset_path"]
+    if cfg.dataset_path is None:
+        raise ValueError("grpo_world: set --dataset_path (episodes whose first frames are the start states)")
+    if state.is_main_process:
+        save_config(cfg, cfg.output_dir)
+
+    policy = WLAPolicy.from_pretrained(cfg.policy_path)
+    processor = WLAProcessor.from_pretrained(cfg.policy_path)
+    episodes = load_episodes(cfg.dataset_path)
+    starts = start_states(episodes)
+    if cfg.tasks:
+        starts = [s for s in starts if s["task_name"] in set(cfg.tasks)]
+        if not starts:
+            raise ValueError(f"grpo_world: the dataset {cfg.dataset_path} has no episodes of tasks {cfg.tasks}")
+    logger.info("start states: %d from %s", len(starts), cfg.dataset_path)
+
+    # --- the frozen World Expert (simulator + KL reference) and the reward functions ---------------------------
+    snapshot = freeze_snapshot(policy)
+    engine = ImaginationEngine(snapshot, horizon=cfg.horizon, success_threshold=cfg.success_threshold)
+    scorer = build_reward_funcs(
+        cfg.reward_funcs, cfg.reward_weights,
+        reward_model_path=cfg.reward_model_path, dataset_path=cfg.dataset_path, policy=snapshot,
+    )
+    world_aux = SFTWindows(episodes, horizon=policy.config.chunk_size) if cfg.world_aux_coef > 0 else None
+
+    # --- real-simulator evaluation and verification callbacks --------------------------------------------------
+    callbacks = []
+    try:
+        from rollout.verify import build_callbacks  # noqa: PLC0415
+    except ImportError as err:  # the evaluation loop is optional only when the simulator extra is missing
+        logger.warning("real-simulator evaluation disabled: %s", err)
+    else:
+        callbacks = build_callbacks(cfg, engine=engine, scorer=scorer, episodes=episodes)
+
+    trainer = GRPOWorldTrainer(
+        model=policy,
+        args=cfg,
+        train_dataset=starts,
+        imagination=engine,
+        reward_scorer=scorer,
+        world_aux_dataset=world_aux,
+        world_aux_collate=collate_windows,
+        processing_class=processor,
+        callbacks=callbacks,
+    )
+    trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
+    trainer.save_model(os.path.join(cfg.output_dir, "final"))
+    if state.is_main_process:
+        logger.info("done: final policy in %s, metrics in %s", os.path.join(cfg.output_dir, "final"),
+                    os.path.join(cfg.output_dir, "metrics.jsonl"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Pure tensor math for RL post-training (see `grpo`)."""
+
+from wlarl.algorithms.grpo import (
+    AGGREGATIONS,
+    IMPORTANCE_SAMPLING_LEVELS,
+    LOSS_TYPES,
+    SCALE_REWARDS,
+    aggregate_rewards,
+    broadcast_advantages,
+    compute_advantages,
+    dynamic_sampling_mask,
+    group_advantages,
+    group_row_indices,
+    kl_k3,
+    mask_truncated,
+    nanstd,
+    nll_anchor_loss,
+    policy_loss,
+    reduce_token_loss,
+    refill_groups,
+    truncated_at_horizon,
+)
+
+__all__ = [
+    "AGGREGATIONS",
+    "IMPORTANCE_SAMPLING_LEVELS",
+    "LOSS_TYPES",
+    "SCALE_REWARDS",
+    "aggregate_rewards",
+    "broadcast_advantages",
+    "compute_advantages",
+    "dynamic_sampling_mask",
+    "group_advantages",
+    "group_row_indices",
+    "kl_k3",
+    "mask_truncated",
+    "nanstd",
+    "nll_anchor_loss",
+    "policy_loss",
+    "reduce_token_loss",
+    "refill_groups",
+    "truncated_at_horizon",
+]

@@ -1,0 +1,666 @@
+"""Policy rollouts in a real simulator: parallel, seeded, fault tolerant; episodes in the dataset schema.
+
+`rollout_policy` runs a policy (a `WLAPolicy`, or any callable ``Observation -> [N, H, A]``) for
+`episodes_per_task` episodes of every task:
+
+- **Seeds.** Episode e of every task is reset with ``seed = base_seed + e`` (or ``seeds[e]`` when a list is
+  given), so the same start states are evaluated at every call and checkpoints compare pairwise.
+- **Action chunks.** The policy is queried on all running episodes at once (one batched call of N rows);
+  each of the H actions of a chunk is clipped to the action space and executed open-loop, then the policy
+  re-plans. An episode ends at the first success (``info["success"]``, when `stop_on_success`), when the env
+  terminates or truncates, or after `max_episode_steps` steps.
+- **Workers.** `num_workers` processes, each owning one env per task (created lazily). Each request to a
+  worker is one reset or one whole chunk, so there is one round trip per chunk. ``num_workers=0`` runs in
+  the calling process (debugging).
+- **Faults.** A worker that dies (crash, ``os._exit``, killed) or stops answering for `worker_timeout_s` is
+  reported in `RealRolloutResult.worker_failures`; the episode it was running is **re-run from its seed on
+  a surviving worker** (at most `max_retries` times) and reported as lost once retries are exhausted or no
+  worker survives. An env that raises a Python exception is handled the same way (the worker survives, its
+  env for that task is rebuilt). The whole call never takes longer than `timeout_s` (plus the time to stop
+  workers): then every unfinished episode is reported as lost and `timed_out` is set.
+
+Episodes come back as dicts of per-step lists in the schema of `docs/internals.md` (``noise_mode =
+"policy"``, a final ``is_last`` row), ready for `wlarl.data.write_episodes`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing as mp
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import wait as mp_wait
+from typing import Any
+
+import numpy as np
+
+from wlarl.utils.stats import success_summary
+
+EnvFn = Callable[..., Any]
+PolicyLike = Any  # a WLAPolicy (has .act) or a callable Observation -> [N, H, A]
+
+
+# ----------------------------------------------------------------------------------------------- results
+@dataclass
+class EpisodeOutcome:
+    """Summary of one finished episode."""
+
+    task: str
+    episode: int
+    seed: int
+    success: bool
+    length: int
+    worker: int
+    attempts: int
+
+
+@dataclass
+class RealRolloutResult:
+    """What `rollout_policy` returns.
+
+    Attributes:
+        outcomes: one `EpisodeOutcome` per finished episode, ordered by (task, episode).
+        episodes: per finished episode a dict of per-step lists in the dataset schema (empty when
+            `keep_episodes=False`), same order as `outcomes`.
+        videos: ``"<task>_ep<e>"`` → uint8 [T+1, H, W, 3] frames of the first `record_video` episodes per task.
+        lost: episodes that did not finish: dicts with task, episode, seed and reason.
+        worker_failures: one message per worker death, hang or env exception.
+        timed_out: True when `timeout_s` ran out before every episode finished.
+        tasks: the tasks asked for (in order).
+        chunk_size: H of the policy's action chunks (0 when no chunk was executed).
+        env_steps: env steps executed in finished and unfinished episodes.
+        wall_s: duration of the call.
+    """
+
+    outcomes: list[EpisodeOutcome]
+    episodes: list[dict[str, list]]
+    videos: dict[str, np.ndarray]
+    lost: list[dict[str, Any]]
+    worker_failures: list[str]
+    timed_out: bool
+    tasks: list[str]
+    chunk_size: int
+    env_steps: int
+    wall_s: float
+
+    @property
+    def success_by_task(self) -> dict[str, list[bool]]:
+        """task → [E_task] successes of its finished episodes (ordered by episode index)."""
+        out: dict[str, list[bool]] = {t: [] for t in self.tasks}
+        for o in self.outcomes:
+            out.setdefault(o.task, []).append(o.success)
+        return out
+
+    @property
+    def success(self) -> np.ndarray:
+        """bool [E] success of every finished episode, in `outcomes` order."""
+        return np.array([o.success for o in self.outcomes], dtype=bool)
+
+    @property
+    def episode_lengths(self) -> np.ndarray:
+        """int [E] env steps of every finished episode."""
+        return np.array([o.length for o in self.outcomes], dtype=np.int64)
+
+    def summary(self) -> dict[str, Any]:
+        """Mean success (pooled over finished episodes) with its 95 % Wilson interval, and the same per task."""
+        per_task = {t: success_summary(s) for t, s in self.success_by_task.items()}
+        pooled = success_summary(self.success)
+        lengths = self.episode_lengths
+        return {
+            "success": pooled["success"],
+            "ci_low": pooled["ci_low"],
+            "ci_high": pooled["ci_high"],
+            "episodes": pooled["n"],
+            "per_task": per_task,
+            "episode_length": float(lengths.mean()) if lengths.size else float("nan"),
+            "lost": len(self.lost),
+            "worker_failures": len(self.worker_failures),
+            "timed_out": self.timed_out,
+            "wall_s": self.wall_s,
+        }
+
+    def metrics(self, prefix: str = "eval") -> dict[str, float]:
+        """Flat metrics: ``{prefix}/real_success`` (+ ``_ci_low``/``_ci_high``), ``{prefix}/<task>/success``, …"""
+        s = self.summary()
+        m = {
+            f"{prefix}/real_success": s["success"],
+            f"{prefix}/real_success_ci_low": s["ci_low"],
+            f"{prefix}/real_success_ci_high": s["ci_high"],
+            f"{prefix}/episode_length": s["episode_length"],
+            f"{prefix}/episodes": float(s["episodes"]),
+            f"{prefix}/lost_episodes": float(s["lost"]),
+            f"{prefix}/worker_failures": float(s["worker_failures"]),
+            f"{prefix}/timed_out": float(s["timed_out"]),
+            f"{prefix}/wall_s": s["wall_s"],
+            f"{prefix}/env_steps_per_s": self.env_steps / max(self.wall_s, 1e-9),
+        }
+        for task, ts in s["per_task"].items():
+            m[f"{prefix}/{task}/success"] = ts["success"]
+            m[f"{prefix}/{task}/success_ci_low"] = ts["ci_low"]
+            m[f"{prefix}/{task}/success_ci_high"] = ts["ci_high"]
+        return m
+
+
+# ----------------------------------------------------------------------------------------------- workers
+def _resolve_env_fn(env_fn: EnvFn | str | None) -> EnvFn:
+    if env_fn is None:
+        env_fn = "rollout.sims:make_env"
+    if isinstance(env_fn, str):
+        module, _, attr = env_fn.partition(":")
+        if not attr:
+            raise ValueError(f"env_fn {env_fn!r}: expected 'package.module:callable'")
+        return getattr(importlib.import_module(module), attr)
+    if not callable(env_fn):
+        raise TypeError(f"env_fn: expected a callable task -> gymnasium.Env or 'module:callable', got {env_fn!r}")
+    return env_fn
+
+
+def _pack_obs(obs: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(obs, dict) or "image" not in obs or "state" not in obs:
+        got = sorted(obs) if isinstance(obs, dict) else type(obs).__name__
+        raise ValueError(f"real env observation: expected a dict with 'image', 'state', 'instruction', got {got}")
+    image = np.asarray(obs["image"])
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"real env observation 'image': expected uint8 [H, W, 3], got {image.dtype} {image.shape}")
+    full = obs.get("full_state", info.get("full_state"))
+    return {
+        "image": image.copy(),
+        "state": np.asarray(obs["state"], dtype=np.float32).copy(),
+        "full_state": np.asarray(full, dtype=np.float32).copy() if full is not None else np.zeros(0, np.float32),
+        "instruction": str(obs.get("instruction", "")),
+    }
+
+
+class _EnvRunner:
+    """Executes reset/chunk requests on envs (one per task); lives in a worker process or in-process."""
+
+    def __init__(
+        self,
+        env_fn: EnvFn | str | None,
+        env_kwargs: dict[str, Any],
+        max_episode_steps: int | None,
+        stop_on_success: bool,
+    ):
+        self.env_fn = _resolve_env_fn(env_fn)
+        self.env_kwargs = env_kwargs
+        self.max_episode_steps = max_episode_steps
+        self.stop_on_success = stop_on_success
+        self.envs: dict[str, Any] = {}
+        self.env = None
+        self.obs: dict[str, Any] | None = None
+        self.steps = 0
+        self.limit = 0
+
+    def reset(self, task: str, seed: int) -> dict[str, Any]:
+        if task not in self.envs:
+            self.envs[task] = self.env_fn(task, **self.env_kwargs)
+        self.env = self.envs[task]
+        obs, info = self.env.reset(seed=int(seed))
+        self.obs = _pack_obs(obs, info)
+        self.steps = 0
+        spec_limit = getattr(getattr(self.env, "spec", None), "max_episode_steps", None)
+        self.limit = int(self.max_episode_steps or spec_limit or 500)
+        space = self.env.action_space
+        return {"obs": self.obs, "low": np.asarray(space.low, np.float32), "high": np.asarray(space.high, np.float32)}
+
+    def chunk(self, actions: np.ndarray) -> dict[str, Any]:
+        """Execute up to H actions [H, A]; returns the steps taken, the new observation and whether it ended."""
+        space = self.env.action_space
+        steps, done, success = [], False, False
+        for a in actions:
+            a = np.clip(np.asarray(a, dtype=np.float32), space.low, space.high)
+            obs, reward, terminated, truncated, info = self.env.step(a)
+            self.steps += 1
+            success = bool(info.get("success", False))
+            steps.append({**self.obs, "action": a, "reward": float(reward), "success": success})
+            self.obs = _pack_obs(obs, info)
+            done = bool(terminated or truncated) or self.steps >= self.limit or (self.stop_on_success and success)
+            if done:
+                break
+        return {"steps": steps, "obs": self.obs, "done": done}
+
+    def handle(self, cmd: str, payload: Any) -> Any:
+        if cmd == "reset":
+            return self.reset(*payload)
+        if cmd == "chunk":
+            return self.chunk(payload)
+        raise ValueError(f"real env worker: unknown command {cmd!r}")
+
+    def drop_env(self, task: str) -> None:
+        env = self.envs.pop(task, None)
+        if env is not None:
+            try:
+                env.close()
+            except Exception:  # noqa: BLE001 - a broken env may fail to close; it is discarded anyway
+                pass
+
+    def close(self) -> None:
+        for task in list(self.envs):
+            self.drop_env(task)
+
+
+def _worker_main(
+    conn, env_fn, env_kwargs, max_episode_steps, stop_on_success
+) -> None:  # pragma: no cover - subprocess
+    runner = None
+    task = None
+    try:
+        runner = _EnvRunner(env_fn, env_kwargs, max_episode_steps, stop_on_success)
+        while True:
+            cmd, payload = conn.recv()
+            if cmd == "close":
+                break
+            if cmd == "reset":
+                task = payload[0]
+            try:
+                conn.send(("ok", runner.handle(cmd, payload)))
+            except Exception:  # noqa: BLE001 - reported to the parent, which re-runs the episode elsewhere
+                if task is not None:
+                    runner.drop_env(task)
+                conn.send(("error", traceback.format_exc()))
+    except (EOFError, KeyboardInterrupt, BrokenPipeError):
+        pass
+    finally:
+        if runner is not None:
+            runner.close()
+        conn.close()
+
+
+class _Worker:
+    """Parent-side handle of one env runner (a process, or in-process when `proc` is None)."""
+
+    def __init__(self, index: int, ctx, env_fn, env_kwargs, max_episode_steps, stop_on_success, in_process: bool):
+        self.index = index
+        self.alive = True
+        self.job: dict[str, Any] | None = None  # the episode being run
+        self.waiting_since: float | None = None  # time of the outstanding request
+        self._local_reply: tuple[str, Any] | None = None
+        if in_process:
+            self.proc = None
+            self.conn = None
+            self.runner = _EnvRunner(env_fn, env_kwargs, max_episode_steps, stop_on_success)
+        else:
+            self.runner = None
+            self.conn, child = ctx.Pipe()
+            self.proc = ctx.Process(
+                target=_worker_main,
+                args=(child, env_fn, env_kwargs, max_episode_steps, stop_on_success),
+                name=f"wlarl-real-env-{index}",
+                daemon=True,
+            )
+            self.proc.start()
+            child.close()
+
+    def send(self, cmd: str, payload: Any) -> None:
+        self.waiting_since = time.monotonic()
+        if self.proc is None:
+            try:
+                self._local_reply = ("ok", self.runner.handle(cmd, payload))
+            except Exception:  # noqa: BLE001 - same contract as a worker process
+                if self.job is not None:
+                    self.runner.drop_env(self.job["task"])
+                self._local_reply = ("error", traceback.format_exc())
+            return
+        self.conn.send((cmd, payload))
+
+    def kill(self) -> None:
+        self.alive = False
+        if self.proc is not None:
+            if self.proc.is_alive():
+                self.proc.kill()
+            self.proc.join(timeout=5)
+            self.conn.close()
+
+    def close(self) -> None:
+        if self.proc is None:
+            self.runner.close()
+            return
+        if self.alive and self.proc.is_alive():
+            try:
+                self.conn.send(("close", None))
+            except (BrokenPipeError, OSError):
+                pass
+            self.proc.join(timeout=5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(timeout=5)
+        self.conn.close()
+
+
+# ----------------------------------------------------------------------------------------------- policy
+def _policy_actions(
+    policy: PolicyLike, obs_rows: list[dict[str, Any]], tasks: list[str]
+) -> tuple[np.ndarray, list[str]]:
+    """Query the policy on N rows: returns actions float32 [N, H, A] and N subtask strings."""
+    import torch
+
+    from wlarl.types import Observation
+
+    obs = Observation(
+        images=torch.from_numpy(np.stack([o["image"] for o in obs_rows])),  # [N, H, W, 3]
+        states=torch.from_numpy(np.stack([o["state"] for o in obs_rows])),  # [N, S]
+        instructions=[o["instruction"] for o in obs_rows],
+        task_names=list(tasks),
+    )
+    subtasks = [""] * len(obs_rows)
+    if hasattr(policy, "act") and isinstance(policy, torch.nn.Module):
+        device = next(policy.parameters()).device
+        with torch.no_grad():
+            sample = policy.act(obs.to(device), sample=False)
+        actions = sample.actions
+        subtasks = list(sample.subtask_text)
+    elif callable(policy):
+        with torch.no_grad():
+            actions = policy(obs)
+    else:
+        raise TypeError(
+            f"policy: expected a WLAPolicy or a callable Observation -> [N, H, A], got {type(policy).__name__}"
+        )
+    if isinstance(actions, torch.Tensor):
+        actions = actions.detach().float().cpu().numpy()
+    actions = np.asarray(actions, dtype=np.float32)
+    if actions.ndim == 2:  # [N, A]: a single action per query
+        actions = actions[:, None]
+    if actions.ndim != 3 or actions.shape[0] != len(obs_rows):
+        raise ValueError(f"policy: expected actions [N={len(obs_rows)}, H, A], got shape {actions.shape}")
+    if not np.isfinite(actions).all():
+        raise ValueError("policy: returned non-finite actions")
+    return actions, subtasks
+
+
+# ----------------------------------------------------------------------------------------------- episodes
+def _finish_episode(job: dict[str, Any], episode_index: int) -> dict[str, list]:
+    """Per-step lists in the dataset schema, with the final observation as an `is_last` row."""
+    steps, last = job["steps"], job["obs"]
+    ep_success = any(s["success"] for s in steps)
+    n = len(steps)
+    act_dim = len(steps[0]["action"]) if steps else len(job["low"])
+    subtasks = job["subtasks"]
+    rows = [*steps, {**last, "action": np.zeros(act_dim, np.float32), "reward": 0.0, "success": ep_success}]
+    return {
+        "image": [r["image"] for r in rows],
+        "state": [r["state"] for r in rows],
+        "full_state": [r["full_state"] for r in rows],
+        "action": [np.asarray(r["action"], np.float32) for r in rows],
+        "reward": [float(r["reward"]) for r in rows],
+        "success": [bool(r["success"]) for r in rows],
+        "episode_success": [ep_success] * (n + 1),
+        "subtask": [*subtasks, subtasks[-1] if subtasks else ""],
+        "instruction": [last["instruction"]] * (n + 1),
+        "task_name": [job["task"]] * (n + 1),
+        "episode_index": [episode_index] * (n + 1),
+        "step_index": list(range(n + 1)),
+        "seed": [int(job["seed"])] * (n + 1),
+        "noise_mode": ["policy"] * (n + 1),
+        "is_last": [False] * n + [True],
+    }
+
+
+def episode_seeds(episodes_per_task: int, seeds: int | Sequence[int] = 0) -> list[int]:
+    """Reset seeds of episodes 0..E-1: ``base_seed + e`` for an int, the list itself otherwise."""
+    if isinstance(seeds, (int, np.integer)):
+        return [int(seeds) + e for e in range(episodes_per_task)]
+    seeds = [int(s) for s in seeds]
+    if len(seeds) != episodes_per_task:
+        raise ValueError(f"seeds: expected {episodes_per_task} seeds (one per episode), got {len(seeds)}")
+    return seeds
+
+
+# ----------------------------------------------------------------------------------------------- main entry
+def rollout_policy(
+    policy: PolicyLike,
+    tasks: Sequence[str],
+    episodes_per_task: int,
+    seeds: int | Sequence[int] = 0,
+    num_workers: int = 2,
+    max_episode_steps: int | None = None,
+    record_video: int = 0,
+    timeout_s: float = 1800.0,
+    *,
+    env_fn: EnvFn | str | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+    stop_on_success: bool = True,
+    keep_episodes: bool = True,
+    max_retries: int = 1,
+    worker_timeout_s: float = 300.0,
+    start_method: str = "spawn",
+    episode_index_offset: int = 0,
+) -> RealRolloutResult:
+    """Run `policy` in the real simulator for `episodes_per_task` seeded episodes of every task.
+
+    Args:
+        policy: a `WLAPolicy` (queried with ``act(obs, sample=False)``, deterministic) or a callable
+            ``Observation [N] -> actions [N, H, A]`` (tensor or array; [N, A] is read as H = 1).
+        tasks: task names passed to `env_fn`.
+        episodes_per_task: E episodes per task.
+        seeds: base seed (episode e uses ``seeds + e``) or E explicit seeds; the same for every task.
+        num_workers: env worker processes (0: run in this process). Capped at the number of episodes.
+        max_episode_steps: step limit per episode (default: the env spec's, else 500).
+        record_video: keep the frames of the first `record_video` episodes of every task in `videos`.
+        timeout_s: wall-clock budget of the whole call; unfinished episodes are reported lost.
+        env_fn: ``env_fn(task, **env_kwargs) -> gymnasium.Env`` with the real-simulator observation dict, or
+            ``"module:callable"``; picklable for worker processes. Default ``rollout.sims:make_env``.
+        env_kwargs: extra keyword arguments of `env_fn`.
+        stop_on_success: end an episode at its first successful step.
+        keep_episodes: return the per-step episodes (set False to save memory in long evaluations).
+        max_retries: re-runs of an episode whose worker died before it is reported lost.
+        worker_timeout_s: a worker silent this long on one request is killed and counted as failed.
+        start_method: multiprocessing start method ("spawn" is safe with MuJoCo/EGL and threads).
+        episode_index_offset: first `episode_index` written into the episodes.
+
+    Returns:
+        A `RealRolloutResult`.
+    """
+    t_start = time.monotonic()
+    deadline = t_start + float(timeout_s)
+    tasks = list(tasks)
+    if not tasks:
+        raise ValueError("rollout_policy: expected at least one task")
+    if episodes_per_task < 1:
+        raise ValueError(f"rollout_policy: episodes_per_task must be >= 1, got {episodes_per_task}")
+    seed_list = episode_seeds(episodes_per_task, seeds)
+    queue: deque[dict[str, Any]] = deque(
+        {"task": t, "episode": e, "seed": seed_list[e], "attempts": 0} for t in tasks for e in range(episodes_per_task)
+    )
+    n_total = len(queue)
+    n_workers = min(max(int(num_workers), 0), n_total)
+    ctx = mp.get_context(start_method) if n_workers else None
+    workers = [
+        _Worker(i, ctx, env_fn, dict(env_kwargs or {}), max_episode_steps, stop_on_success, in_process=n_workers == 0)
+        for i in range(max(n_workers, 1))
+    ]
+    finished: dict[tuple[str, int], tuple[EpisodeOutcome, dict[str, Any]]] = {}
+    lost: list[dict[str, Any]] = []
+    failures: list[str] = []
+    chunk_size = 0
+    env_steps = 0
+    timed_out = False
+
+    def fail_worker(w: _Worker, reason: str, kill: bool) -> None:
+        job = w.job
+        failures.append(f"worker {w.index}: {reason}" + (f" (during {job['task']} seed {job['seed']})" if job else ""))
+        if kill:
+            w.kill()
+        w.job, w.waiting_since = None, None
+        if job is not None:
+            job = {
+                "task": job["task"],
+                "episode": job["episode"],
+                "seed": job["seed"],
+                "attempts": job["attempts"] + 1,
+            }
+            if job["attempts"] <= max_retries:
+                queue.appendleft(job)  # re-run from its seed on a surviving worker
+            else:
+                lost.append({**job, "reason": f"failed {job['attempts']} time(s): {reason.splitlines()[-1]}"})
+
+    try:
+        while queue or any(w.job is not None for w in workers if w.alive):
+            alive = [w for w in workers if w.alive]
+            if not alive:
+                break
+            # --- hand new episodes to idle workers (a reset request each)
+            for w in alive:
+                if w.job is None and queue:
+                    job = queue.popleft()
+                    w.job = {**job, "steps": [], "subtasks": [], "obs": None, "done": False, "low": None}
+                    w.send("reset", (job["task"], job["seed"]))
+            # --- collect every outstanding reply (resets and chunks), watching for deaths, hangs and the deadline
+            pending = {w.conn: w for w in alive if w.proc is not None and w.waiting_since is not None}
+            replies: dict[int, tuple[str, Any]] = {
+                w.index: w._local_reply for w in alive if w.proc is None and w._local_reply is not None
+            }
+            for w in alive:
+                w._local_reply = None
+            while pending:
+                now = time.monotonic()
+                if now >= deadline:
+                    timed_out = True
+                    break
+                ready = mp_wait(list(pending), timeout=min(1.0, deadline - now))
+                for conn in ready:
+                    w = pending.pop(conn)
+                    try:
+                        replies[w.index] = conn.recv()
+                    except (EOFError, OSError, ConnectionResetError):
+                        code = w.proc.exitcode if w.proc is not None else None
+                        w.proc.join(timeout=1)
+                        code = w.proc.exitcode if code is None else code
+                        fail_worker(w, f"process died (exit code {code})", kill=True)
+                for conn, w in list(pending.items()):
+                    if not w.proc.is_alive() and not conn.poll():
+                        pending.pop(conn)
+                        fail_worker(w, f"process died (exit code {w.proc.exitcode})", kill=True)
+                    elif time.monotonic() - w.waiting_since > worker_timeout_s:
+                        pending.pop(conn)
+                        fail_worker(w, f"no reply within worker_timeout_s={worker_timeout_s}", kill=True)
+            if timed_out:
+                break
+            # --- apply replies: record steps, finish episodes
+            for w in workers:
+                if w.index not in replies or not w.alive:
+                    continue
+                status, payload = replies[w.index]
+                w.waiting_since = None
+                if status == "error":
+                    fail_worker(w, f"env raised:\n{payload}", kill=False)
+                    continue
+                job = w.job
+                if "steps" in payload:  # chunk reply
+                    job["steps"].extend(payload["steps"])
+                    job["subtasks"].extend([job["pending_subtask"]] * len(payload["steps"]))
+                    env_steps += len(payload["steps"])
+                    job["obs"], job["done"] = payload["obs"], payload["done"]
+                else:  # reset reply
+                    job["obs"], job["low"] = payload["obs"], payload["low"]
+                if job["done"]:
+                    steps = job["steps"]
+                    outcome = EpisodeOutcome(
+                        task=job["task"],
+                        episode=job["episode"],
+                        seed=job["seed"],
+                        success=any(s["success"] for s in steps),
+                        length=len(steps),
+                        worker=w.index,
+                        attempts=job["attempts"] + 1,
+                    )
+                    finished[(job["task"], job["episode"])] = (outcome, job)
+                    w.job = None
+            # --- one batched policy call for every running episode, then a chunk request each
+            active = [w for w in workers if w.alive and w.job is not None and w.job["obs"] is not None]
+            if not active:
+                continue
+            actions, subtasks = _policy_actions(
+                policy, [w.job["obs"] for w in active], [w.job["task"] for w in active]
+            )
+            chunk_size = chunk_size or actions.shape[1]
+            for w, a, sub in zip(active, actions, subtasks):
+                w.job["pending_subtask"] = sub
+                w.send("chunk", a)  # [H, A]
+            if time.monotonic() >= deadline:
+                timed_out = True
+                break
+    finally:
+        for w in workers:
+            if w.alive:
+                if timed_out and w.proc is not None:
+                    w.kill()  # may be stuck mid-request: do not wait for it
+                else:
+                    w.close()
+
+    # Everything not finished is lost (timeout, or no surviving worker).
+    reason = "timed out" if timed_out else "no surviving worker"
+    for w in workers:
+        if w.job is not None:
+            lost.append(
+                {
+                    "task": w.job["task"],
+                    "episode": w.job["episode"],
+                    "seed": w.job["seed"],
+                    "attempts": w.job["attempts"] + 1,
+                    "reason": reason,
+                }
+            )
+    lost.extend({**job, "reason": reason} for job in queue)
+
+    order = sorted(finished, key=lambda k: (tasks.index(k[0]), k[1]))
+    outcomes = [finished[k][0] for k in order]
+    episodes: list[dict[str, list]] = []
+    videos: dict[str, np.ndarray] = {}
+    for i, k in enumerate(order):
+        outcome, job = finished[k]
+        ep = _finish_episode(job, episode_index_offset + i)
+        if keep_episodes:
+            episodes.append(ep)
+        if outcome.episode < record_video:
+            videos[f"{outcome.task}_ep{outcome.episode}"] = np.stack(ep["image"])  # [T+1, H, W, 3]
+    return RealRolloutResult(
+        outcomes=outcomes,
+        episodes=episodes,
+        videos=videos,
+        lost=sorted(lost, key=lambda d: (tasks.index(d["task"]), d["episode"])),
+        worker_failures=failures,
+        timed_out=timed_out,
+        tasks=tasks,
+        chunk_size=int(chunk_size),
+        env_steps=env_steps,
+        wall_s=time.monotonic() - t_start,
+    )
+
+
+def make_real_evaluator(
+    tasks: Sequence[str],
+    episodes_per_task: int,
+    seed: int = 0,
+    num_workers: int = 2,
+    max_episode_steps: int | None = None,
+    num_videos: int = 1,
+    timeout_s: float = 1800.0,
+    prefix: str = "eval",
+    **rollout_kwargs: Any,
+) -> Callable[[PolicyLike, int], dict[str, Any]]:
+    """An evaluator for `wlarl.trainer.callbacks.RealEvalCallback`: ``evaluator(policy, step) -> dict``.
+
+    The dict holds the float metrics of `RealRolloutResult.metrics(prefix)` and ``"videos"``: name → uint8
+    [T, H, W, 3] for the first `num_videos` episodes of every task. Seeds are the same at every call.
+    """
+
+    def evaluator(policy: PolicyLike, step: int) -> dict[str, Any]:
+        result = rollout_policy(
+            policy,
+            tasks,
+            episodes_per_task,
+            seeds=seed,
+            num_workers=num_workers,
+            max_episode_steps=max_episode_steps,
+            record_video=num_videos,
+            timeout_s=timeout_s,
+            keep_episodes=False,
+            **rollout_kwargs,
+        )
+        return {**result.metrics(prefix), "videos": result.videos}
+
+    return evaluator

@@ -188,10 +188,12 @@ def test_truncated_and_mask_truncated():
     alive = torch.tensor([[True, True, True], [True, True, True], [True, False, False]])
     success = torch.tensor([True, False, False])
     # row 0 succeeded at the last chunk, row 1 ran out of horizon, row 2 terminated early (failure)
-    trunc = grpo.truncated_at_horizon(alive, success)
-    assert trunc.tolist() == [False, True, False]
-    assert grpo.mask_truncated(alive, trunc).tolist() == [[True] * 3, [False] * 3, [True, False, False]]
-    close(grpo.mask_truncated(alive.float(), trunc), [[1.0] * 3, [0.0] * 3, [1.0, 0.0, 0.0]])
+    assert grpo.truncated_at_horizon(alive, success).tolist() == [False, True, False]
+    assert grpo.mask_truncated(alive, success).tolist() == [[True] * 3, [False] * 3, [True, False, False]]
+    close(grpo.mask_truncated(alive.float(), success), [[1.0] * 3, [0.0] * 3, [1.0, 0.0, 0.0]])
+    # another token mask (actions + subtask tokens, [N, 2T]) with the alive mask given separately
+    tok = torch.cat([alive, alive], dim=1)
+    assert grpo.mask_truncated(tok, success, alive_NT=alive)[1].tolist() == [False] * 6
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -252,6 +254,8 @@ def test_policy_loss_gradient_zero_on_clipped_tokens():
 def test_policy_loss_symmetric_clip_and_delta():
     # ε_high = .2: row 0 token 1.5 → −1.2 instead of −1.28 → bnpo (−2.8 + 2.3)/5 = −.1
     loss, _ = grpo.policy_loss(logp_new(), LOGP_OLD, ADV, MASK, "bnpo", 0.2, 0.2)
+    close(loss, -0.1)
+    loss, _ = grpo.policy_loss(logp_new(), LOGP_OLD, ADV, MASK, "bnpo", 0.2, None)  # None → ε_low, as TRL
     close(loss, -0.1)
     # δ = 1.4 caps the unclipped ratio: row 1 token 1.5 (A < 0) → +1.4 → (−2.88 + 2.2)/5 = −.136
     loss, _ = grpo.policy_loss(logp_new(), LOGP_OLD, ADV, MASK, "bnpo", 0.2, 0.28, delta=1.4)

@@ -313,19 +313,25 @@ def truncated_at_horizon(alive_NT: torch.Tensor, success_N: torch.Tensor) -> tor
     return alive_NT[:, -1].to(torch.bool) & ~success_N.to(torch.bool)
 
 
-def mask_truncated(mask_NT: torch.Tensor, truncated_N: torch.Tensor) -> torch.Tensor:
-    """Zero the loss mask of truncated rows (TRL ``mask_truncated_completions``; DAPO overlong filtering).
+def mask_truncated(
+    mask_NT: torch.Tensor, success_N: torch.Tensor, alive_NT: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Zero the loss mask of episodes cut by the horizon (TRL ``mask_truncated_completions``; DAPO overlong filter).
 
-    Caution for robot rollouts: when failures only end at the horizon, this removes every failure from the loss.
+    An episode is truncated when it was still running at the last chunk and did not succeed
+    (:func:`truncated_at_horizon`). Caution for robot rollouts: when failures only end at the horizon, this removes
+    every failure from the loss.
 
     Args:
-        mask_NT: bool/float [N, T'] loss mask.
-        truncated_N: bool [N], e.g. from :func:`truncated_at_horizon`.
+        mask_NT: bool/float [N, T'] loss mask; when ``alive_NT`` is None it must be the alive mask [N, T] itself.
+        success_N: bool [N] episode success.
+        alive_NT: optional bool [N, T] alive mask, when ``mask_NT`` is some other token mask (e.g. [N, 2T]).
 
     Returns:
         mask of the same dtype and shape, all-zero on truncated rows.
     """
-    keep_N1 = ~truncated_N.to(torch.bool)[:, None]
+    truncated_N = truncated_at_horizon(mask_NT if alive_NT is None else alive_NT, success_N)
+    keep_N1 = ~truncated_N[:, None]
     if mask_NT.dtype == torch.bool:
         return mask_NT & keep_N1
     return mask_NT * keep_N1.to(mask_NT.dtype)
@@ -398,7 +404,7 @@ def policy_loss(
     mask: torch.Tensor,
     loss_type: str = "dapo",
     epsilon_low: float = 0.2,
-    epsilon_high: float = 0.2,
+    epsilon_high: float | None = None,
     delta: float | None = None,
     max_completion_length: int | None = None,
     *,
@@ -425,7 +431,7 @@ def policy_loss(
         mask: bool/float [N, T'] valid tokens.
         loss_type: ``grpo``, ``bnpo``, ``dr_grpo`` or ``dapo`` (see :func:`reduce_token_loss`).
         epsilon_low: ``epsilon``, lower clip.
-        epsilon_high: upper clip (``epsilon_high``; DAPO uses 0.28).
+        epsilon_high: upper clip (``epsilon_high``; DAPO uses 0.28); None → ``epsilon_low`` (as TRL).
         delta: optional cap on the unclipped ratio.
         max_completion_length: ``dr_grpo`` constant; defaults to T'.
         importance_sampling_level: ``token`` or ``sequence``.
@@ -445,6 +451,8 @@ def policy_loss(
             f"policy_loss: logp_new, logp_old and mask must share shape [N, T'], got {tuple(logp_new.shape)}, "
             f"{tuple(logp_old.shape)}, {tuple(mask.shape)}"
         )
+    if epsilon_high is None:
+        epsilon_high = epsilon_low
     if epsilon_high < 0 or epsilon_low < 0:
         raise ValueError(f"policy_loss: clip ranges must be ≥ 0, got epsilon_low={epsilon_low}, high={epsilon_high}")
     m = mask.to(torch.bool)

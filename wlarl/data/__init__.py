@@ -1,0 +1,21 @@
+"""Episode datasets: atomic writing, loading, SFT windows and start states (see docs/internals.md)."""
+
+from wlarl.data.episodes import (
+    META_FILE,
+    EpisodeDataset,
+    SFTWindows,
+    collate_windows,
+    load_episodes,
+    start_states,
+    write_episodes,
+)
+
+__all__ = [
+    "META_FILE",
+    "EpisodeDataset",
+    "SFTWindows",
+    "collate_windows",
+    "load_episodes",
+    "start_states",
+    "write_episodes",
+]

@@ -1,0 +1,317 @@
+"""Episode datasets on disk (Hugging Face `datasets`), SFT windows and start states.
+
+Schema (one row per observation; see docs/internals.md): `image` Array3D (H, W, 3) uint8, `state` [S],
+`full_state` [F], `action` [A], `reward`, `success`, `episode_success`, `subtask`, `instruction`, `task_name`,
+`episode_index`, `step_index`, `seed`, `noise_mode`, `is_last`. An episode of T actions has T+1 rows; the last row
+holds the final observation with a zero action and `is_last=True`. Metadata lives in `wlarl_meta.json`, written
+last, so a directory without it is never mistaken for a complete dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+META_FILE = "wlarl_meta.json"
+NOISE_MODES = ("clean", "gaussian", "random_segments", "perturbed_start", "policy")
+_PER_OBS = ("image", "state", "full_state")  # T+1 rows
+_PER_ACTION = ("action", "reward", "success")  # T rows
+_EPISODE_KEYS = ("instruction", "task_name", "seed", "noise_mode")
+_STRING_COLUMNS = ("subtask", "instruction", "task_name", "noise_mode")
+
+
+def _features(image_shape: tuple[int, int, int], state_dim: int, full_dim: int, action_dim: int) -> Any:
+    from datasets import Array3D, Features, List, Value
+
+    return Features(
+        {
+            "image": Array3D(image_shape, "uint8"),
+            "state": List(Value("float32"), length=state_dim),
+            "full_state": List(Value("float32"), length=full_dim),
+            "action": List(Value("float32"), length=action_dim),
+            "reward": Value("float32"),
+            "success": Value("bool"),
+            "episode_success": Value("bool"),
+            "subtask": Value("string"),
+            "instruction": Value("string"),
+            "task_name": Value("string"),
+            "episode_index": Value("int64"),
+            "step_index": Value("int64"),
+            "seed": Value("int64"),
+            "noise_mode": Value("string"),
+            "is_last": Value("bool"),
+        }
+    )
+
+
+def _episode_rows(ep: dict[str, Any], episode_index: int) -> dict[str, list]:
+    """Columns (T+1 rows) of one episode dict; validates lengths and names what is wrong."""
+    missing = [k for k in (*_PER_OBS[:2], *_PER_ACTION, *_EPISODE_KEYS) if k not in ep]
+    if missing:
+        raise KeyError(f"episode {episode_index}: missing key(s) {missing}")
+    actions = np.asarray(ep["action"], dtype=np.float32)
+    if actions.ndim != 2 or len(actions) < 1:
+        raise ValueError(f"episode {episode_index}: 'action' must be [T, A] with T >= 1, got {actions.shape}")
+    t = len(actions)
+    images = np.asarray(ep["image"], dtype=np.uint8)
+    states = np.asarray(ep["state"], dtype=np.float32)
+    full = np.asarray(ep["full_state"], dtype=np.float32) if "full_state" in ep else states
+    for name, arr in (("image", images), ("state", states), ("full_state", full)):
+        if len(arr) != t + 1:
+            raise ValueError(f"episode {episode_index}: {name!r} needs T+1={t + 1} rows (T actions), got {len(arr)}")
+    reward = np.asarray(ep["reward"], dtype=np.float32).reshape(-1)
+    success = np.asarray(ep["success"], dtype=bool).reshape(-1)
+    for name, arr in (("reward", reward), ("success", success)):
+        if len(arr) != t:
+            raise ValueError(f"episode {episode_index}: {name!r} needs T={t} rows, got {len(arr)}")
+    subtask = list(ep.get("subtask") or [""] * (t + 1))
+    if len(subtask) == t:
+        subtask.append(subtask[-1])
+    if len(subtask) != t + 1:
+        raise ValueError(f"episode {episode_index}: 'subtask' needs T or T+1={t + 1} entries, got {len(subtask)}")
+    if ep["noise_mode"] not in NOISE_MODES:
+        raise ValueError(f"episode {episode_index}: noise_mode {ep['noise_mode']!r} not in {NOISE_MODES}")
+    zero = np.zeros((1, actions.shape[1]), np.float32)
+    is_last = [False] * t + [True]
+    return {
+        "image": list(images),
+        "state": list(states),
+        "full_state": list(full),
+        "action": list(np.concatenate([actions, zero])),
+        "reward": [*reward.tolist(), 0.0],
+        # The final observation's success is that of the step that produced it.
+        "success": [*success.tolist(), bool(success[-1])],
+        "episode_success": [bool(success.any())] * (t + 1),
+        "subtask": [str(s) for s in subtask],
+        "instruction": [str(ep["instruction"])] * (t + 1),
+        "task_name": [str(ep["task_name"])] * (t + 1),
+        "episode_index": [episode_index] * (t + 1),
+        "step_index": list(range(t + 1)),
+        "seed": [int(ep["seed"])] * (t + 1),
+        "noise_mode": [str(ep["noise_mode"])] * (t + 1),
+        "is_last": is_last,
+    }
+
+
+def write_episodes(episodes: Iterable[dict[str, Any]], path: str | os.PathLike, meta: dict[str, Any]) -> Path:
+    """Write episodes to `path` atomically (temp dir, then swap); returns the path.
+
+    Episodes stream to disk one at a time, so `episodes` may be a generator over a running collection. If it
+    raises midway, the previous dataset at `path` (if any) is left untouched and the partial data is removed.
+
+    Args:
+        episodes: iterable of episode dicts: `image` [T+1, H, W, 3] uint8, `state` [T+1, S], optional `full_state`
+            [T+1, F], `action` [T, A], `reward` [T], `success` [T], optional `subtask` (T or T+1 strings), and
+            the scalars `instruction`, `task_name`, `seed`, `noise_mode`.
+        path: dataset directory.
+        meta: JSON-serialisable metadata (image size, camera, action space, control frequency, simulator and
+            version, state layout, collection config); stored as `wlarl_meta.json`.
+    """
+    from datasets import Dataset
+    from datasets.arrow_writer import ArrowWriter
+
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:8]
+    staging = path.parent / f".{path.name}.tmp-{token}"
+    staging.mkdir()
+    raw = staging / "raw.arrow"
+    writer = None
+    num_episodes = num_rows = 0
+    try:
+        for ep in episodes:
+            rows = _episode_rows(ep, num_episodes)
+            if writer is None:
+                image_shape = tuple(np.asarray(rows["image"][0]).shape)
+                feats = _features(
+                    image_shape, len(rows["state"][0]), len(rows["full_state"][0]), len(rows["action"][0])
+                )
+                writer = ArrowWriter(features=feats, path=str(raw), writer_batch_size=256)
+            writer.write_batch(rows)
+            num_episodes += 1
+            num_rows += len(rows["step_index"])
+        if writer is None:
+            raise ValueError(f"write_episodes({path}): no episodes given")
+        writer.finalize()
+        writer.close()
+        writer = None
+        ds = Dataset.from_file(str(raw))
+        ds.save_to_disk(str(staging / "data"))
+        del ds
+        raw.unlink()
+        final = staging / "data"
+        full_meta = {**meta, "num_episodes": num_episodes, "num_rows": num_rows, "format_version": 1}
+        (final / META_FILE).write_text(json.dumps(full_meta, indent=2, default=str))
+        # Swap: old -> backup, new -> path, drop backup. Readers never see a directory without wlarl_meta.json.
+        backup = path.parent / f".{path.name}.old-{token}"
+        if path.exists():
+            os.replace(path, backup)
+        os.replace(final, path)
+        shutil.rmtree(backup, ignore_errors=True)
+    finally:
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:  # noqa: BLE001 - best effort cleanup; the original error is re-raised
+                pass
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+@dataclass
+class EpisodeDataset:
+    """An episode dataset loaded from disk.
+
+    Attributes:
+        dataset: the Hugging Face dataset (one row per observation).
+        meta: contents of `wlarl_meta.json`.
+        episode_ranges: [E, 2] int64 row ranges [start, end) of every episode (the `is_last` row included).
+        path: where it was loaded from.
+    """
+
+    dataset: Any
+    meta: dict[str, Any]
+    episode_ranges: np.ndarray
+    path: Path | None = None
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.episode_ranges)
+
+    def __len__(self) -> int:
+        return self.num_episodes
+
+    def episode(self, i: int) -> dict[str, Any]:
+        """All columns of episode i as numpy arrays / lists (T+1 rows)."""
+        s, e = self.episode_ranges[i]
+        return self.dataset.with_format("numpy")[int(s) : int(e)]
+
+
+def load_episodes(path: str | os.PathLike) -> EpisodeDataset:
+    """Load a dataset written by `write_episodes`.
+
+    Raises:
+        FileNotFoundError: when `path` holds no complete dataset (no `wlarl_meta.json`).
+    """
+    from datasets import load_from_disk
+
+    path = Path(path)
+    if not (path / META_FILE).is_file():
+        backups = sorted(path.parent.glob(f".{path.name}.old-*"))
+        hint = f"; an interrupted swap left the previous dataset at {backups[-1]}" if backups else ""
+        raise FileNotFoundError(f"{path}: not a complete wlarl episode dataset (no {META_FILE}){hint}")
+    meta = json.loads((path / META_FILE).read_text())
+    ds = load_from_disk(str(path))
+    ep_idx = np.asarray(ds.with_format("numpy")["episode_index"])
+    if len(ep_idx) == 0:
+        raise ValueError(f"{path}: dataset has no rows")
+    bounds = np.flatnonzero(np.diff(ep_idx)) + 1
+    starts = np.concatenate([[0], bounds])
+    ends = np.concatenate([bounds, [len(ep_idx)]])
+    return EpisodeDataset(
+        dataset=ds, meta=meta, episode_ranges=np.stack([starts, ends], 1).astype(np.int64), path=path
+    )
+
+
+class SFTWindows(torch.utils.data.Dataset):
+    """SFT windows: observation at t, action chunk t..t+H-1, observation at t+H, subtask at t.
+
+    Args:
+        ep_ds: an `EpisodeDataset`.
+        horizon: H, actions per chunk.
+        stride: spacing of window starts t within an episode.
+
+    Item: `image` uint8 [H_img, W, 3], `state` float32 [S], `actions` float32 [H, A], `action_mask` bool [H]
+    (False on padding past the episode end, padded by repeating the last action), `next_image`, `next_state` at
+    t+H clamped to the final observation, `next_success` bool (success of that observation), `subtask`,
+    `instruction`, `task_name` (str).
+    """
+
+    def __init__(self, ep_ds: EpisodeDataset, horizon: int, stride: int = 1) -> None:
+        if horizon < 1 or stride < 1:
+            raise ValueError(f"SFTWindows: horizon={horizon} and stride={stride} must both be >= 1")
+        self.ep_ds = ep_ds
+        self.horizon = int(horizon)
+        self.stride = int(stride)
+        self._data = ep_ds.dataset.with_format("numpy")
+        ends, rows = [], []
+        for s, e in ep_ds.episode_ranges:
+            t_rows = np.arange(s, e - 1, self.stride)  # window starts: never the is_last row
+            rows.append(t_rows)
+            ends.append(np.full(len(t_rows), e))
+        self._row = np.concatenate(rows).astype(np.int64)
+        self._ep_end = np.concatenate(ends).astype(np.int64)  # exclusive; row end-1 is the final observation
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        r, end = int(self._row[i]), int(self._ep_end[i])
+        h = self.horizon
+        last = end - 1  # final observation row
+        nxt = min(r + h, last)
+        chunk = self._data[r : nxt + 1]
+        n_valid = min(h, last - r)  # action rows r..r+n_valid-1 are real actions
+        actions = np.asarray(chunk["action"][:n_valid], dtype=np.float32)  # [n_valid, A]
+        if n_valid < h:
+            actions = np.concatenate([actions, np.repeat(actions[-1:], h - n_valid, axis=0)])
+        mask = np.arange(h) < n_valid
+        return {
+            "image": np.asarray(chunk["image"][0], dtype=np.uint8),
+            "state": np.asarray(chunk["state"][0], dtype=np.float32),
+            "actions": actions,  # [H, A]
+            "action_mask": mask,  # [H]
+            "next_image": np.asarray(chunk["image"][-1], dtype=np.uint8),
+            "next_state": np.asarray(chunk["state"][-1], dtype=np.float32),
+            # success[k] is the success after action k, i.e. of observation k+1; nxt > r always.
+            "next_success": bool(chunk["success"][-2]),
+            "subtask": str(chunk["subtask"][0]),
+            "instruction": str(chunk["instruction"][0]),
+            "task_name": str(chunk["task_name"][0]),
+        }
+
+
+def collate_windows(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack SFT windows: tensors `image` uint8 [N, H_img, W, 3], `state` [N, S], `actions` [N, H, A],
+    `action_mask` bool [N, H], `next_image`, `next_state`, `next_success` bool [N]; lists of N strings
+    `subtask`, `instruction`, `task_name`."""
+    if not items:
+        raise ValueError("collate_windows: empty list of items")
+    out: dict[str, Any] = {}
+    for key, value in items[0].items():
+        if isinstance(value, str):
+            out[key] = [it[key] for it in items]
+        else:
+            out[key] = torch.from_numpy(np.stack([np.asarray(it[key]) for it in items]))
+    return out
+
+
+def start_states(ep_ds: EpisodeDataset) -> list[dict[str, Any]]:
+    """First observation of every episode: `image` uint8 [H, W, 3], `state` float32 [S], `instruction`,
+    `task_name`, `seed` (plus `episode_index`, `full_state`)."""
+    data = ep_ds.dataset.with_format("numpy")
+    first = data[ep_ds.episode_ranges[:, 0].tolist()]
+    return [
+        {
+            "image": np.asarray(first["image"][i], dtype=np.uint8),
+            "state": np.asarray(first["state"][i], dtype=np.float32),
+            "full_state": np.asarray(first["full_state"][i], dtype=np.float32),
+            "instruction": str(first["instruction"][i]),
+            "task_name": str(first["task_name"][i]),
+            "seed": int(first["seed"][i]),
+            "episode_index": int(first["episode_index"][i]),
+        }
+        for i in range(ep_ds.num_episodes)
+    ]

@@ -1,0 +1,604 @@
+"""WLAPolicy: image tokenizer + HF decoder backbone + meta-queries + Action Expert + World Expert.
+
+Backbone sequence per row (shape letters as in DESIGN.md, D = backbone width, M meta-queries, P prefix length):
+
+    instruction tokens (right-padded) | h*w image-latent tokens | state token | [BOS] | subtask tokens | M meta-queries
+    \\_______________________________ prefix, P tokens ________________________/
+
+The subtask is generated autoregressively after [BOS]; the meta-queries come last and attend to everything, so
+their states summarise instruction, image, state and the chosen subtask. The Action Expert maps them to an action
+chunk [N, H, A]; the World Expert reads them (never writes into them) together with an action chunk and the
+current latents to predict the latent grid, state and success at t+H. Padding is masked out of attention and
+position ids count real tokens only, so the same row gives the same result whatever the padding of its batch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModel, DynamicCache, PreTrainedModel
+
+from wlarl.models.wla.configuration_wla import WLAConfig
+from wlarl.models.wla.experts import FlowActionHead, GaussianActionHead, WorldExpert, gaussian_log_prob
+from wlarl.models.wla.image_tokenizer import ImageTokenizer
+from wlarl.models.wla.processing_wla import (
+    PROCESSOR_CONFIG,
+    TOKENIZER_FILE,
+    WLAProcessor,
+    postprocess_images,
+    preprocess_images,
+)
+from wlarl.types import ActionSample, Observation, WorldPrediction
+
+SEG_INSTRUCTION, SEG_LATENT, SEG_STATE, SEG_SUBTASK, SEG_META = range(5)
+PAD_ID, BOS_ID, EOS_ID = WLAProcessor.pad_id, WLAProcessor.bos_id, WLAProcessor.eos_id
+
+
+class WLAPreTrainedModel(PreTrainedModel):
+    config_class = WLAConfig
+    base_model_prefix = "wla"
+    main_input_name = "images"
+    _no_split_modules = ["LlamaDecoderLayer", "WorldExpert", "ImageTokenizer"]
+    supports_gradient_checkpointing = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Sub-modules keep their own initialisation (PyTorch defaults, the HF backbone's, zero-init output layers).
+        pass
+
+
+class WLAPolicy(WLAPreTrainedModel):
+    """World-Language-Action policy. See the module docstring for the sequence layout.
+
+    Args:
+        config: a `WLAConfig`.
+        processor: the `WLAProcessor` (tokenizer + image preprocessing); needed by `act`, `log_prob`, `imagine` and
+            `sft_losses`. `from_pretrained` loads it from the checkpoint folder.
+    """
+
+    def __init__(self, config: WLAConfig, processor: WLAProcessor | None = None) -> None:
+        super().__init__(config)
+        c = config
+        self.image_tokenizer = ImageTokenizer(c.latent_channels, c.tokenizer_channels)
+        backbone_config = AutoConfig.for_model(**c.backbone_config)
+        self.backbone = AutoModel.from_config(backbone_config)
+        d = backbone_config.hidden_size
+        self.hidden_size = d
+        n_lat = c.latent_size * c.latent_size
+        self.latent_proj = nn.Linear(c.latent_channels, d)
+        self.latent_pos = nn.Parameter(torch.randn(n_lat, d) * 0.02)
+        self.state_proj = nn.Linear(c.state_dim, d)
+        self.segment_emb = nn.Embedding(5, d)
+        self.meta_queries = nn.Parameter(torch.randn(c.num_meta_queries, d) * 0.02)
+        self.subtask_head = nn.Linear(d, c.vocab_size)
+        if c.action_head == "gaussian":
+            self.action_expert = GaussianActionHead(
+                d, c.num_meta_queries, c.chunk_size, c.action_dim, c.action_hidden,
+                c.log_std_init, c.log_std_min, c.log_std_max,
+            )  # fmt: skip
+        else:
+            self.action_expert = FlowActionHead(d, c.num_meta_queries, c.chunk_size, c.action_dim, c.action_hidden)
+        self.world_expert = WorldExpert(
+            d, c.num_meta_queries, c.latent_channels, c.latent_size, c.chunk_size, c.action_dim, c.state_dim,
+            c.world_hidden, c.world_layers, c.world_heads,
+        )  # fmt: skip
+        # Normalisation stats live in the config and, as persistent buffers, in the weights.
+        self.register_buffer("state_mean", torch.tensor(c.state_mean, dtype=torch.float32))
+        self.register_buffer("state_std", torch.tensor(c.state_std, dtype=torch.float32))
+        self.register_buffer("action_mean", torch.tensor(c.action_mean, dtype=torch.float32))
+        self.register_buffer("action_std", torch.tensor(c.action_std, dtype=torch.float32))
+        self.processor = processor
+        self.post_init()
+
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """Weights (safetensors) and config, plus the processor (tokenizer.json, processor_config.json)."""
+        super().save_pretrained(save_directory, **kwargs)
+        if self.processor is not None:
+            self.processor.save_pretrained(save_directory)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs) -> WLAPolicy:
+        """Load weights and config; the processor is loaded from the same folder unless `processor=` is given."""
+        processor = kwargs.pop("processor", None)
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        path = Path(pretrained_model_name_or_path)
+        if processor is None and (path / TOKENIZER_FILE).is_file() and (path / PROCESSOR_CONFIG).is_file():
+            processor = WLAProcessor.from_pretrained(path)
+        model.processor = processor
+        return model
+
+    def set_normalization(self, state_mean, state_std, action_mean, action_std, min_std: float = 1e-2) -> None:
+        """Set state/action normalisation stats (length S / A; stds floored at `min_std`) in buffers and config."""
+        stats = {
+            "state_mean": state_mean,
+            "state_std": state_std,
+            "action_mean": action_mean,
+            "action_std": action_std,
+        }
+        for name, value in stats.items():
+            t = torch.as_tensor(value, dtype=torch.float32).flatten()
+            if name.endswith("std"):
+                t = t.clamp_min(min_std)
+            buf = getattr(self, name)
+            if t.shape != buf.shape:
+                raise ValueError(f"set_normalization: {name} expected shape {list(buf.shape)}, got {list(t.shape)}")
+            buf.copy_(t.to(buf.device))
+            setattr(self.config, name, t.tolist())
+
+    @property
+    def num_parameters_by_part(self) -> dict[str, int]:
+        """Parameter counts of the main parts."""
+        parts = {
+            "image_tokenizer": self.image_tokenizer,
+            "backbone": self.backbone,
+            "action_expert": self.action_expert,
+            "world_expert": self.world_expert,
+        }
+        out = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
+        out["total"] = sum(p.numel() for p in self.parameters())
+        return out
+
+    def _require_processor(self) -> WLAProcessor:
+        if self.processor is None:
+            raise RuntimeError(
+                "WLAPolicy has no processor (tokenizer); pass processor=WLAProcessor.build(corpus) to the "
+                "constructor or load with from_pretrained from a folder holding tokenizer.json"
+            )
+        return self.processor
+
+    # ------------------------------------------------------------------ input checks
+    def _check_obs(self, obs: Observation) -> None:
+        c = self.config
+        if not isinstance(obs, Observation):
+            raise TypeError(f"obs: expected wlarl.types.Observation, got {type(obs).__name__}")
+        s = c.image_size
+        if tuple(obs.images.shape[1:]) != (s, s, 3):
+            raise ValueError(
+                f"Observation.images: expected shape [N, {s}, {s}, 3] uint8, got {list(obs.images.shape)}"
+            )
+        if obs.states.shape[1] != c.state_dim:
+            raise ValueError(
+                f"Observation.states: expected shape [N, {c.state_dim}] float32, got {list(obs.states.shape)}"
+            )
+        if obs.latents is not None:
+            want = (c.latent_channels, c.latent_size, c.latent_size)
+            if tuple(obs.latents.shape[1:]) != want or not obs.latents.is_floating_point():
+                raise ValueError(
+                    f"Observation.latents: expected float shape [N, {', '.join(map(str, want))}], "
+                    f"got {obs.latents.dtype} {list(obs.latents.shape)}"
+                )
+
+    def _check_actions(self, actions: torch.Tensor, n: int, name: str = "actions") -> None:
+        c = self.config
+        want = f"[{n}, {c.chunk_size}, {c.action_dim}]"
+        if not isinstance(actions, torch.Tensor) or not actions.is_floating_point():
+            raise TypeError(f"{name}: expected a float tensor of shape {want}")
+        if tuple(actions.shape) != (n, c.chunk_size, c.action_dim):
+            raise ValueError(f"{name}: expected shape {want}, got {list(actions.shape)}")
+
+    # ------------------------------------------------------------------ images
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, H, W, 3] -> latents [N, C, h, w] in (-1, 1)."""
+        x = preprocess_images(images.to(self.device), self.config.image_size, "images")
+        return self.image_tokenizer.encode(x)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents [N, C, h, w] -> uint8 images [N, H, W, 3]."""
+        c = self.config
+        want = (c.latent_channels, c.latent_size, c.latent_size)
+        if latents.ndim != 4 or tuple(latents.shape[1:]) != want:
+            raise ValueError(f"latents: expected shape [N, {', '.join(map(str, want))}], got {list(latents.shape)}")
+        return postprocess_images(self.image_tokenizer.decode(latents))
+
+    def _latents_of(self, obs: Observation) -> torch.Tensor:
+        if obs.latents is not None:
+            return obs.latents.to(self.device, torch.float32)
+        return self.encode_images(obs.images)
+
+    # ------------------------------------------------------------------ backbone
+    def _embed_text(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.backbone.get_input_embeddings()(ids) + self.segment_emb.weight[SEG_SUBTASK]
+
+    def _prefix(self, obs: Observation, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings [N, P, D] and mask bool [N, P] of instruction | latents | state | [BOS]."""
+        proc = self._require_processor()
+        n, dev = len(obs), self.device
+        instr_ids, instr_mask = proc.encode_instructions(obs.instructions, dev)
+        emb_instr = self.backbone.get_input_embeddings()(instr_ids) + self.segment_emb.weight[SEG_INSTRUCTION]
+        emb_lat = self.latent_proj(latents.flatten(2).transpose(1, 2)) + self.latent_pos  # [N, h*w, D]
+        emb_lat = emb_lat + self.segment_emb.weight[SEG_LATENT]
+        state_n = (obs.states.to(dev) - self.state_mean) / self.state_std
+        emb_state = (self.state_proj(state_n) + self.segment_emb.weight[SEG_STATE])[:, None]  # [N, 1, D]
+        emb_bos = self._embed_text(torch.full((n, 1), BOS_ID, dtype=torch.long, device=dev))
+        emb = torch.cat([emb_instr, emb_lat, emb_state, emb_bos], dim=1)
+        mask = torch.cat(
+            [instr_mask, torch.ones(n, emb.shape[1] - instr_mask.shape[1], dtype=torch.bool, device=dev)], 1
+        )
+        return emb, mask
+
+    def _run(self, emb: torch.Tensor, mask: torch.Tensor, cache: DynamicCache | None = None) -> torch.Tensor:
+        """Backbone states [N, T, D] of the last T = emb.shape[1] positions; `mask` covers cache + new tokens."""
+        position_ids = (mask.long().cumsum(1) - 1).clamp_min(0)[:, -emb.shape[1] :]
+        out = self.backbone(
+            inputs_embeds=emb,
+            attention_mask=mask.long(),
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=cache is not None,
+        )
+        return out.last_hidden_state
+
+    def _subtask_logits(self, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Logits [..., V] / temperature, with [PAD] and [BOS] never generated."""
+        logits = self.subtask_head(hidden) / temperature
+        logits[..., PAD_ID] = float("-inf")
+        logits[..., BOS_ID] = float("-inf")
+        return logits
+
+    @torch.no_grad()
+    def _generate_subtask(self, emb, mask, sample: bool, temperature: float, generator) -> tuple[torch.Tensor, ...]:
+        """Autoregressive subtask after the prefix, with a KV cache; batch rows stop at [EOS].
+
+        Returns:
+            ids long [N, L] (pad after [EOS]), mask bool [N, L] (True on real tokens, [EOS] included).
+        """
+        n, max_len = emb.shape[0], self.config.max_subtask_tokens
+        cache = DynamicCache(config=self.backbone.config)
+        hidden = self._run(emb, mask, cache)[:, -1]
+        done = torch.zeros(n, dtype=torch.bool, device=emb.device)
+        ids, live_mask = [], []
+        for step in range(max_len):
+            logits = self._subtask_logits(hidden, temperature)
+            if sample:
+                tok = torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+            else:
+                tok = logits.argmax(-1)
+            live = ~done
+            tok = torch.where(live, tok, torch.full_like(tok, PAD_ID))
+            ids.append(tok)
+            live_mask.append(live)
+            done = done | (tok == EOS_ID)
+            if bool(done.all()) or step == max_len - 1:
+                break
+            mask = torch.cat([mask, live[:, None]], dim=1)
+            hidden = self._run(self._embed_text(tok[:, None]), mask, cache)[:, -1]
+        return torch.stack(ids, 1), torch.stack(live_mask, 1)
+
+    def _teacher_forced(self, emb, mask, subtask_ids, subtask_mask, temperature: float = 1.0):
+        """Run prefix | subtask | meta-queries in one pass.
+
+        Returns:
+            meta states [N, M, D], per-token subtask log-probs [N, L] (0 on padding), subtask logits [N, L, V].
+        """
+        n, p = emb.shape[:2]
+        m = self.config.num_meta_queries
+        length = subtask_ids.shape[1]
+        meta_in = (self.meta_queries + self.segment_emb.weight[SEG_META]).expand(n, m, -1)
+        full = torch.cat([emb, self._embed_text(subtask_ids), meta_in], dim=1)  # [N, P+L+M, D]
+        full_mask = torch.cat([mask, subtask_mask, torch.ones(n, m, dtype=torch.bool, device=emb.device)], dim=1)
+        hidden = self._run(full, full_mask)
+        # position P-1 ([BOS]) predicts token 0, ..., position P+L-2 predicts token L-1
+        logits = self._subtask_logits(hidden[:, p - 1 : p - 1 + length], temperature)
+        logp = logits.log_softmax(-1).gather(-1, subtask_ids[..., None])[..., 0]
+        logp = torch.where(subtask_mask, logp, torch.zeros_like(logp))
+        return hidden[:, -m:], logp, logits
+
+    # ------------------------------------------------------------------ action expert
+    def _flow_sigma(self, temperature: float) -> float:
+        c = self.config
+        return max(temperature * c.flow_sigma * math.sqrt(1.0 / c.flow_steps), c.flow_sigma_min)
+
+    def _flow_terms(self, meta: torch.Tensor, chain: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Per-transition log-probs [N, K, H, A] of a stored chain [N, K+1, H, A] (all K steps in one batch)."""
+        n, k1 = chain.shape[:2]
+        k = k1 - 1
+        ctx = self.action_expert.context_of(meta)  # [N, hidden]
+        x = chain[:, :-1].reshape(n * k, *chain.shape[2:])  # [N*K, H, A]
+        t = (torch.arange(k, device=chain.device, dtype=chain.dtype) / k).repeat(n)  # [N*K]
+        v = self.action_expert.velocity(ctx.repeat_interleave(k, 0), x, t)
+        mu = (x + v / k).view(n, k, *chain.shape[2:])
+        sigma = torch.tensor(self._flow_sigma(temperature), device=chain.device, dtype=chain.dtype)
+        return gaussian_log_prob(chain[:, 1:], mu, sigma)
+
+    def _sample_actions(self, meta, sample: bool, temperature: float, generator):
+        """Action chunk [N, H, A] (env units), per-element log-prob terms, extras."""
+        n, c = meta.shape[0], self.config
+        shape = (n, c.chunk_size, c.action_dim)
+        if c.action_head == "gaussian":
+            mean = self.action_expert(meta) * self.action_std + self.action_mean  # [N, H, A]
+            std = self.action_expert.std() * temperature  # [H, A]
+            eps = torch.randn(shape, generator=generator, device=meta.device) if sample else torch.zeros(shape)
+            actions = mean + std * eps.to(meta.device)
+            return actions, gaussian_log_prob(actions, mean, std), {}
+        # flow: stochastic Euler chain from x_0 ~ N(0, I) (x_0 = 0 and no noise when sample=False)
+        ctx = self.action_expert.context_of(meta)
+        sigma, k = self._flow_sigma(temperature), c.flow_steps
+        x = torch.randn(shape, generator=generator, device=meta.device) if sample else meta.new_zeros(shape)
+        chain = [x]
+        for i in range(k):
+            t = torch.full((n,), i / k, device=meta.device)
+            x = x + self.action_expert.velocity(ctx, x, t) / k
+            if sample:
+                x = x + sigma * torch.randn(shape, generator=generator, device=meta.device)
+            chain.append(x)
+        chain_t = torch.stack(chain, 1)  # [N, K+1, H, A]
+        actions = chain_t[:, -1] * self.action_std + self.action_mean
+        return actions, self._flow_terms(meta, chain_t, temperature), {"chain": chain_t}
+
+    def _action_terms(self, meta: torch.Tensor, sample: ActionSample, temperature: float) -> torch.Tensor:
+        if self.config.action_head == "gaussian":
+            mean = self.action_expert(meta) * self.action_std + self.action_mean
+            std = self.action_expert.std() * temperature
+            return gaussian_log_prob(sample.actions.to(meta.device), mean, std)
+        if "chain" not in sample.extras:
+            raise KeyError("ActionSample.extras['chain'] [N, K+1, H, A] is needed to rescore a flow-head sample")
+        return self._flow_terms(meta, sample.extras["chain"].to(meta.device), temperature)
+
+    # ------------------------------------------------------------------ world expert
+    def _world(self, meta, latents, states, actions) -> WorldPrediction:
+        state_n = (states.to(self.device) - self.state_mean) / self.state_std
+        actions_n = (actions.to(self.device) - self.action_mean) / self.action_std
+        next_latents, d_state, success = self.world_expert(meta, latents, state_n, actions_n)
+        next_states = states.to(self.device) + d_state * self.state_std
+        return WorldPrediction(latents=next_latents, states=next_states.float(), success_logits=success)
+
+    # ------------------------------------------------------------------ public API
+    @torch.no_grad()
+    def act(
+        self,
+        obs: Observation,
+        sample: bool = True,
+        temperature: float = 1.0,
+        world: bool = False,
+        num_candidates: int = 1,
+        scorer=None,
+        generator: torch.Generator | None = None,
+    ) -> ActionSample:
+        """Generate a subtask and an action chunk for N observations.
+
+        Args:
+            obs: N observations (`latents` used instead of the images when set).
+            sample: sample subtask tokens and actions; False gives the greedy subtask and the mean chunk
+                (flow: the noise-free chain from x_0 = 0), deterministic.
+            temperature: scales the subtask logits (divides) and the action std / flow noise (multiplies); > 0.
+            world: also predict the world after the chunk, returned in `extras` as `world_latents` [N, C, h, w],
+                `world_states` [N, S], `world_success_logits` [N]. Does not change the actions.
+            num_candidates: K > 1 enables test-time scaling: K chunks per row are imagined and scored, the best is
+                returned (its `extras["tts_scores"]` [N, K] holds all scores).
+            scorer: `scorer(obs, candidates: list[ActionSample], predictions: list[WorldPrediction]) -> [N, K]`;
+                default: the World Expert's success logit (no decoding).
+            generator: torch.Generator for reproducible sampling.
+
+        Returns:
+            ActionSample with actions [N, H, A], log_prob [N] (action chunk only), log_prob_terms [N, H, A]
+            (gaussian) or [N, K, H, A] (flow transitions; extras["chain"] [N, K+1, H, A]), subtask ids/mask/
+            log-probs [N, L] and text.
+        """
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}; use sample=False for greedy actions")
+        if num_candidates < 1:
+            raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
+        self._check_obs(obs)
+        if num_candidates > 1:
+            return self._act_best_of(obs, sample, temperature, num_candidates, scorer, generator)
+        obs = obs.to(self.device)
+        latents = self._latents_of(obs)
+        emb, mask = self._prefix(obs, latents)
+        ids, sub_mask = self._generate_subtask(emb, mask, sample, temperature, generator)
+        meta, sub_logp, _ = self._teacher_forced(emb, mask, ids, sub_mask, temperature)
+        actions, terms, extras = self._sample_actions(meta, sample, temperature, generator)
+        if world:
+            pred = self._world(meta, latents, obs.states, actions)
+            extras.update(
+                world_latents=pred.latents, world_states=pred.states, world_success_logits=pred.success_logits
+            )
+        return ActionSample(
+            actions=actions,
+            log_prob=terms.flatten(1).sum(1),
+            log_prob_terms=terms,
+            subtask_ids=ids,
+            subtask_mask=sub_mask,
+            subtask_log_probs=sub_logp,
+            subtask_text=self._require_processor().decode_subtasks(ids, sub_mask),
+            extras=extras,
+        )
+
+    def _act_best_of(self, obs, sample, temperature, k, scorer, generator) -> ActionSample:
+        """Test-time scaling: K candidates per row (rows n*K + j), imagined, scored, best kept."""
+        n = len(obs)
+        cand = self.act(obs.repeat_interleave(k), sample=sample, temperature=temperature, world=True,
+                        generator=generator)  # fmt: skip
+        e = cand.extras
+        if scorer is None:
+            scores = e["world_success_logits"].view(n, k)
+        else:
+            images = self.decode_latents(e["world_latents"])
+            candidates, predictions = [], []
+            for j in range(k):
+                rows = torch.arange(n) * k + j
+                candidates.append(cand.index(rows))
+                predictions.append(
+                    WorldPrediction(
+                        latents=e["world_latents"][rows],
+                        states=e["world_states"][rows],
+                        success_logits=e["world_success_logits"][rows],
+                        images=images[rows],
+                    )
+                )
+            scores = torch.as_tensor(scorer(obs, candidates, predictions), dtype=torch.float32, device=self.device)
+            if tuple(scores.shape) != (n, k):
+                raise ValueError(f"scorer: expected scores of shape [{n}, {k}], got {list(scores.shape)}")
+        best = scores.argmax(1)  # [N]
+        out = cand.index(torch.arange(n, device=best.device) * k + best)
+        out.extras["tts_scores"] = scores
+        return out
+
+    def log_prob(self, obs: Observation, sample: ActionSample, temperature: float = 1.0) -> dict[str, torch.Tensor]:
+        """Log-probs of a stored sample under the current weights (with gradients), teacher-forcing its subtask.
+
+        Returns:
+            {"action": [N], "subtask": [N] (summed over tokens), "subtask_tokens": [N, L],
+             "action_terms": [N, H, A] or [N, K, H, A]}.
+        """
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self._check_obs(obs)
+        self._check_actions(sample.actions, len(obs), "ActionSample.actions")
+        obs = obs.to(self.device)
+        latents = self._latents_of(obs)
+        emb, mask = self._prefix(obs, latents)
+        ids, sub_mask = sample.subtask_ids.to(self.device), sample.subtask_mask.to(self.device)
+        meta, sub_logp, _ = self._teacher_forced(emb, mask, ids, sub_mask, temperature)
+        terms = self._action_terms(meta, sample, temperature)
+        return {
+            "action": terms.flatten(1).sum(1),
+            "subtask": sub_logp.sum(1),
+            "subtask_tokens": sub_logp,
+            "action_terms": terms,
+        }
+
+    @torch.no_grad()
+    def imagine(
+        self, obs: Observation, actions: torch.Tensor, decode: bool = True, sample: ActionSample | None = None
+    ) -> WorldPrediction:
+        """World Expert prediction after executing `actions` [N, H, A] from `obs`.
+
+        The meta-query states are recomputed by this model with the subtask of `sample` (teacher-forced) when
+        given, else with the greedy subtask. Returns latents [N, C, h, w], states [N, S], success_logits [N] and,
+        when `decode`, uint8 subgoal images [N, H, W, 3].
+        """
+        self._check_obs(obs)
+        self._check_actions(actions, len(obs))
+        obs = obs.to(self.device)
+        latents = self._latents_of(obs)
+        emb, mask = self._prefix(obs, latents)
+        if sample is None:
+            ids, sub_mask = self._generate_subtask(emb, mask, False, 1.0, None)
+        else:
+            ids, sub_mask = sample.subtask_ids.to(self.device), sample.subtask_mask.to(self.device)
+        meta = self._teacher_forced(emb, mask, ids, sub_mask)[0]
+        pred = self._world(meta, latents, obs.states, actions)
+        if decode:
+            pred.images = self.decode_latents(pred.latents)
+        return pred
+
+    @torch.no_grad()
+    def next_observation(self, obs: Observation, pred: WorldPrediction) -> Observation:
+        """The imagined next observation: decoded subgoal image, predicted state and latents; text unchanged."""
+        images = pred.images if pred.images is not None else self.decode_latents(pred.latents)
+        return Observation(
+            images=images,
+            states=pred.states.float(),
+            instructions=list(obs.instructions),
+            task_names=list(obs.task_names),
+            latents=pred.latents,
+        )
+
+    # ------------------------------------------------------------------ SFT
+    def tokenizer_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Image-tokenizer pre-stage: reconstruction of `image` and `next_image` [N, H, W, 3] from noisy latents.
+
+        Returns:
+            "loss" (= "loss/recon") and "train/recon_psnr" (dB, full frame).
+        """
+        c, dev = self.config, self.device
+        x = preprocess_images(batch["image"].to(dev), c.image_size, "batch['image']")
+        if "next_image" in batch:
+            x = torch.cat([x, preprocess_images(batch["next_image"].to(dev), c.image_size, "batch['next_image']")])
+        mse, psnr = self.image_tokenizer.recon_loss(x, c.latent_noise_std)
+        return {"loss": mse, "loss/recon": mse, "train/recon_psnr": psnr}
+
+    def sft_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Joint SFT losses on a collated window batch (`wlarl.data.collate_windows`).
+
+        Args:
+            batch: `image` uint8 [N, H, W, 3], `state` [N, S], `actions` [N, H, A], optional `action_mask` bool
+                [N, H], `next_image` uint8 [N, H, W, 3], `next_state` [N, S], `next_success` bool [N], `subtask`,
+                `instruction`, `task_name` (N strings each), optional `action_weight` float [N] (0 drops a row
+                from the action loss, e.g. for random-action segments).
+
+        Returns:
+            "loss" (weighted sum), "loss/action", "loss/world_latent", "loss/world_state", "loss/world_success",
+            "loss/subtask", "loss/recon", plus "train/recon_psnr" and (gaussian) "train/action_std".
+        """
+        c, dev = self.config, self.device
+        proc = self._require_processor()
+        for key in ("image", "state", "actions", "next_image", "next_state", "next_success", "subtask", "instruction"):
+            if key not in batch:
+                raise KeyError(f"sft_losses: batch lacks {key!r} (expected the keys of wlarl.data.collate_windows)")
+        n = batch["image"].shape[0]
+        x = preprocess_images(batch["image"].to(dev), c.image_size, "batch['image']")
+        x_next = preprocess_images(batch["next_image"].to(dev), c.image_size, "batch['next_image']")
+        state = torch.as_tensor(batch["state"], dtype=torch.float32, device=dev)
+        next_state = torch.as_tensor(batch["next_state"], dtype=torch.float32, device=dev)
+        actions = torch.as_tensor(batch["actions"], dtype=torch.float32, device=dev)
+        if tuple(state.shape) != (n, c.state_dim):
+            raise ValueError(f"batch['state']: expected shape [{n}, {c.state_dim}], got {list(state.shape)}")
+        self._check_actions(actions, n, "batch['actions']")
+        action_mask = batch.get("action_mask")
+        m = torch.ones(n, c.chunk_size, device=dev) if action_mask is None else action_mask.to(dev).float()
+        if "action_weight" in batch:
+            m = m * torch.as_tensor(batch["action_weight"], dtype=torch.float32, device=dev)[:, None]
+        m = m[..., None]  # [N, H, 1]
+        out: dict[str, torch.Tensor] = {}
+
+        # image tokenizer: reconstruct both frames from noisy latents (the decoder must tolerate predicted latents)
+        z_both = self.image_tokenizer.encode(torch.cat([x, x_next]))  # [2N, C, h, w]
+        x_hat = self.image_tokenizer.decode(z_both + c.latent_noise_std * torch.randn_like(z_both))
+        out["loss/recon"] = F.mse_loss(x_hat, torch.cat([x, x_next]))
+        out["train/recon_psnr"] = 10 * torch.log10(4.0 / out["loss/recon"].detach().clamp_min(1e-10))
+        # policy and world model see detached latents: the tokenizer is shaped by reconstruction only
+        z, z_next = z_both.detach().chunk(2)
+        z_in = (z + c.latent_noise_std * torch.randn_like(z)).clamp(-1, 1)
+        obs = Observation(images=batch["image"], states=state.cpu(), instructions=list(batch["instruction"]),
+                          task_names=list(batch.get("task_name", [""] * n)))  # fmt: skip
+
+        # backbone, teacher-forcing the recorded subtask
+        emb, mask = self._prefix(obs, z_in)
+        ids, sub_mask = proc.encode_subtasks(list(batch["subtask"]), dev)
+        meta, sub_logp, _ = self._teacher_forced(emb, mask, ids, sub_mask)
+        out["loss/subtask"] = -sub_logp.sum() / sub_mask.sum()
+
+        # action expert
+        actions_n = (actions - self.action_mean) / self.action_std
+        denom = (m.sum() * c.action_dim).clamp_min(1.0)
+        if c.action_head == "gaussian":
+            mean_n = self.action_expert(meta)
+            out["loss/action_mse"] = (((mean_n - actions_n) ** 2) * m).sum() / denom
+            # log-std is fitted by NLL around the detached mean: the mean's gradient stays well scaled as std shrinks
+            mean = mean_n.detach() * self.action_std + self.action_mean
+            nll = -gaussian_log_prob(actions, mean, self.action_expert.std())
+            out["loss/action_nll"] = (nll * m).sum() / denom
+            out["loss/action"] = out["loss/action_mse"] + out["loss/action_nll"]
+            out["train/action_std"] = self.action_expert.std().mean().detach()
+        else:
+            # conditional flow matching (rectified flow): x_t = (1-t) x_0 + t x_1, target velocity x_1 - x_0
+            t = torch.rand(n, device=dev)
+            x0 = torch.randn_like(actions_n)
+            xt = (1 - t)[:, None, None] * x0 + t[:, None, None] * actions_n
+            v = self.action_expert.velocity(self.action_expert.context_of(meta), xt, t)
+            out["loss/action"] = (((v - (actions_n - x0)) ** 2) * m).sum() / denom
+
+        # world expert, teacher-forced on the recorded chunk (clean and noisy episodes alike)
+        state_n = (state - self.state_mean) / self.state_std
+        pred_z, d_state, success_logit = self.world_expert(meta, z_in, state_n, actions_n)
+        out["loss/world_latent"] = F.mse_loss(pred_z, z_next)
+        out["loss/world_state"] = F.mse_loss(d_state, (next_state - state) / self.state_std)
+        success = torch.as_tensor(batch["next_success"], device=dev).float()
+        out["loss/world_success"] = F.binary_cross_entropy_with_logits(success_logit, success)
+        out["loss/world"] = out["loss/world_latent"] + out["loss/world_state"] + out["loss/world_success"]
+
+        out["loss"] = (
+            c.action_loss_weight * out["loss/action"]
+            + c.world_latent_weight * out["loss/world_latent"]
+            + c.world_state_weight * out["loss/world_state"]
+            + c.world_success_weight * out["loss/world_success"]
+            + c.subtask_weight * out["loss/subtask"]
+            + c.recon_weight * out["loss/recon"]
+        )
+        return out

@@ -1,0 +1,196 @@
+"""Evaluation/verification callbacks: schedules, logging through the trainer, keep-best restore, masking."""
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+from transformers import Trainer, TrainingArguments
+
+from wlarl.trainer.callbacks import (
+    KeepBestRealCallback,
+    RealEvalCallback,
+    RefreshWorldCallback,
+    VerifyCallback,
+    fires_at,
+    mask_unverified,
+    trajectory_success_probs,
+)
+from wlarl.trainer.grpo_world_trainer import MetricsJsonlCallback
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+
+    def forward(self, x, y):
+        return {"loss": ((self.lin(x).squeeze(-1) - y) ** 2).mean()}
+
+
+def _trainer(tmp_path, callbacks, max_steps=5):
+    data = [{"x": torch.randn(2), "y": torch.tensor(1.0)} for _ in range(32)]
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=max_steps,
+        per_device_train_batch_size=4,
+        report_to=[],
+        use_cpu=True,
+        logging_steps=1,
+        save_strategy="no",
+        learning_rate=0.1,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=Tiny(), args=args, train_dataset=data, callbacks=[MetricsJsonlCallback(str(tmp_path)), *callbacks]
+    )
+    for cb in callbacks:  # what GRPOWorldTrainer does at construction
+        if hasattr(cb, "bind"):
+            cb.bind(trainer)
+    return trainer
+
+
+def test_fires_at():
+    assert [s for s in range(0, 11) if fires_at(s, 3)] == [3, 6, 9]
+    assert not any(fires_at(s, 0) for s in range(10))
+
+
+def test_eval_schedule_and_metrics_reach_jsonl(tmp_path):
+    calls = []
+
+    def evaluator(policy, step):
+        calls.append((step, policy.training))
+        frames = torch.zeros(3, 8, 8, 3, dtype=torch.uint8).numpy()
+        return {"eval/real_success": 0.5, "eval/reach-v3/success": 0.5, "videos": {"reach-v3_ep0": frames}}
+
+    cb = RealEvalCallback(evaluator, eval_steps=2)
+    trainer = _trainer(tmp_path, [cb], max_steps=5)
+    trainer.train()
+    assert [s for s, _ in calls] == [0, 2, 4, 5]  # start, every 2, end (5 was not yet evaluated)
+    assert not any(training for _, training in calls)  # evaluated in eval mode
+    assert trainer.model.training  # and restored afterwards
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    eval_rows = [r for r in rows if "eval/real_success" in r]
+    assert [r["step"] for r in eval_rows] == [0, 2, 4, 5]
+    videos = sorted(p.name for p in (tmp_path / "videos").iterdir())
+    assert len(videos) == 4 and videos[0].startswith("eval_step000000_reach-v3_ep0")
+
+
+def test_end_not_repeated_when_last_step_evaluated(tmp_path):
+    steps = []
+    cb = RealEvalCallback(lambda p, s: steps.append(s) or {"eval/real_success": 1.0}, eval_steps=2)
+    _trainer(tmp_path, [cb], max_steps=4).train()
+    assert steps == [0, 2, 4]
+
+
+def test_failed_periodic_eval_is_reported_not_fatal(tmp_path):
+    def evaluator(policy, step):
+        if step == 2:
+            raise RuntimeError("simulator exploded")
+        return {"eval/real_success": 1.0}
+
+    cb = RealEvalCallback(evaluator, eval_steps=2, at_end=False)
+    trainer = _trainer(tmp_path, [cb], max_steps=3)
+    trainer.train()
+    assert dict(cb.history)[2] == {"eval/error": 1.0}
+    # ... but a failure at train begin (misconfiguration) is raised.
+    bad = RealEvalCallback(lambda p, s: 1 / 0, eval_steps=2)
+    with pytest.raises(ZeroDivisionError):
+        _trainer(tmp_path / "b", [bad], max_steps=1).train()
+
+
+def test_unbound_callback_uses_log_fn():
+    logged = []
+    cb = RealEvalCallback(lambda p, s: {"eval/real_success": 0.25}, eval_steps=1, log_fn=logged.append)
+    state = SimpleNamespace(global_step=3, is_world_process_zero=True, log_history=[])
+    cb.on_step_end(SimpleNamespace(report_to=[]), state, None, model=Tiny())
+    assert logged == [{"eval/real_success": 0.25}]
+
+
+def test_keep_best_restores(tmp_path):
+    model = Tiny()
+    cb = KeepBestRealCallback(margin=0.1)
+    with torch.no_grad():
+        model.lin.weight.fill_(1.0)
+    assert cb.update(model, 0.6, 10) == {"eval/best_real_success": 0.6, "eval/best_step": 10.0, "eval/restored": 0.0}
+    with torch.no_grad():
+        model.lin.weight.fill_(2.0)
+    assert cb.update(model, 0.55, 20)["eval/restored"] == 0.0  # within the margin: keep training weights
+    assert model.lin.weight.eq(2.0).all()
+    out = cb.update(model, 0.3, 30)  # fell by 0.3 > 0.1: restore the step-10 weights
+    assert out["eval/restored"] == 1.0 and out["eval/best_real_success"] == 0.6
+    assert model.lin.weight.eq(1.0).all() and cb.restores == 1
+    assert cb.update(model, float("nan"), 40) == {}
+
+
+def test_keep_best_in_training_loop(tmp_path):
+    values = iter([0.8, 0.2, 0.9])
+
+    def evaluator(policy, step):
+        return {"eval/real_success": next(values)}
+
+    keep = KeepBestRealCallback(margin=0.1, save_best=True)
+    ev = RealEvalCallback(evaluator, eval_steps=2, at_end=False)
+    trainer = _trainer(tmp_path, [ev, keep], max_steps=4)
+    first = {}
+
+    orig = keep.update
+
+    def spy(model, value, step):
+        if step == 0:
+            first.update({k: v.clone() for k, v in model.state_dict().items()})
+        out = orig(model, value, step)
+        if step == 2:  # 0.2 < 0.8 - 0.1: the step-0 weights are back
+            assert out["eval/restored"] == 1.0
+            assert all(torch.equal(first[k], v) for k, v in model.state_dict().items())
+        return out
+
+    keep.update = spy
+    trainer.train()
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    restored = [r for r in rows if "eval/restored" in r]
+    assert [(r["step"], r["eval/restored"], r["eval/best_real_success"]) for r in restored] == [
+        (0, 0.0, 0.8),
+        (2, 1.0, 0.8),
+        (4, 0.0, 0.9),
+    ]
+
+
+def test_mask_unverified():
+    success = torch.tensor([True, True, False, True])
+    probs = torch.tensor([0.95, 0.5, 0.99, 0.9])
+    assert mask_unverified(success, probs, None, 0.2).tolist() == [True, True, False, True]
+    assert mask_unverified(success, probs, 0.1, 0.2).tolist() == [True, True, False, True]
+    assert mask_unverified(success, probs, float("nan"), 0.2).tolist() == [True, True, False, True]
+    assert mask_unverified(success, probs, 0.5, 0.2, confidence=0.9).tolist() == [True, False, False, True]
+    with pytest.raises(ValueError, match="shape of success"):
+        mask_unverified(success, probs[:2], 0.5, 0.2)
+
+
+def test_verify_callback_sets_gap_and_success_filter(tmp_path):
+    gaps = iter([0.5, 0.0])
+    refreshed = []
+
+    def verifier(policy, step):
+        return {"verify/imagination_gap": next(gaps), "verify/agreement": 0.5}
+
+    vcb = VerifyCallback(verifier, verify_steps=2, mask_unverified=True, mask_gap_threshold=0.2, at_end=False)
+    rcb = RefreshWorldCallback(lambda p, s: refreshed.append(s) or {"verify/refresh_psnr_after": 20.0}, 2)
+    trainer = _trainer(tmp_path, [vcb, rcb], max_steps=3)
+    assert trainer.success_filter == vcb.success_filter
+    traj = SimpleNamespace(
+        success=torch.tensor([True, True]),
+        success_logits=torch.tensor([[0.0, 5.0], [0.0, -5.0]]),
+        alive=torch.tensor([[True, True], [True, False]]),
+    )
+    assert trajectory_success_probs(traj)[0] > 0.99 and trajectory_success_probs(traj)[1] == 0.5
+    assert vcb.success_filter(traj).tolist() == [True, True]  # no gap measured yet
+    trainer.train()
+    assert vcb.imagination_gap == 0.5 and refreshed == [2]
+    assert vcb.success_filter(traj).tolist() == [True, False]  # gap 0.5 > 0.2: the unconfident success is masked
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert any(r.get("verify/masking_active") == 1.0 for r in rows)
+    assert any(r.get("verify/refresh_psnr_after") == 20.0 and r["step"] == 2 for r in rows)
+    assert math.isclose(vcb.last_metrics["verify/imagination_gap"], 0.5)

@@ -1,0 +1,462 @@
+"""Trainer callbacks for real-simulator evaluation, paired verification and keeping the best real checkpoint.
+
+`wlarl/` never imports `rollout/`, so the callbacks receive what they run by injection; the recipe builds
+those callables (see `rollout.real.make_real_evaluator`, `rollout.verify.Verifier`,
+`rollout.verify.build_callbacks`):
+
+- ``evaluator(policy, step) -> dict``: float metrics (``eval/real_success``, …) and optionally ``"videos"``:
+  name → uint8 [T, H, W, 3].
+- ``verifier(policy, step) -> dict``: the same for ``verify/…`` metrics.
+
+How metrics reach ``metrics.jsonl``: `GRPOWorldTrainer` calls ``callback.bind(trainer)`` on every callback
+that has `bind`; the callbacks then log with ``trainer.log(metrics)``, which appends to
+``state.log_history`` and fires ``on_log`` of every callback (the trainer's metrics.jsonl writer, wandb,
+tensorboard, and `KeepBestRealCallback`). Without a bound trainer, a ``log_fn(metrics)`` given at
+construction is used, else the metrics are appended to ``state.log_history`` directly.
+
+Schedule (`fires_at`): at train begin (the current global step, 0 or the resumed step), after every
+optimizer step whose global step is a multiple of `every_steps`, and at train end unless that step was just
+evaluated. With several processes only the main process evaluates; the metrics are broadcast so that every
+process logs and decides (e.g. restores) the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
+
+Evaluator = Callable[[torch.nn.Module, int], dict[str, Any]]
+
+
+def fires_at(step: int, every_steps: int) -> bool:
+    """Whether a periodic callback fires after optimizer step `step` (1-based global step): every `every_steps`."""
+    return every_steps > 0 and step > 0 and step % every_steps == 0
+
+
+def mask_unverified(
+    success: torch.Tensor,
+    success_probs: torch.Tensor,
+    imagination_gap: float | None,
+    gap_threshold: float,
+    confidence: float = 0.9,
+) -> torch.Tensor:
+    """Imagined successes that count, given the last measured imagination gap (WoVR-style masking).
+
+    When verification measured imagined success exceeding real success by more than `gap_threshold`, the
+    World Expert is hallucinating successes: an imagined success then only counts if the reward model is
+    confident about it (probability >= `confidence`). Otherwise (gap unknown, NaN or small) nothing changes.
+
+    Args:
+        success: bool [N] imagined success per trajectory.
+        success_probs: float [N] reward-model success probability of each trajectory.
+        imagination_gap: last measured imagined − real success rate (None before the first verification).
+        gap_threshold: gap above which unconfident successes are masked.
+        confidence: probability an imagined success needs while masking is active.
+
+    Returns:
+        bool [N] success mask to use for rewards/advantages.
+    """
+    success = torch.as_tensor(success).bool()
+    probs = torch.as_tensor(success_probs, dtype=torch.float32, device=success.device)
+    if probs.shape != success.shape:
+        raise ValueError(
+            f"mask_unverified: success_probs must have the shape of success {tuple(success.shape)}, got {tuple(probs.shape)}"
+        )
+    if imagination_gap is None or not math.isfinite(imagination_gap) or imagination_gap <= gap_threshold:
+        return success.clone()
+    return success & (probs >= confidence)
+
+
+def trajectory_success_probs(traj: Any) -> torch.Tensor:
+    """float [N]: sigmoid of the predicted success logit at each trajectory's last counted chunk.
+
+    Args:
+        traj: `Trajectories` with success_logits [N, T] and alive [N, T].
+    """
+    alive = traj.alive.bool()  # [N, T]
+    t = torch.arange(alive.shape[1], device=alive.device)[None].expand_as(alive)  # [N, T]
+    last = torch.where(alive, t, torch.zeros_like(t)).max(dim=1).values  # [N]
+    logits = traj.success_logits.gather(1, last[:, None])[:, 0]  # [N]
+    return torch.sigmoid(logits.float())
+
+
+# --------------------------------------------------------------------------------------------------- base
+class _PeriodicCallback(TrainerCallback):
+    """Runs `fn(model, step)` on a schedule, writes its videos and logs its metrics through the trainer."""
+
+    prefix = "eval"
+
+    def __init__(
+        self,
+        fn: Evaluator,
+        every_steps: int,
+        output_dir: str | None = None,
+        at_start: bool = True,
+        at_end: bool = True,
+        log_fn: Callable[[dict[str, float]], None] | None = None,
+        max_videos: int = 4,
+        fps: int = 10,
+    ):
+        if not callable(fn):
+            raise TypeError(f"{type(self).__name__}: expected a callable (policy, step) -> dict, got {fn!r}")
+        if every_steps < 0:
+            raise ValueError(
+                f"{type(self).__name__}: every_steps must be >= 0 (0 = only start/end), got {every_steps}"
+            )
+        self.fn = fn
+        self.every_steps = int(every_steps)
+        self.output_dir = output_dir
+        self.at_start = at_start
+        self.at_end = at_end
+        self.log_fn = log_fn
+        self.max_videos = max_videos
+        self.fps = fps
+        self.trainer: Any = None
+        self.last_step: int | None = None
+        self.last_metrics: dict[str, float] = {}
+        self.history: list[tuple[int, dict[str, float]]] = []
+
+    def bind(self, trainer: Any) -> None:
+        """Called by `GRPOWorldTrainer` at construction: metrics are then logged with ``trainer.log``."""
+        self.trainer = trainer
+        if self.output_dir is None:
+            self.output_dir = trainer.args.output_dir
+
+    # -- events
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self.at_start:
+            self.run(args, state, model, "start")
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if fires_at(state.global_step, self.every_steps) and self.last_step != state.global_step:
+            self.run(args, state, model, "step")
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.at_end and self.last_step != state.global_step:
+            self.run(args, state, model, "end")
+
+    # -- the work
+    def _call(self, model: torch.nn.Module, step: int) -> dict[str, Any]:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = self.fn(model, step)
+        finally:
+            model.train(was_training)
+        if not isinstance(out, dict):
+            raise TypeError(
+                f"{type(self).__name__}: the evaluator must return a dict of metrics, got {type(out).__name__}"
+            )
+        return out
+
+    def run(self, args: Any, state: Any, model: torch.nn.Module | None, when: str) -> dict[str, float]:
+        """Evaluate now (on the main process), write videos, log and return the float metrics."""
+        if model is None:
+            model = getattr(self.trainer, "model", None)
+        if model is None:
+            raise ValueError(f"{type(self).__name__}: no model given to the callback and no trainer bound")
+        step = int(state.global_step)
+        metrics: dict[str, float] | None = None
+        if state.is_world_process_zero:
+            try:
+                out = self._call(model, step)
+            except Exception as err:
+                if when == "start":  # a misconfiguration: fail before hours of training
+                    raise
+                # A failed periodic evaluation must not end training: report it and go on.
+                logger.warning("%s at step %d failed:\n%s", type(self).__name__, step, traceback.format_exc())
+                out = {f"{self.prefix}/error": 1.0, "error_message": str(err)}
+            videos = out.pop("videos", None) or {}
+            metrics = {k: float(v) for k, v in out.items() if isinstance(v, (int, float, np.number, bool))}
+            metrics.update(self._extra_metrics(model, step, out))
+            if videos:
+                self._write_videos(videos, step, args)
+        metrics = _broadcast(metrics)
+        self.last_step = step
+        self.last_metrics = metrics
+        self.history.append((step, metrics))
+        self._log(metrics, state)
+        return metrics
+
+    def _extra_metrics(self, model: torch.nn.Module, step: int, out: dict[str, Any]) -> dict[str, float]:
+        return {}
+
+    def _log(self, metrics: dict[str, float], state: Any) -> None:
+        if self.trainer is not None:
+            self.trainer.log(dict(metrics))
+        elif self.log_fn is not None:
+            self.log_fn(dict(metrics))
+        else:
+            state.log_history.append({**metrics, "step": state.global_step})
+
+    def _write_videos(self, videos: dict[str, Any], step: int, args: Any) -> None:
+        from wlarl.utils.video import frame_strip, write_video
+
+        if self.output_dir is None:
+            return
+        report_to = list(getattr(args, "report_to", None) or [])
+        for name, frames in list(videos.items())[: self.max_videos]:
+            frames = np.asarray(frames)
+            path = write_video(
+                frames, os.path.join(self.output_dir, "videos", f"{self.prefix}_step{step:06d}_{name}"), self.fps
+            )
+            tag = f"{self.prefix}/video/{name}"
+            if "wandb" in report_to:
+                try:
+                    import wandb
+
+                    if wandb.run is not None:
+                        wandb.log({tag: wandb.Video(str(path), fps=self.fps)}, commit=False)
+                except (ImportError, ValueError, RuntimeError) as err:
+                    logger.warning("could not log video %s to wandb: %s", path, err)
+            if "tensorboard" in report_to and self.trainer is not None:
+                # tensorboard's add_video needs moviepy: log a strip of frames as one image instead.
+                for cb in self.trainer.callback_handler.callbacks:
+                    tb = getattr(cb, "tb_writer", None)
+                    if tb is not None:
+                        tb.add_image(tag, frame_strip(frames), step, dataformats="HWC")
+
+
+def _broadcast(metrics: dict[str, float] | None) -> dict[str, float]:
+    """Send the main process's metrics to every process (identity when not distributed)."""
+    if (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    ):
+        box = [metrics]
+        torch.distributed.broadcast_object_list(box, src=0)
+        metrics = box[0]
+    return dict(metrics or {})
+
+
+# --------------------------------------------------------------------------------------------------- callbacks
+class RealEvalCallback(_PeriodicCallback):
+    """Real-simulator evaluation at train begin, every `eval_steps` optimizer steps and at train end.
+
+    Args:
+        evaluator: ``evaluator(policy, step) -> dict`` (e.g. `rollout.real.make_real_evaluator`) returning
+            ``eval/real_success``, ``eval/real_success_ci_low``/``_ci_high``, ``eval/<task>/success``,
+            ``eval/episode_length``, ``eval/timed_out`` … and optionally ``"videos"``.
+        eval_steps: period in optimizer steps (0: only at start and end).
+        output_dir: videos go to ``output_dir/videos/eval_step<step>_<name>.mp4`` (.gif without ffmpeg);
+            defaults to the bound trainer's output_dir.
+        at_start, at_end: also evaluate at train begin / end.
+        log_fn: fallback logger when no trainer is bound.
+        max_videos: videos written per evaluation.
+        fps: video frame rate.
+    """
+
+    prefix = "eval"
+
+    def __init__(self, evaluator: Evaluator, eval_steps: int, output_dir: str | None = None, **kwargs: Any):
+        super().__init__(evaluator, eval_steps, output_dir, **kwargs)
+
+
+class VerifyCallback(_PeriodicCallback):
+    """Paired verification every `verify_steps`; optionally refreshes the World Expert and masks unverified successes.
+
+    Args:
+        verifier: ``verifier(policy, step) -> dict`` with ``verify/imagination_gap`` among its metrics
+            (e.g. `rollout.verify.Verifier`).
+        verify_steps: period in optimizer steps (0: only at start/end as configured).
+        output_dir: side-by-side videos go to ``output_dir/videos/verify_step<step>_<name>``.
+        refresh_fn: optional ``refresh_fn(policy, step) -> dict`` run after each verification (e.g. fine-tune the
+            simulator snapshot on the real episodes gathered so far); its metrics are logged with the rest.
+        mask_unverified: when bound, install ``trainer.success_filter`` so that imagined successes whose
+            reward-model probability is below `mask_confidence` do not count while the measured gap exceeds
+            `mask_gap_threshold` (see `mask_unverified`).
+        success_prob_fn: ``fn(trajectories) -> float [N]`` reward-model probabilities used for masking
+            (default: sigmoid of the World Expert's success logit at the last counted chunk).
+        at_start: verify at train begin too (default False: the first verification comes after `verify_steps`).
+    """
+
+    prefix = "verify"
+
+    def __init__(
+        self,
+        verifier: Evaluator,
+        verify_steps: int,
+        output_dir: str | None = None,
+        refresh_fn: Evaluator | None = None,
+        mask_unverified: bool = False,
+        mask_gap_threshold: float = 0.2,
+        mask_confidence: float = 0.9,
+        success_prob_fn: Callable[[Any], torch.Tensor] | None = None,
+        at_start: bool = False,
+        at_end: bool = True,
+        **kwargs: Any,
+    ):
+        super().__init__(verifier, verify_steps, output_dir, at_start=at_start, at_end=at_end, **kwargs)
+        self.refresh_fn = refresh_fn
+        self.mask_unverified = mask_unverified
+        self.mask_gap_threshold = mask_gap_threshold
+        self.mask_confidence = mask_confidence
+        self.success_prob_fn = success_prob_fn or trajectory_success_probs
+        self.imagination_gap: float | None = None
+
+    def bind(self, trainer: Any) -> None:
+        super().bind(trainer)
+        if self.mask_unverified:
+            trainer.success_filter = self.success_filter
+
+    def success_filter(self, traj: Any) -> torch.Tensor:
+        """bool [N]: which imagined successes count (the trainer ANDs this with `traj.success`)."""
+        return mask_unverified(
+            traj.success,
+            self.success_prob_fn(traj),
+            self.imagination_gap,
+            self.mask_gap_threshold,
+            self.mask_confidence,
+        )
+
+    def _extra_metrics(self, model: torch.nn.Module, step: int, out: dict[str, Any]) -> dict[str, float]:
+        gap = out.get("verify/imagination_gap")
+        if gap is not None and math.isfinite(float(gap)):
+            self.imagination_gap = float(gap)
+        extra: dict[str, float] = {}
+        if self.mask_unverified:
+            active = self.imagination_gap is not None and self.imagination_gap > self.mask_gap_threshold
+            extra["verify/masking_active"] = float(active)
+        if self.refresh_fn is not None and "verify/error" not in out:
+            refreshed = self.refresh_fn(model, step)
+            extra.update({k: float(v) for k, v in refreshed.items() if isinstance(v, (int, float, np.number, bool))})
+        return extra
+
+    def run(self, args: Any, state: Any, model: torch.nn.Module | None, when: str) -> dict[str, float]:
+        metrics = super().run(args, state, model, when)
+        # Non-main processes learn the gap from the broadcast metrics, so that masking agrees across ranks.
+        gap = metrics.get("verify/imagination_gap")
+        if gap is not None and math.isfinite(gap):
+            self.imagination_gap = float(gap)
+        return metrics
+
+
+class RefreshWorldCallback(_PeriodicCallback):
+    """Every `refresh_steps`, runs ``refresh_fn(policy, step) -> dict`` (e.g. fine-tune the simulator snapshot's
+    World Expert on the real episodes gathered so far, `rollout.verify.Verifier.refresh`) and logs its metrics
+    (``verify/refresh_*``). Never at train begin or end."""
+
+    prefix = "verify"
+
+    def __init__(self, refresh_fn: Evaluator, refresh_steps: int, **kwargs: Any):
+        kwargs.setdefault("at_start", False)
+        kwargs.setdefault("at_end", False)
+        super().__init__(refresh_fn, refresh_steps, **kwargs)
+
+
+class KeepBestRealCallback(TrainerCallback):
+    """Keeps the best policy by real success; restores it when real success falls more than `margin` below it.
+
+    Reacts to every log that contains `metric_key` (logged by `RealEvalCallback` through ``trainer.log``) and
+    logs ``eval/best_real_success``, ``eval/best_step`` and ``eval/restored`` (1.0 when the weights were just
+    restored). The best weights are a CPU copy of the state dict (and, with `save_best`, a ``save_pretrained``
+    copy in ``output_dir/best``). Restoring copies the weights in place, so the optimizer keeps its parameter
+    references (its moment estimates are kept too).
+
+    Args:
+        margin: restore when ``best − current > margin`` (success-rate units).
+        metric_key: the metric to maximise.
+        output_dir: where `save_best` writes (default: the bound trainer's output_dir).
+        save_best: also `save_pretrained` the best policy to ``output_dir/best``.
+    """
+
+    def __init__(
+        self,
+        margin: float = 0.1,
+        metric_key: str = "eval/real_success",
+        output_dir: str | None = None,
+        save_best: bool = False,
+        log_fn: Callable[[dict[str, float]], None] | None = None,
+    ):
+        if margin < 0:
+            raise ValueError(f"KeepBestRealCallback: margin must be >= 0, got {margin}")
+        self.margin = margin
+        self.metric_key = metric_key
+        self.output_dir = output_dir
+        self.save_best = save_best
+        self.log_fn = log_fn
+        self.trainer: Any = None
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.restores = 0
+
+    def bind(self, trainer: Any) -> None:
+        self.trainer = trainer
+        if self.output_dir is None:
+            self.output_dir = trainer.args.output_dir
+
+    def update(self, model: torch.nn.Module, value: float, step: int) -> dict[str, float]:
+        """Record `value` (real success at `step`): keep the weights when best, restore when it fell too far.
+
+        Returns:
+            {"eval/best_real_success", "eval/best_step", "eval/restored"}; empty when `value` is NaN.
+        """
+        if value is None or not math.isfinite(value):
+            return {}
+        restored = 0.0
+        if self.best is None or value > self.best:
+            self.best, self.best_step = float(value), int(step)
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            if self.save_best and self.output_dir is not None and hasattr(model, "save_pretrained"):
+                model.save_pretrained(os.path.join(self.output_dir, "best"))
+        elif self.best - value > self.margin and self.best_state is not None:
+            model.load_state_dict(self.best_state)
+            restored = 1.0
+            self.restores += 1
+            logger.warning(
+                "real success %.3f at step %d fell more than %.3f below the best %.3f (step %d): restored the best policy",
+                value,
+                step,
+                self.margin,
+                self.best,
+                self.best_step,
+            )
+        return {
+            "eval/best_real_success": self.best,
+            "eval/best_step": float(self.best_step),
+            "eval/restored": restored,
+        }
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        if not logs or self.metric_key not in logs:
+            return
+        if model is None:
+            model = getattr(self.trainer, "model", None)
+        value = logs[self.metric_key]
+        metrics = self.update(model, float(value) if value is not None else float("nan"), state.global_step)
+        if not metrics:
+            return
+        if self.trainer is not None:
+            self.trainer.log(dict(metrics))  # nested on_log calls carry no metric_key: no recursion
+        elif self.log_fn is not None:
+            self.log_fn(dict(metrics))
+        else:
+            state.log_history.append({**metrics, "step": state.global_step})
+
+    def state_snapshot(self) -> dict[str, Any]:
+        """The best value/step and restore count (for reports)."""
+        return {"best": self.best, "best_step": self.best_step, "restores": self.restores}
+
+
+__all__ = [
+    "KeepBestRealCallback",
+    "RealEvalCallback",
+    "RefreshWorldCallback",
+    "VerifyCallback",
+    "fires_at",
+    "mask_unverified",
+    "trajectory_success_probs",
+]

@@ -126,6 +126,21 @@ TASK_SUBTASKS: dict[str, tuple[str, str, str]] = {
     "window-open-v3": ("articulated", "window handle", "push the window open"),
 }
 
+
+def subtask_phases(task_name: str) -> list[str]:
+    """Ordered subtask phases of a task (what `SubtaskLabeler` can emit, in task order)."""
+    if task_name not in TASK_SUBTASKS:
+        raise KeyError(f"no subtask rule for task {task_name!r}; known tasks: {sorted(TASK_SUBTASKS)}")
+    family, obj, final = TASK_SUBTASKS[task_name]
+    if family == "reach":
+        return [final]
+    if family == "pick":
+        return [f"reach the {obj}", f"grasp the {obj}", final]
+    return [f"reach the {obj}", final]
+
+
+SUBTASK_RULES: dict[str, list[str]] = {task: subtask_phases(task) for task in TASK_SUBTASKS}
+
 # Wrong-target points are drawn from this box (the reachable part of Meta-World's hand space), metres.
 _WORKSPACE_LOW = np.array([-0.3, 0.4, 0.05])
 _WORKSPACE_HIGH = np.array([0.3, 0.9, 0.3])

@@ -121,6 +121,7 @@ def write_episodes(episodes: Iterable[dict[str, Any]], path: str | os.PathLike, 
     """
     from datasets import Dataset
     from datasets.arrow_writer import ArrowWriter
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +149,13 @@ def write_episodes(episodes: Iterable[dict[str, Any]], path: str | os.PathLike, 
         writer.close()
         writer = None
         ds = Dataset.from_file(str(raw))
-        ds.save_to_disk(str(staging / "data"))
+        was_disabled = are_progress_bars_disabled()
+        disable_progress_bars()  # the caller shows its own progress
+        try:
+            ds.save_to_disk(str(staging / "data"))
+        finally:
+            if not was_disabled:
+                enable_progress_bars()
         del ds
         raw.unlink()
         final = staging / "data"

@@ -1,0 +1,252 @@
+"""Demonstration collection: scripted experts with a noise mix in parallel worker processes → episode dataset.
+
+`CollectConfig` is the config of `recipes/collect_demos.py`; `collect(cfg)` runs it and returns a summary.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rollout.experts import NOISE_MODES, NoiseSpec
+from rollout.sims.metaworld import resolve_tasks
+
+
+@dataclass
+class CollectConfig:
+    """Config of `recipes/collect_demos.py` (every field can be overridden on the command line)."""
+
+    output_dir: str = field(
+        default="runs/demos", metadata={"help": "Dataset folder (replaced atomically); config.json is written there."}
+    )
+    tasks: list[str] = field(
+        default_factory=lambda: ["reach-v3"],
+        metadata={"help": "Meta-World task names and/or task sets (MT10, MT50)."},
+    )
+    episodes_per_task: int = field(default=20, metadata={"help": "Episodes collected per task."})
+    noise_modes: list[str] = field(
+        default_factory=lambda: ["clean", "gaussian", "random_segments", "perturbed_start"],
+        metadata={"help": f"Noise modes of the mix, from {NOISE_MODES}."},
+    )
+    noise_weights: list[float] = field(
+        default_factory=lambda: [0.4, 0.2, 0.2, 0.2],
+        metadata={"help": "Share of each noise mode (normalised); episodes are split exactly by these shares."},
+    )
+    gaussian_sigma: float = field(default=0.3, metadata={"help": "Std of the action noise in `gaussian` mode."})
+    segment_prob: float = field(
+        default=0.03, metadata={"help": "Per-step probability of a wrong-target segment (`random_segments`)."}
+    )
+    segment_len_min: int = field(default=20, metadata={"help": "Shortest wrong-target segment, steps."})
+    segment_len_max: int = field(default=60, metadata={"help": "Longest wrong-target segment, steps."})
+    start_steps_min: int = field(
+        default=20, metadata={"help": "Fewest wrong-target steps at the start (`perturbed_start`)."}
+    )
+    start_steps_max: int = field(
+        default=50, metadata={"help": "Most wrong-target steps at the start (`perturbed_start`)."}
+    )
+    image_size: int = field(default=64, metadata={"help": "Camera frame side in pixels."})
+    camera: str = field(default="corner", metadata={"help": "Meta-World camera name."})
+    max_episode_steps: int = field(default=150, metadata={"help": "Episode length limit (truncation)."})
+    steps_after_success: int = field(
+        default=5, metadata={"help": "Steps kept after the first success before the episode ends."}
+    )
+    num_workers: int = field(default=2, metadata={"help": "Env worker processes (0 = collect in this process)."})
+    seed: int = field(default=0, metadata={"help": "Base seed: episode e of a task resets with seed + e."})
+    progress: bool = field(default=True, metadata={"help": "Show a tqdm progress bar."})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tasks, str):
+            self.tasks = [self.tasks]
+        self.tasks = resolve_tasks(self.tasks)  # raises with the list of valid names
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks: {self.tasks} lists a task twice; give each task once")
+        if self.episodes_per_task < 1:
+            raise ValueError(f"episodes_per_task={self.episodes_per_task}: expected >= 1")
+        bad = [m for m in self.noise_modes if m not in NOISE_MODES]
+        if bad or not self.noise_modes:
+            raise ValueError(f"noise_modes={self.noise_modes}: expected a non-empty list from {NOISE_MODES}")
+        if len(self.noise_weights) != len(self.noise_modes):
+            raise ValueError(
+                f"noise_weights has {len(self.noise_weights)} entries but noise_modes has {len(self.noise_modes)}; "
+                "give one weight per mode"
+            )
+        if any(w < 0 for w in self.noise_weights) or sum(self.noise_weights) <= 0:
+            raise ValueError(f"noise_weights={self.noise_weights}: expected non-negative weights with a positive sum")
+        if self.max_episode_steps < 1 or self.steps_after_success < 0:
+            raise ValueError("max_episode_steps must be >= 1 and steps_after_success >= 0")
+        if self.image_size < 8:
+            raise ValueError(f"image_size={self.image_size}: expected at least 8 pixels")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers={self.num_workers}: expected >= 0 (0 collects in this process)")
+        # NoiseSpec validates sigma, probabilities and (min, max) ranges.
+        for mode in self.noise_modes:
+            self.noise_spec(mode)
+
+    def noise_spec(self, mode: str) -> NoiseSpec:
+        return NoiseSpec(
+            mode=mode,
+            sigma=self.gaussian_sigma,
+            segment_prob=self.segment_prob,
+            segment_len=(self.segment_len_min, self.segment_len_max),
+            start_steps=(self.start_steps_min, self.start_steps_max),
+        )
+
+    def mode_counts(self) -> dict[str, int]:
+        """Episodes per task of each noise mode (largest-remainder split of `episodes_per_task`)."""
+        w = np.asarray(self.noise_weights, dtype=np.float64)
+        exact = w / w.sum() * self.episodes_per_task
+        counts = np.floor(exact).astype(int)
+        for i in np.argsort(-(exact - counts), kind="stable")[: self.episodes_per_task - counts.sum()]:
+            counts[i] += 1
+        return {m: int(c) for m, c in zip(self.noise_modes, counts)}
+
+    def env_kwargs(self) -> dict[str, Any]:
+        return {
+            "image_size": self.image_size,
+            "camera": self.camera,
+            "max_episode_steps": self.max_episode_steps,
+        }
+
+
+# ---------------------------------------------------------------- worker side
+
+_ENVS: dict[str, Any] = {}
+
+
+def _run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one episode in this process (envs cached per task)."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    import warnings
+
+    from rollout.experts import ScriptedExpert, run_episode
+    from rollout.sims import make_env
+
+    warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")
+    env = _ENVS.get(job["task"])
+    if env is None:
+        env = _ENVS[job["task"]] = make_env(job["task"], **job["env_kwargs"])
+    expert = ScriptedExpert(job["task"], NoiseSpec(**job["noise"]))
+    return run_episode(env, expert, seed=job["seed"], steps_after_success=job["steps_after_success"])
+
+
+def _worker_init() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def make_jobs(cfg: CollectConfig) -> list[dict[str, Any]]:
+    """One job per episode: task, seed, noise spec and env arguments (in dataset order)."""
+    jobs = []
+    for task in cfg.tasks:
+        e = 0
+        for mode, count in cfg.mode_counts().items():
+            for _ in range(count):
+                spec = asdict(cfg.noise_spec(mode))
+                jobs.append(
+                    {
+                        "task": task,
+                        "seed": cfg.seed + e,
+                        "noise": spec,
+                        "env_kwargs": cfg.env_kwargs(),
+                        "steps_after_success": cfg.steps_after_success,
+                    }
+                )
+                e += 1
+    return jobs
+
+
+def iter_episodes(cfg: CollectConfig, jobs: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Episodes of `jobs` in job order, run by `cfg.num_workers` processes (spawned: safe with EGL)."""
+    if cfg.num_workers == 0:
+        for job in jobs:
+            yield _run_job(job)
+        return
+    ctx = mp.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=cfg.num_workers, mp_context=ctx, initializer=_worker_init) as pool:
+        # Keep a bounded window of jobs in flight so memory stays flat and order is preserved.
+        window = 4 * cfg.num_workers
+        futures: list[cf.Future] = []
+        next_job = 0
+        while next_job < len(jobs) or futures:
+            while next_job < len(jobs) and len(futures) < window:
+                futures.append(pool.submit(_run_job, jobs[next_job]))
+                next_job += 1
+            yield futures.pop(0).result()
+
+
+def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows (task, noise_mode, episodes, success_rate, mean_length), plus per-mode and overall totals."""
+    rows = []
+    keys = sorted({(r["task_name"], r["noise_mode"]) for r in records})
+    groups = [(t, m, [r for r in records if (r["task_name"], r["noise_mode"]) == (t, m)]) for t, m in keys]
+    for mode in sorted({r["noise_mode"] for r in records}):
+        groups.append(("all", mode, [r for r in records if r["noise_mode"] == mode]))
+    groups.append(("all", "all", records))
+    for task, mode, rs in groups:
+        rows.append(
+            {
+                "task": task,
+                "noise_mode": mode,
+                "episodes": len(rs),
+                "success_rate": float(np.mean([r["success"] for r in rs])),
+                "mean_length": float(np.mean([r["length"] for r in rs])),
+            }
+        )
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table of `summarize` rows."""
+    header = f"{'task':<30} {'noise_mode':<16} {'episodes':>8} {'success':>8} {'length':>7}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r['task']:<30} {r['noise_mode']:<16} {r['episodes']:>8d} {r['success_rate']:>8.2f} {r['mean_length']:>7.1f}"
+        )
+    return "\n".join(lines)
+
+
+def collect(cfg: CollectConfig) -> dict[str, Any]:
+    """Collect `cfg` into `cfg.output_dir` (atomic) and return {"rows": summary rows, "seconds", "env_steps"}."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from tqdm.auto import tqdm
+
+    from rollout.sims import make_env
+    from wlarl.data import write_episodes
+
+    probe = make_env(cfg.tasks[0], **cfg.env_kwargs(), render_images=False)
+    meta = {**probe.describe(), "collection_config": asdict(cfg), "tasks": cfg.tasks}
+    probe.close()
+
+    jobs = make_jobs(cfg)
+    records: list[dict[str, Any]] = []
+    start = time.time()
+    bar = tqdm(total=len(jobs), desc="collect_demos", unit="ep", disable=not cfg.progress)
+
+    def episodes() -> Iterator[dict[str, Any]]:
+        for ep in iter_episodes(cfg, jobs):
+            records.append(
+                {
+                    "task_name": ep["task_name"],
+                    "noise_mode": ep["noise_mode"],
+                    "success": bool(ep["success"].any()),
+                    "length": len(ep["action"]),
+                }
+            )
+            bar.update(1)
+            bar.set_postfix(success=f"{np.mean([r['success'] for r in records]):.2f}")
+            yield ep
+
+    try:
+        write_episodes(episodes(), Path(cfg.output_dir), meta)
+    finally:
+        bar.close()
+    seconds = time.time() - start
+    return {"rows": summarize(records), "seconds": seconds, "env_steps": int(sum(r["length"] for r in records))}

@@ -1,0 +1,351 @@
+"""`GRPOWorldConfig`: TRL's `GRPOConfig` plus the world, evaluation and verification options of wlarl.
+
+TRL's names keep TRL's meanings (``num_generations``, ``beta``, ``epsilon``/``epsilon_high``, ``loss_type``,
+``scale_rewards``, ``reward_weights``, ``multi_objective_aggregation``, ``num_iterations``, ``temperature``,
+``mask_truncated_completions``, ``importance_sampling_level``, ``eval_steps`` …). What differs is the batch:
+
+**Batch sizes.** Each process, at each micro-step, draws ``B = num_starts`` start states and imagines
+``G = num_generations`` episodes from each: ``N = B·G`` rows (TRL's "completions"). TRL's batch fields are derived
+from that and should be left unset:
+
+- ``per_device_train_batch_size = num_starts · num_generations`` (rows per process per micro-step, TRL's meaning);
+- ``steps_per_generation = gradient_accumulation_steps`` (one rollout per micro-step, TRL's default);
+- ``generation_batch_size = num_starts · num_generations · world_size · gradient_accumulation_steps``.
+
+Groups are therefore never split across processes, and TRL's divisibility checks hold for any number of processes.
+One optimizer step sees ``num_starts · world_size · gradient_accumulation_steps`` groups; ``num_iterations`` > 1
+reuses each rollout for that many updates (μ in the GRPO paper).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+from transformers.trainer_utils import SaveStrategy
+from trl import GRPOConfig
+
+from wlarl.algorithms.grpo import AGGREGATIONS, IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES, SCALE_REWARDS
+
+START_STATE_SOURCES = ("dataset", "reset")
+
+
+@dataclass
+class GRPOWorldConfig(GRPOConfig):
+    """Configuration of `GRPOWorldTrainer` and the `grpo_world` recipe (see the module docstring for batch sizes).
+
+    Defaults are the quick real thing on a CPU: fp32, no reporting back-end, a log line per step.
+    """
+
+    # ------------------------------------------------------------------ TRL / Trainer fields with wlarl defaults
+    output_dir: str | None = field(
+        default="runs/grpo_world",
+        metadata={"help": "Where checkpoints, metrics.jsonl, videos and the config are written."},
+    )
+    learning_rate: float = field(
+        default=1e-5,
+        metadata={"help": "AdamW learning rate (TRL's 1e-6 is tuned for LLMs; small robot policies need more)."},
+    )
+    max_steps: int = field(default=100, metadata={"help": "Number of optimizer steps (GRPO updates)."})
+    logging_steps: float = field(default=1, metadata={"help": "Log every X optimizer steps."})
+    save_strategy: SaveStrategy | str = field(
+        default="steps", metadata={"help": "Checkpoint strategy: 'no', 'steps' or 'epoch'."}
+    )
+    save_steps: float = field(default=50, metadata={"help": "Checkpoint every X optimizer steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+    bf16: bool | None = field(
+        default=False,
+        metadata={"help": "bf16 mixed precision (GPU only in practice; False keeps CPU runs in fp32)."},
+    )
+    activation_checkpointing: bool | None = field(
+        default=False,
+        metadata={"help": "Recompute activations in the backward pass (saves memory, costs time)."},
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "Deprecated alias of activation_checkpointing (transformers ≥ 5); leave unset."},
+    )
+    report_to: None | str | list[str] = field(
+        default="none",
+        metadata={
+            "help": "Logging back-ends ('none', 'wandb', 'tensorboard', 'all'); metrics.jsonl is always written."
+        },
+    )
+    remove_unused_columns: bool | None = field(
+        default=False,
+        metadata={"help": "Keep every start-state column (image, state, instruction, task_name, seed)."},
+    )
+    dataloader_pin_memory: bool = field(default=False, metadata={"help": "Pin host memory (useful on GPUs only)."})
+    per_device_train_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Derived: num_starts × num_generations rows per process and micro-step. Leave unset."},
+    )
+    max_completion_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Constant of the 'dr_grpo' loss (tokens per row). None: the number of loss tokens of a row "
+            "(horizon, or 2·horizon with subtask tokens)."
+        },
+    )
+    epsilon_high: float | None = field(
+        default=0.28,
+        metadata={"help": "Upper clip of the ratio (DAPO clip-higher; VLA-GRPO recipes use 0.28). None: = epsilon."},
+    )
+    eval_steps: float | None = field(
+        default=50,
+        metadata={
+            "help": "Real-simulator evaluation every X optimizer steps (a float in [0, 1) is a ratio of max_steps, "
+            "as in TrainingArguments); 0 or None disables it. It runs from a callback, so eval_strategy stays 'no'."
+        },
+    )
+
+    # ------------------------------------------------------------------ rewards
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["subgoal_success"],
+        metadata={
+            "help": "Reward functions: built-in names (see rewards.BUILTIN_REWARDS) or dotted paths "
+            "'pkg.module:callable'. Weighted by reward_weights."
+        },
+    )
+    reward_model_path: str | None = field(
+        default=None,
+        metadata={"help": "Trained subgoal reward model (success classifier). None: the recipe bootstraps one."},
+    )
+
+    # ------------------------------------------------------------------ policy, start states, imagination
+    policy_path: str | None = field(
+        default=None,
+        metadata={"help": "SFT'd WLA policy to post-train. None: the recipe bootstraps one (collect → SFT → reward)."},
+    )
+    dataset_path: str | None = field(
+        default=None,
+        metadata={"help": "Episode dataset (start states, world_aux windows). None: the bootstrap's dataset."},
+    )
+    start_states: str = field(
+        default="dataset",
+        metadata={
+            "help": "Where imagined episodes start: 'dataset' (first frames of dataset episodes) or 'reset' "
+            "(fresh resets of the real simulator for `tasks`)."
+        },
+    )
+    tasks: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Simulator task names (e.g. reach-v3) for resets and evaluation; empty: all in the dataset."
+        },
+    )
+    num_starts: int = field(
+        default=8,
+        metadata={"help": "B: start states per process and micro-step; each is imagined num_generations times."},
+    )
+    horizon: int = field(default=8, metadata={"help": "T: action chunks per imagined episode."})
+    success_threshold: float = field(
+        default=0.5,
+        metadata={"help": "An imagined episode succeeds (and ends) once the predicted success probability ≥ this."},
+    )
+
+    # ------------------------------------------------------------------ dynamic sampling
+    dynamic_sampling: bool = field(
+        default=True,
+        metadata={"help": "Drop groups whose success rate is outside dynamic_sampling_range and refill (DAPO)."},
+    )
+    dynamic_sampling_range: list[float] = field(
+        default_factory=lambda: [0.1, 0.9],
+        metadata={"help": "Inclusive [lo, hi] success rate of groups kept by dynamic sampling."},
+    )
+    max_resample_rounds: int = field(
+        default=3,
+        metadata={"help": "Rollout rounds at most per step when refilling dropped groups (1 = no refill)."},
+    )
+
+    # ------------------------------------------------------------------ extra loss terms
+    nll_coef: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the NLL of successful trajectories' tokens (LightningRL uses 0.1); 0 disables."},
+    )
+    world_aux_coef: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of an auxiliary world-model SFT loss on real episodes (keeps the World Expert); 0 off."
+        },
+    )
+    world_aux_batch_size: int = field(
+        default=16, metadata={"help": "Real SFT windows per step for the world_aux_coef loss."}
+    )
+    subtask_coef: float = field(
+        default=0.0,
+        metadata={"help": "Weight of subtask-token log-probs in the policy loss (besides action chunks); 0 disables."},
+    )
+
+    # ------------------------------------------------------------------ real-simulator evaluation
+    eval_episodes_per_task: int = field(default=10, metadata={"help": "Real episodes per task at each evaluation."})
+    num_env_workers: int = field(default=1, metadata={"help": "Parallel real-simulator worker processes."})
+    image_size: int = field(default=64, metadata={"help": "Camera image size (pixels, square) of the real simulator."})
+    keep_best_real: bool = field(
+        default=True,
+        metadata={"help": "Keep the checkpoint with the best real success as `best/` (needs eval_steps > 0)."},
+    )
+    keep_best_margin: float = field(
+        default=0.0,
+        metadata={"help": "A new real success must beat the best by more than this to replace `best/`."},
+    )
+
+    # ------------------------------------------------------------------ verification (imagined vs real)
+    verify_steps: int = field(
+        default=50,
+        metadata={"help": "Paired imagined-vs-real verification every X optimizer steps; 0 disables."},
+    )
+    verify_episodes: int = field(
+        default=16, metadata={"help": "Paired episodes (same seeds imagined and real) per verification."}
+    )
+    refresh_world_steps: int = field(
+        default=0,
+        metadata={"help": "Refresh World Expert / reward model from new real episodes every X steps; 0 disables."},
+    )
+    mask_unverified: bool = field(
+        default=False,
+        metadata={"help": "Stop counting imagined successes as successes while the imagination gap is too large."},
+    )
+    mask_gap_threshold: float = field(
+        default=0.2,
+        metadata={"help": "Imagination gap (imagined − real success rate) above which mask_unverified acts."},
+    )
+
+    # ------------------------------------------------------------------ logging
+    log_image_steps: int = field(
+        default=0, metadata={"help": "Save a strip of imagined subgoal images every X steps; 0 disables."}
+    )
+
+    def __post_init__(self) -> None:
+        self._validate_world()
+        self._derive_batch_sizes()
+        super().__post_init__()
+        if self.epsilon_high is None:  # TRL resolves this in its trainer; resolve it once here for ours
+            self.epsilon_high = self.epsilon
+
+    # ------------------------------------------------------------------ checks
+    def _validate_world(self) -> None:
+        def bad(name: str, msg: str) -> ValueError:
+            return ValueError(f"GRPOWorldConfig.{name}: {msg}")
+
+        if self.num_generations is None or self.num_generations < 2:
+            raise bad(
+                "num_generations",
+                f"GRPO needs at least 2 samples per group, set num_generations ≥ 2 (got {self.num_generations})",
+            )
+        if self.num_starts < 1:
+            raise bad(
+                "num_starts", f"need at least one start state per step, set num_starts ≥ 1 (got {self.num_starts})"
+            )
+        if self.horizon < 1:
+            raise bad("horizon", f"an imagined episode needs at least one chunk, set horizon ≥ 1 (got {self.horizon})")
+        if not 0.0 < self.success_threshold < 1.0:
+            raise bad("success_threshold", f"is a probability strictly inside (0, 1), got {self.success_threshold}")
+        if self.temperature <= 0:
+            raise bad("temperature", f"must be > 0, got {self.temperature}")
+        if self.num_iterations < 1:
+            raise bad("num_iterations", f"must be ≥ 1 (updates per rollout), got {self.num_iterations}")
+        if self.epsilon < 0:
+            raise bad("epsilon", f"the clip range must be ≥ 0, got {self.epsilon}")
+        if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
+            raise bad(
+                "epsilon_high",
+                f"({self.epsilon_high}) must be ≥ epsilon ({self.epsilon}); raise epsilon_high or lower epsilon",
+            )
+        if self.delta is not None and self.delta <= 1.0:
+            raise bad(
+                "delta", f"caps the ratio from above and must be > 1 (TRL recommends > 1 + epsilon), got {self.delta}"
+            )
+        if self.loss_type not in LOSS_TYPES:
+            raise bad("loss_type", f"unknown or unsupported value {self.loss_type!r}; use one of {list(LOSS_TYPES)}")
+        # TRL accepts booleans for scale_rewards (True → group, False → none); the CLI passes them as strings.
+        sr = self.scale_rewards
+        if isinstance(sr, str) and sr.lower() in ("true", "false"):
+            sr = sr.lower() == "true"
+        self.scale_rewards = {True: "group", False: "none"}.get(sr, sr)
+        if self.scale_rewards not in SCALE_REWARDS:
+            raise bad("scale_rewards", f"unknown value {self.scale_rewards!r}; use one of {list(SCALE_REWARDS)}")
+        if self.multi_objective_aggregation not in AGGREGATIONS:
+            raise bad(
+                "multi_objective_aggregation",
+                f"unknown value {self.multi_objective_aggregation!r}; use one of {list(AGGREGATIONS)}",
+            )
+        if self.importance_sampling_level not in IMPORTANCE_SAMPLING_LEVELS:
+            raise bad(
+                "importance_sampling_level",
+                f"unknown value {self.importance_sampling_level!r}; use one of {list(IMPORTANCE_SAMPLING_LEVELS)}",
+            )
+        if self.beta < 0:
+            raise bad("beta", f"the KL coefficient must be ≥ 0, got {self.beta}")
+        if isinstance(self.reward_funcs, str):
+            self.reward_funcs = [self.reward_funcs]
+        if not self.reward_funcs:
+            raise bad("reward_funcs", "needs at least one reward function, e.g. ['subgoal_success']")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
+            raise bad(
+                "reward_weights",
+                f"has {len(self.reward_weights)} weight(s) for {len(self.reward_funcs)} reward_funcs "
+                f"{list(self.reward_funcs)}; give one weight per function (or none for all 1.0)",
+            )
+        if self.start_states not in START_STATE_SOURCES:
+            raise bad("start_states", f"unknown value {self.start_states!r}; use one of {list(START_STATE_SOURCES)}")
+        if self.start_states == "reset" and not self.tasks:
+            raise bad("tasks", "start_states='reset' needs the simulator task names, e.g. --tasks reach-v3")
+        rng = list(self.dynamic_sampling_range)
+        if len(rng) != 2:
+            raise bad("dynamic_sampling_range", f"expected two numbers [lo, hi], got {rng}")
+        lo, hi = float(rng[0]), float(rng[1])
+        if not (0.0 <= lo <= hi <= 1.0):
+            raise bad("dynamic_sampling_range", f"need 0 ≤ lo ≤ hi ≤ 1 (success rates), got [{lo}, {hi}]")
+        self.dynamic_sampling_range = [lo, hi]
+        if self.max_resample_rounds < 1:
+            raise bad("max_resample_rounds", f"must be ≥ 1 (1 = no refill), got {self.max_resample_rounds}")
+        for name in ("nll_coef", "world_aux_coef", "subtask_coef", "keep_best_margin"):
+            if getattr(self, name) < 0:
+                raise bad(name, f"must be ≥ 0 (0 disables), got {getattr(self, name)}")
+        for name in ("verify_steps", "refresh_world_steps", "log_image_steps"):
+            if getattr(self, name) < 0:
+                raise bad(name, f"must be ≥ 0 (0 disables), got {getattr(self, name)}")
+        if self.eval_steps is not None and self.eval_steps < 0:
+            raise bad("eval_steps", f"must be ≥ 0 (0 disables), got {self.eval_steps}")
+        for name in ("eval_episodes_per_task", "verify_episodes", "num_env_workers", "world_aux_batch_size"):
+            if getattr(self, name) < 1:
+                raise bad(name, f"must be ≥ 1, got {getattr(self, name)}")
+        if self.image_size < 8:
+            raise bad("image_size", f"must be ≥ 8 pixels, got {self.image_size}")
+        if not 0.0 <= self.mask_gap_threshold <= 1.0:
+            raise bad(
+                "mask_gap_threshold", f"is a difference of success rates in [0, 1], got {self.mask_gap_threshold}"
+            )
+        if self.mask_unverified and self.verify_steps == 0:
+            raise bad("mask_unverified", "needs verification: set verify_steps > 0 (or mask_unverified False)")
+
+    def _derive_batch_sizes(self) -> None:
+        rows = self.num_starts * self.num_generations
+        if self.per_device_train_batch_size is not None and self.per_device_train_batch_size != rows:
+            raise ValueError(
+                f"GRPOWorldConfig.per_device_train_batch_size: is derived as num_starts × num_generations = {rows} "
+                f"rows, got {self.per_device_train_batch_size}; leave it unset and set num_starts instead"
+            )
+        self.per_device_train_batch_size = rows
+        if self.steps_per_generation is not None and self.steps_per_generation != self.gradient_accumulation_steps:
+            raise ValueError(
+                f"GRPOWorldConfig.steps_per_generation: wlarl imagines once per micro-step, so it equals "
+                f"gradient_accumulation_steps ({self.gradient_accumulation_steps}); got {self.steps_per_generation}. "
+                "Leave it unset"
+            )
+        # generation_batch_size depends on the world size: a value saved by a run with another number of processes
+        # is replaced (TRL derives it below from per_device_train_batch_size × world size × steps_per_generation).
+        if self.generation_batch_size is not None and self.generation_batch_size % rows != 0:
+            warnings.warn(
+                f"GRPOWorldConfig.generation_batch_size={self.generation_batch_size} is derived from num_starts × "
+                f"num_generations × processes × gradient_accumulation_steps; the given value is replaced",
+                stacklevel=3,
+            )
+        self.generation_batch_size = None
+        self.steps_per_generation = None
+
+    @property
+    def group_rows(self) -> int:
+        """N = B·G: rows imagined per process and micro-step."""
+        return self.num_starts * self.num_generations

@@ -19,8 +19,9 @@
   env for that task is rebuilt). The whole call never takes longer than `timeout_s` (plus the time to stop
   workers): then every unfinished episode is reported as lost and `timed_out` is set.
 
-Episodes come back as dicts of per-step lists in the schema of `docs/internals.md` (``noise_mode =
-"policy"``, a final ``is_last`` row), ready for `wlarl.data.write_episodes`.
+Episodes come back as dicts in the input format of `wlarl.data.write_episodes` (T+1 observations, T actions,
+``noise_mode = "policy"``), which writes them in the dataset schema of `docs/internals.md`:
+``write_episodes(result.episodes, path, meta)``.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ class RealRolloutResult:
 
     Attributes:
         outcomes: one `EpisodeOutcome` per finished episode, ordered by (task, episode).
-        episodes: per finished episode a dict of per-step lists in the dataset schema (empty when
-            `keep_episodes=False`), same order as `outcomes`.
+        episodes: per finished episode a dict in the input format of `wlarl.data.write_episodes` (see
+            `_finish_episode`; empty when `keep_episodes=False`), same order as `outcomes`.
         videos: ``"<task>_ep<e>"`` → uint8 [T+1, H, W, 3] frames of the first `record_video` episodes per task.
         lost: episodes that did not finish: dicts with task, episode, seed and reason.
         worker_failures: one message per worker death, hang or env exception.
@@ -372,31 +373,34 @@ def _policy_actions(
 
 
 # ----------------------------------------------------------------------------------------------- episodes
-def _finish_episode(job: dict[str, Any], episode_index: int) -> dict[str, list]:
-    """Per-step lists in the dataset schema, with the final observation as an `is_last` row."""
+def _finish_episode(job: dict[str, Any]) -> dict[str, Any]:
+    """One episode in the input format of `wlarl.data.write_episodes`.
+
+    Returns:
+        `image` uint8 [T+1, H, W, 3], `state` float32 [T+1, S], `full_state` [T+1, F] (only when the env gives
+        it), `action` float32 [T, A] (as executed, clipped), `reward` [T], `success` bool [T], `subtask` T+1
+        strings (the policy's subtask for each step's chunk), and the scalars `instruction`, `task_name`,
+        `seed`, `noise_mode` ("policy"), `episode_success`.
+    """
     steps, last = job["steps"], job["obs"]
-    ep_success = any(s["success"] for s in steps)
-    n = len(steps)
-    act_dim = len(steps[0]["action"]) if steps else len(job["low"])
-    subtasks = job["subtasks"]
-    rows = [*steps, {**last, "action": np.zeros(act_dim, np.float32), "reward": 0.0, "success": ep_success}]
-    return {
-        "image": [r["image"] for r in rows],
-        "state": [r["state"] for r in rows],
-        "full_state": [r["full_state"] for r in rows],
-        "action": [np.asarray(r["action"], np.float32) for r in rows],
-        "reward": [float(r["reward"]) for r in rows],
-        "success": [bool(r["success"]) for r in rows],
-        "episode_success": [ep_success] * (n + 1),
+    rows = [*steps, last]
+    subtasks = list(job["subtasks"])
+    ep = {
+        "image": np.stack([r["image"] for r in rows]),  # [T+1, H, W, 3]
+        "state": np.stack([r["state"] for r in rows]),  # [T+1, S]
+        "action": np.stack([np.asarray(s["action"], np.float32) for s in steps]),  # [T, A]
+        "reward": np.array([s["reward"] for s in steps], np.float32),  # [T]
+        "success": np.array([s["success"] for s in steps], bool),  # [T]
         "subtask": [*subtasks, subtasks[-1] if subtasks else ""],
-        "instruction": [last["instruction"]] * (n + 1),
-        "task_name": [job["task"]] * (n + 1),
-        "episode_index": [episode_index] * (n + 1),
-        "step_index": list(range(n + 1)),
-        "seed": [int(job["seed"])] * (n + 1),
-        "noise_mode": ["policy"] * (n + 1),
-        "is_last": [False] * n + [True],
+        "instruction": last["instruction"],
+        "task_name": job["task"],
+        "seed": int(job["seed"]),
+        "noise_mode": "policy",
+        "episode_success": bool(any(s["success"] for s in steps)),
     }
+    if all(r["full_state"].size for r in rows):
+        ep["full_state"] = np.stack([r["full_state"] for r in rows])  # [T+1, F]
+    return ep
 
 
 def episode_seeds(episodes_per_task: int, seeds: int | Sequence[int] = 0) -> list[int]:
@@ -427,7 +431,6 @@ def rollout_policy(
     max_retries: int = 1,
     worker_timeout_s: float = 300.0,
     start_method: str = "spawn",
-    episode_index_offset: int = 0,
 ) -> RealRolloutResult:
     """Run `policy` in the real simulator for `episodes_per_task` seeded episodes of every task.
 
@@ -449,7 +452,6 @@ def rollout_policy(
         max_retries: re-runs of an episode whose worker died before it is reported lost.
         worker_timeout_s: a worker silent this long on one request is killed and counted as failed.
         start_method: multiprocessing start method ("spawn" is safe with MuJoCo/EGL and threads).
-        episode_index_offset: first `episode_index` written into the episodes.
 
     Returns:
         A `RealRolloutResult`.
@@ -610,13 +612,15 @@ def rollout_policy(
     outcomes = [finished[k][0] for k in order]
     episodes: list[dict[str, list]] = []
     videos: dict[str, np.ndarray] = {}
-    for i, k in enumerate(order):
+    for k in order:
         outcome, job = finished[k]
-        ep = _finish_episode(job, episode_index_offset + i)
+        if not outcome.length:
+            continue  # nothing executed (cannot happen with a positive step limit)
+        ep = _finish_episode(job)
         if keep_episodes:
             episodes.append(ep)
         if outcome.episode < record_video:
-            videos[f"{outcome.task}_ep{outcome.episode}"] = np.stack(ep["image"])  # [T+1, H, W, 3]
+            videos[f"{outcome.task}_ep{outcome.episode}"] = ep["image"]  # [T+1, H, W, 3]
     return RealRolloutResult(
         outcomes=outcomes,
         episodes=episodes,

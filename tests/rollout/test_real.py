@@ -67,7 +67,8 @@ class PointEnv(gym.Env):
                 time.sleep(3600)
         self.pos = np.clip(self.pos + np.asarray(action, np.float32), -2, 2).astype(np.float32)
         success = bool(np.linalg.norm(self.pos) < 0.1)
-        return self._obs(), -float(np.linalg.norm(self.pos)), False, False, {"success": success}
+        info = {"success": success, "full_state": np.concatenate([self.pos, [0.0]]).astype(np.float32)}
+        return self._obs(), -float(np.linalg.norm(self.pos)), False, False, info
 
 
 def make_point_env(task, **kwargs):
@@ -104,14 +105,13 @@ def test_scripted_succeeds_zero_fails_in_process():
     assert bad.episode_lengths.tolist() == [40] * 6  # runs to the step limit
     m = good.metrics()
     assert m["eval/real_success"] == 1.0 and m["eval/a/success"] == 1.0 and m["eval/timed_out"] == 0.0
-    # Episodes in the dataset schema: one row per step plus the final is_last row.
+    # Episodes in write_episodes' input format: T+1 observations, T actions.
     ep = good.episodes[0]
     n = good.outcomes[0].length
-    assert len(ep["image"]) == n + 1 and ep["is_last"] == [False] * n + [True]
-    assert ep["step_index"] == list(range(n + 1)) and ep["noise_mode"][0] == "policy"
-    assert ep["episode_success"][0] and ep["success"][n - 1] and ep["seed"][0] == 0
-    assert np.abs(np.stack(ep["action"][:-1])).max() <= 0.2 + 1e-6  # clipped to the action space
-    assert ep["full_state"][0].shape == (3,) and ep["image"][0].dtype == np.uint8
+    assert ep["image"].shape == (n + 1, 16, 16, 3) and ep["action"].shape == (n, 2) and len(ep["subtask"]) == n + 1
+    assert ep["noise_mode"] == "policy" and ep["episode_success"] and ep["success"][-1] and ep["seed"] == 0
+    assert np.abs(ep["action"]).max() <= 0.2 + 1e-6  # clipped to the action space
+    assert ep["full_state"].shape == (n + 1, 3) and ep["image"].dtype == np.uint8
     # Same seeds → identical first observations for both policies.
     assert np.array_equal(good.episodes[1]["state"][0], bad.episodes[1]["state"][0])
 
@@ -171,6 +171,18 @@ def test_worker_timeout_kills_hung_worker_and_reruns(tmp_path):
 def test_bad_policy_output_names_shape():
     with pytest.raises(ValueError, match=r"expected actions \[N=1, H, A\]"):
         rollout_policy(lambda obs: torch.zeros(2, 4, 2), ["a"], 1, num_workers=0, **COMMON)
+
+
+def test_episodes_write_to_dataset(tmp_path):
+    from wlarl.data import load_episodes, write_episodes
+
+    res = rollout_policy(steer, ["a", "b"], 2, seeds=0, num_workers=0, **COMMON)
+    write_episodes(res.episodes, tmp_path / "ds", {"simulator": "point"})
+    ds = load_episodes(tmp_path / "ds")
+    assert ds.num_episodes == 4
+    assert len(ds.dataset) == sum(o.length + 1 for o in res.outcomes)
+    row = ds.dataset[0]
+    assert row["noise_mode"] == "policy" and row["task_name"] == "a" and row["step_index"] == 0
 
 
 def test_make_real_evaluator():

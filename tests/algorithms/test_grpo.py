@@ -324,3 +324,72 @@ def test_nll_anchor_loss():
     close(zero, 0.0)
     zero.backward()  # still attached to the graph: callers can always add it
     close(logp.grad, torch.zeros(2, 3).tolist())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# randomised agreement with the formulas of trl.GRPOTrainer (transcribed from trl 1.16 as a reference)
+
+
+def _trl_reference_advantages(r_NF, w_F, G, aggregation, scale_rewards):
+    from trl.trainer.utils import nanstd as trl_nanstd
+
+    unscorable = torch.isnan(r_NF).all(dim=1)
+    if aggregation == "sum_then_normalize":
+        r = (r_NF * w_F[None]).nansum(dim=1)
+        r[unscorable] = NAN
+        mean = torch.nanmean(r.view(-1, G), dim=1).repeat_interleave(G)
+        std = trl_nanstd(r.view(-1, G), dim=1).repeat_interleave(G) if scale_rewards != "batch" else trl_nanstd(r)
+        adv = r - mean if scale_rewards == "none" else (r - mean) / (std + 1e-4)
+    else:
+        g = r_NF.view(-1, G, r_NF.shape[1])
+        z = ((g - torch.nanmean(g, dim=1, keepdim=True)) / (trl_nanstd(g, dim=1, keepdim=True) + 1e-4)).view_as(r_NF)
+        r = (z * w_F[None]).nansum(dim=1)
+        r[unscorable] = NAN
+        adv = (r - torch.nanmean(r)) / (trl_nanstd(r) + 1e-4)
+    return torch.nan_to_num(adv, nan=0.0)
+
+
+@pytest.mark.parametrize("aggregation", grpo.AGGREGATIONS)
+@pytest.mark.parametrize("scale_rewards", grpo.SCALE_REWARDS)
+def test_advantages_agree_with_trl_reference(aggregation, scale_rewards):
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(30):
+        G, B, F = 2 + trial % 4, 1 + trial % 3, 1 + trial % 3
+        r = torch.randn(B * G, F, generator=gen, dtype=torch.float64)
+        if trial % 2:
+            r = (r > 0).double()  # binary success rewards: many zero-std groups
+        r[torch.rand(B * G, F, generator=gen) < 0.2] = NAN
+        w = torch.rand(F, generator=gen, dtype=torch.float64)
+        ours, _ = grpo.compute_advantages(r, w, G, aggregation, scale_rewards)
+        ref = _trl_reference_advantages(r.clone(), w, G, aggregation, scale_rewards)
+        torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("level", grpo.IMPORTANCE_SAMPLING_LEVELS)
+def test_policy_loss_agrees_with_trl_reference(level):
+    gen = torch.Generator().manual_seed(1)
+    N, T, L, beta, delta = 6, 5, 7, 0.05, 1.5
+    for _ in range(10):
+        new = 0.3 * torch.randn(N, T, generator=gen, dtype=torch.float64)
+        old = new + 0.3 * torch.randn(N, T, generator=gen, dtype=torch.float64)
+        ref = new + 0.2 * torch.randn(N, T, generator=gen, dtype=torch.float64)
+        mask = (torch.rand(N, T, generator=gen) > 0.3).double()
+        mask[:, 0] = 1
+        adv = torch.randn(N, 1, generator=gen, dtype=torch.float64)
+        lr = new - old
+        lw = lr if level == "token" else ((lr * mask).sum(-1) / mask.sum(-1)).unsqueeze(-1)
+        c1 = torch.exp(lw)
+        c2 = torch.clamp(c1, 0.8, 1.28)
+        ptl = -torch.min(torch.clamp(c1, max=delta) * adv, c2 * adv) + beta * grpo.kl_k3(new, ref)
+        expected = {
+            "grpo": ((ptl * mask).sum(-1) / mask.sum(-1)).mean(),
+            "bnpo": (ptl * mask).sum() / mask.sum(),
+            "dr_grpo": (ptl * mask).sum() / (N * L),
+            "dapo": (ptl * mask).sum() / mask.sum(),
+        }
+        for loss_type, value in expected.items():
+            got, _ = grpo.policy_loss(
+                new, old, adv[:, 0], mask, loss_type, 0.2, 0.28, delta, L,
+                importance_sampling_level=level, logp_ref=ref, beta=beta,
+            )  # fmt: skip
+            torch.testing.assert_close(got, value, atol=1e-12, rtol=0)

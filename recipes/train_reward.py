@@ -1,0 +1,216 @@
+"""Train the subgoal success classifier (the `subgoal_success` reward model) on real frames and success labels.
+
+    python recipes/train_reward.py --config debug --dataset_path runs/demos --output_dir runs/reward
+    python recipes/train_reward.py --config default --dataset_path runs/demos --output_dir runs/reward \
+        --policy_path runs/sft/final      # also evaluate (and optionally fine-tune) on World-Expert frames
+
+Episodes are split by episode into train / validation / test. Training samples positives, hard negatives (arm in a
+success pose, object not) and other negatives with fixed shares, with augmentation that imitates World-Expert
+frames. Platt scaling and the decision threshold are fitted on the validation split; AUROC, calibration (ECE,
+reliability table) and the hard-negative false-positive rate are reported on the held-out test split and, with
+`--policy_path`, on World-Expert-predicted frames labelled with the real outcome.
+
+Writes to output_dir: config.json (this config), model/ (save_pretrained; load with
+`rewards.subgoal_success.load_success_classifier(output_dir)` or use `--reward_model_path output_dir` in
+grpo_world), metrics.jsonl, results.json (final metrics with reliability tables).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
+
+from rewards.subgoal_success import (  # noqa: E402
+    FrameSet,
+    SuccessClassifier,
+    SuccessClassifierConfig,
+    calibrate_classifier,
+    evaluate_classifier,
+    format_reliability,
+    frames_from_dataset,
+    predicted_frames,
+    split_by_episode,
+    train_success_classifier,
+)
+from wlarl.cli import parse_config, save_config  # noqa: E402
+
+
+@dataclass
+class TrainRewardConfig:
+    """Options of recipes/train_reward.py (section `train_reward:` of a preset)."""
+
+    dataset_path: str = field(
+        default="", metadata={"help": "Episode dataset (save_to_disk folder) with success labels."}
+    )
+    output_dir: str = field(default="runs/reward", metadata={"help": "Where the model, metrics and config go."})
+    policy_path: str = field(
+        default="", metadata={"help": "Trained WLA policy; its World Expert predicts frames to evaluate/fine-tune on."}
+    )
+    image_size: int = field(default=64, metadata={"help": "Classifier input side in pixels."})
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 128], metadata={"help": "Conv block widths."})
+    hidden_size: int = field(default=128, metadata={"help": "MLP head width."})
+    task_embed_dim: int = field(default=32, metadata={"help": "Task embedding size."})
+    dropout: float = field(default=0.1, metadata={"help": "Dropout in the head."})
+    max_steps: int = field(default=2000, metadata={"help": "Optimizer steps on real frames."})
+    batch_size: int = field(default=64, metadata={"help": "Frames per step."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate (warm-up then cosine)."})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay."})
+    eval_steps: int = field(default=200, metadata={"help": "Log train loss and validation AUROC every N steps."})
+    val_fraction: float = field(default=0.15, metadata={"help": "Episodes for calibration and threshold choice."})
+    test_fraction: float = field(default=0.15, metadata={"help": "Held-out episodes for the reported metrics."})
+    hard_negative_radius: float = field(
+        default=0.05, metadata={"help": "Metres: failed-episode frames with the hand this close to a success pose."}
+    )
+    hard_negative_fraction: float = field(default=0.25, metadata={"help": "Share of each batch from hard negatives."})
+    augment_strength: float = field(default=1.0, metadata={"help": "Scale of blur/noise/shift/colour jitter (0=off)."})
+    threshold_rule: str = field(default="f1", metadata={"help": "Threshold choice on validation: 'f1' or 'youden'."})
+    predicted_max_windows: int = field(default=1000, metadata={"help": "Predicted frames per split (policy_path)."})
+    predicted_horizon: int = field(default=0, metadata={"help": "Actions per imagined chunk; 0 = the policy's own."})
+    predicted_finetune_steps: int = field(
+        default=0, metadata={"help": "Extra steps on real + predicted training frames (needs policy_path)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of splits, sampling and augmentation."})
+
+    def __post_init__(self) -> None:
+        if not self.dataset_path:
+            raise ValueError(
+                "train_reward: set --dataset_path to an episode dataset (recipes/collect_demos.py output)"
+            )
+        if (
+            not 0 < self.val_fraction < 1
+            or not 0 <= self.test_fraction < 1
+            or self.val_fraction + self.test_fraction >= 1
+        ):
+            raise ValueError(
+                f"train_reward: val_fraction ({self.val_fraction}) and test_fraction ({self.test_fraction}) must be in "
+                f"[0, 1) with val > 0 and a sum below 1"
+            )
+        if self.threshold_rule not in ("f1", "youden"):
+            raise ValueError(f"train_reward: threshold_rule must be 'f1' or 'youden', got {self.threshold_rule!r}")
+        if self.predicted_finetune_steps > 0 and not self.policy_path:
+            raise ValueError("train_reward: predicted_finetune_steps > 0 needs --policy_path (the World Expert)")
+        if self.image_size % (2 ** len(self.channels)) != 0:
+            raise ValueError(f"train_reward: image_size {self.image_size} must be divisible by 2**len(channels)")
+
+
+def main() -> None:
+    cfg = parse_config(TrainRewardConfig, "train_reward")
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    metrics_file = open(out / "metrics.jsonl", "w")
+
+    def log(step: int, metrics: dict) -> None:
+        row = {"step": step, **{k: v for k, v in metrics.items() if not k.endswith("reliability")}}
+        metrics_file.write(json.dumps(row) + "\n")
+        metrics_file.flush()
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+
+    # --- data: labelled frames, hard negatives, split by episode
+    t0 = time.perf_counter()
+    frames = frames_from_dataset(cfg.dataset_path, cfg.hard_negative_radius)
+    train, val, test = split_by_episode(frames, [cfg.val_fraction, cfg.test_fraction], seed=cfg.seed)
+    for name, part in (("all", frames), ("train", train), ("val", val), ("test", test)):
+        print(f"[train_reward] {name}: {part.summary()}", flush=True)
+
+    # --- model
+    model = SuccessClassifier(
+        SuccessClassifierConfig(
+            task_names=sorted(set(frames.task_names)),
+            image_size=cfg.image_size,
+            channels=cfg.channels,
+            hidden_size=cfg.hidden_size,
+            task_embed_dim=cfg.task_embed_dim,
+            dropout=cfg.dropout,
+        )
+    )
+    train_kwargs = dict(
+        batch_size=cfg.batch_size,
+        weight_decay=cfg.weight_decay,
+        hard_negative_fraction=cfg.hard_negative_fraction,
+        augment_strength=cfg.augment_strength,
+        eval_steps=cfg.eval_steps,
+        log_fn=log,
+    )
+
+    # --- train on real frames
+    train_success_classifier(
+        model, train, val, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate, seed=cfg.seed, **train_kwargs
+    )
+
+    # --- World-Expert-predicted frames (labelled with the real outcome), optional fine-tuning on them
+    predicted: dict[str, FrameSet] = {}
+    if cfg.policy_path:
+        from wlarl import WLAPolicy
+
+        policy = WLAPolicy.from_pretrained(cfg.policy_path).eval()
+        horizon = cfg.predicted_horizon or _policy_horizon(policy)
+        for name, part in (("train", train), ("val", val), ("test", test)):
+            if len(part) and (name != "train" or cfg.predicted_finetune_steps > 0):
+                predicted[name] = predicted_frames(
+                    policy,
+                    cfg.dataset_path,
+                    horizon,
+                    np.unique(part.episode),
+                    cfg.predicted_max_windows,
+                    seed=cfg.seed,
+                )
+                print(f"[train_reward] predicted {name}: {predicted[name].summary()}", flush=True)
+        if cfg.predicted_finetune_steps > 0:
+            train_success_classifier(
+                model,
+                FrameSet.cat([train, predicted["train"]]),
+                predicted.get("val"),
+                max_steps=cfg.predicted_finetune_steps,
+                learning_rate=cfg.learning_rate * 0.3,
+                seed=cfg.seed + 1,
+                **train_kwargs,
+            )
+
+    # --- calibrate on validation (real + predicted when available: the reward scores predicted frames)
+    calib = FrameSet.cat([val, predicted["val"]]) if "val" in predicted else val
+    results = calibrate_classifier(model, calib, cfg.threshold_rule)
+
+    # --- report on held-out episodes
+    results.update(evaluate_classifier(model, val, "val/"))
+    if len(test):
+        results.update(evaluate_classifier(model, test, "eval/real/"))
+    if "test" in predicted:
+        results.update(evaluate_classifier(model, predicted["test"], "eval/predicted/"))
+    results["time/total_s"] = time.perf_counter() - t0
+    log(cfg.max_steps + cfg.predicted_finetune_steps, results)
+    metrics_file.close()
+
+    model.save_pretrained(out / "model")
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    for key in ("eval/real/", "eval/predicted/", "val/"):
+        if f"{key}reliability" in results:
+            print(
+                f"\n[train_reward] reliability on {key.rstrip('/')} (AUROC {results[f'{key}auroc']:.4f}, "
+                f"ECE {results[f'{key}ece']:.4f}):\n{format_reliability(results[f'{key}reliability'])}"
+            )
+    print(f"[train_reward] saved {out / 'model'} (threshold {model.config.threshold:.3f})", flush=True)
+
+
+def _policy_horizon(policy: object) -> int:
+    config = getattr(policy, "config", None)
+    for name in ("action_horizon", "chunk_size", "horizon", "num_actions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise ValueError(
+        "train_reward: cannot read the action-chunk length from the policy config; set --predicted_horizon"
+    )
+
+
+if __name__ == "__main__":
+    main()

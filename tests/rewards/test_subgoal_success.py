@@ -1,0 +1,164 @@
+"""Success classifier: labels, hard negatives, metrics, calibration, save/load, unknown task, reward modes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from reward_fixtures import make_episode_dataset, make_trajectories
+
+from rewards import RewardLoadError, build_reward_scorer, resolve_reward_func
+from rewards.subgoal_success import (
+    SubgoalSuccessReward,
+    SuccessClassifier,
+    SuccessClassifierConfig,
+    augment_images,
+    auroc,
+    calibrate_classifier,
+    choose_threshold,
+    expected_calibration_error,
+    fit_platt,
+    frame_labels,
+    frames_from_dataset,
+    load_success_classifier,
+    predicted_frames,
+    reliability_table,
+    split_by_episode,
+    train_success_classifier,
+)
+from wlarl.types import WorldPrediction
+
+
+def tiny_model(tasks=("push-v3",)) -> SuccessClassifier:
+    torch.manual_seed(0)
+    return SuccessClassifier(
+        SuccessClassifierConfig(task_names=list(tasks), image_size=32, channels=[8, 16, 32], hidden_size=32)
+    )
+
+
+def test_frame_labels_shift_success_by_one_step_per_episode():
+    success = np.array([False, True, True, False, False, True])
+    episode = np.array([0, 0, 0, 1, 1, 1])
+    step = np.array([0, 1, 2, 0, 1, 2])
+    assert frame_labels(success, episode, step).tolist() == [False, False, True, False, False, False]
+    perm = np.array([5, 3, 1, 0, 4, 2])  # order does not matter
+    assert frame_labels(success[perm], episode[perm], step[perm]).tolist() == [False, False, False, False, False, True]
+
+
+def test_frames_and_hard_negatives_from_dataset():
+    frames = frames_from_dataset(make_episode_dataset(n_episodes=4, steps=12))
+    s = frames.summary()
+    assert s["episodes"] == 4 and s["positives"] > 0 and s["hard_negatives"] > 0
+    # hard negatives come from failed episodes only and are never positives
+    assert not (frames.hard_negative & frames.labels).any()
+    assert set(frames.episode[frames.hard_negative]) <= {1, 3}
+
+
+def test_split_by_episode_keeps_episodes_whole_and_stratifies():
+    frames = frames_from_dataset(make_episode_dataset(n_episodes=20, steps=4))
+    rest, val, test = split_by_episode(frames, [0.2, 0.2])
+    sets = [set(p.episode) for p in (rest, val, test)]
+    assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
+    assert sum(len(p) for p in (rest, val, test)) == len(frames)
+    assert val.labels.any() and (~val.labels).any()
+
+
+def test_metrics_known_answers():
+    assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    assert auroc([0.5, 0.5], [0, 1]) == pytest.approx(0.5)
+    assert np.isnan(auroc([0.1, 0.2], [1, 1]))
+    table = reliability_table([0.05, 0.05, 0.95, 0.95], [0, 1, 1, 1], bins=10)
+    assert table[0]["count"] == 2 and table[0]["frac_positive"] == 0.5 and table[9]["frac_positive"] == 1.0
+    assert expected_calibration_error([0.05, 0.05, 0.95, 0.95], [0, 1, 1, 1]) == pytest.approx(0.5 * 0.45 + 0.5 * 0.05)
+    assert choose_threshold([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1], "f1") == pytest.approx(0.35)
+    assert choose_threshold([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1], "youden") in (0.35, 0.8)
+
+
+def test_platt_recovers_a_known_scaling():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=4000) * 3
+    y = rng.random(4000) < 1 / (1 + np.exp(-(0.5 * z - 1.0)))
+    a, b = fit_platt(z, y)
+    assert a == pytest.approx(0.5, abs=0.08) and b == pytest.approx(-1.0, abs=0.15)
+
+
+def test_augment_keeps_range_and_shape():
+    x = torch.rand(5, 3, 32, 32)
+    y = augment_images(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1 and not torch.equal(x, y)
+    assert torch.equal(augment_images(x, strength=0.0), x)
+
+
+def test_unknown_task_and_save_load_round_trip(tmp_path):
+    model = tiny_model(("push-v3", "reach-v3"))
+    model.config.threshold, model.config.platt_scale = 0.7, 2.0
+    with pytest.raises(KeyError, match=r"unknown task 'door-open-v3'.*\['push-v3', 'reach-v3'\]"):
+        model.predict_proba(torch.zeros(1, 32, 32, 3, dtype=torch.uint8), ["door-open-v3"])
+    model.save_pretrained(tmp_path / "model")
+    loaded = load_success_classifier(tmp_path)  # an output_dir with model/ works
+    assert loaded.config.threshold == 0.7 and loaded.config.task_names == ["push-v3", "reach-v3"]
+    imgs = torch.randint(0, 255, (3, 48, 48, 3), dtype=torch.uint8)  # another size is resized
+    assert torch.allclose(loaded.predict_proba(imgs, ["reach-v3"] * 3), model.predict_proba(imgs, ["reach-v3"] * 3))
+    with pytest.raises(FileNotFoundError, match="train one with"):
+        load_success_classifier(tmp_path / "nothing")
+
+
+def test_training_separates_success_from_hard_negatives():
+    frames = frames_from_dataset(make_episode_dataset(n_episodes=16, steps=10, seed=1))
+    train, val = split_by_episode(frames, [0.25])
+    model = tiny_model()
+    before = auroc(model.predict_proba(torch.from_numpy(val.images), val.task_names).numpy(), val.labels)
+    train_success_classifier(model, train, None, max_steps=80, batch_size=32, learning_rate=3e-3, eval_steps=80)
+    calib = calibrate_classifier(model, val)
+    probs = model.predict_proba(torch.from_numpy(val.images), val.task_names).numpy()
+    assert auroc(probs, val.labels) > max(0.9, before)
+    assert 0 < calib["calibration/threshold"] < 1
+    # the arm-in-success-pose frames are not mistaken for success
+    assert (probs[val.hard_negative] < model.config.threshold).mean() > 0.8
+
+
+class _CopyWorld:
+    """A stand-in World Expert: predicts the next frame as a blurred copy of the current one."""
+
+    def imagine(self, obs, actions, decode=True):
+        img = obs.images.float()
+        blurred = ((img + img.roll(1, dims=1) + img.roll(1, dims=2)) / 3).to(torch.uint8)
+        n = len(obs)
+        return WorldPrediction(
+            latents=torch.zeros(n, 2, 2, 2), states=obs.states, success_logits=torch.zeros(n), images=blurred
+        )
+
+
+def test_predicted_frames_are_labelled_with_the_real_outcome():
+    ds = make_episode_dataset(n_episodes=4, steps=8)
+    pred = predicted_frames(_CopyWorld(), ds, horizon=2, episodes=[0, 1], max_windows=None)
+    real = frames_from_dataset(ds)
+    assert set(pred.episode) == {0, 1}
+    assert len(pred) == 2 * 8  # windows t = 0..7 of each 9-row episode
+    # label of the window at t = real label at t+2: episode 0 succeeds, so its last windows are positive
+    ep0 = real.labels[real.episode == 0]
+    assert pred.labels[pred.episode == 0].tolist() == [ep0[min(t + 2, 8)] for t in range(8)]
+
+
+def test_reward_modes_and_by_name(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "model")
+    fn = resolve_reward_func("subgoal_success", reward_model_path=str(tmp_path))
+    assert isinstance(fn, SubgoalSuccessReward)
+    traj = make_trajectories(n=2, t=3, group_size=2, image_size=32, task_names=["push-v3"] * 2)
+    traj.subgoal_images[1] = torch.randint(0, 255, (3, 32, 32, 3), dtype=torch.uint8)
+    probs = fn.chunk_probs(traj.subgoal_images, traj.task_names)  # [N, T]
+    assert probs.shape == (2, 3)
+    out = build_reward_scorer(["subgoal_success"], reward_model_path=str(tmp_path))(traj)
+    assert torch.allclose(out.per_function[:, 0], probs[:, -1])
+    fn_max = SubgoalSuccessReward(model, mode="max")
+    alive = torch.tensor([[True, True, False], [True, True, True]])
+    assert fn_max(subgoal_images=traj.subgoal_images, task_names=traj.task_names, alive=alive) == pytest.approx(
+        [probs[0, :2].max().item(), probs[1].max().item()]
+    )
+    fn_ok = SubgoalSuccessReward(model, mode="success")
+    model.config.threshold = 0.0
+    assert fn_ok(subgoal_images=traj.subgoal_images, task_names=traj.task_names) == [1.0, 1.0]
+    assert fn_ok.trajectory_success(traj.subgoal_images, traj.task_names).tolist() == [True, True]
+    with pytest.raises(RewardLoadError, match=r"needs option\(s\) \['reward_model_path'\]"):
+        resolve_reward_func("subgoal_success")

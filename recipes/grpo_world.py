@@ -34,7 +34,7 @@ if not torch.cuda.is_available():
 
 from accelerate import PartialState  # noqa: E402
 
-from rewards import build_reward_funcs  # noqa: E402
+from rewards import build_reward_scorer  # noqa: E402
 from rollout.imagined import ImaginationEngine, freeze_snapshot  # noqa: E402
 from wlarl.cli import load_section, parse_config, resolve_preset, save_config  # noqa: E402
 from wlarl.configs import GRPOWorldConfig  # noqa: E402
@@ -144,7 +144,7 @@ def main() -> None:
     # --- the frozen World Expert (simulator + KL reference) and the reward functions ---------------------------
     snapshot = freeze_snapshot(policy)
     engine = ImaginationEngine(snapshot, horizon=cfg.horizon, success_threshold=cfg.success_threshold)
-    scorer = build_reward_funcs(
+    scorer = build_reward_scorer(
         cfg.reward_funcs, cfg.reward_weights,
         reward_model_path=cfg.reward_model_path, dataset_path=cfg.dataset_path, policy=snapshot,
     )

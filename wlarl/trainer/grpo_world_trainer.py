@@ -247,9 +247,11 @@ class GRPOWorldTrainer(Trainer):
         success = torch.cat([k[2] for k in kept])
         N, T = traj.num_rows, traj.horizon
 
-        # --- advantages: per-trajectory reward → group advantage, broadcast to every chunk that counts
-        total = grpo.aggregate_rewards(rewards.per_function, rewards.weights, self.args.multi_objective_aggregation, G)  # [N]
-        advantages = grpo.group_advantages(total, G, self.args.scale_rewards)  # [N]
+        # --- advantages: per-trajectory reward → group advantage (TRL's path), broadcast to every chunk that counts
+        total = grpo.aggregate_rewards(rewards.per_function, rewards.weights, self.args.multi_objective_aggregation, G)
+        advantages, adv_stats = grpo.compute_advantages(
+            rewards.per_function, rewards.weights, G, self.args.multi_objective_aggregation, self.args.scale_rewards
+        )  # [N]
         mask = traj.alive.clone()  # [N, T]
         if self.args.mask_truncated_completions:
             mask = grpo.mask_truncated(mask, success)
@@ -257,10 +259,11 @@ class GRPOWorldTrainer(Trainer):
         # --- log-probs of the sampling policy (old) and of the frozen reference
         old_logp = torch.stack([s.log_prob for s in traj.samples], dim=1)  # [N, T]
         old_sub = torch.stack([(s.subtask_log_probs * s.subtask_mask).sum(-1) for s in traj.samples], dim=1)  # [N, T]
-        ref_logp = None
+        ref_logp = ref_sub = None
         if self.args.beta > 0:
             ref = self._flat_log_prob(self.imagination.world, traj)
             ref_logp = ref["action"].view(T, N).T  # [N, T]
+            ref_sub = ref["subtask"].view(T, N).T  # [N, T]
 
         # --- metrics
         m = self._metrics
@@ -268,8 +271,9 @@ class GRPOWorldTrainer(Trainer):
         m["rollout/counted_success"].append(success.float().mean().item())
         m["rollout/episode_length"].append(traj.lengths.float().mean().item())
         m["rollout/action_abs_mean"].append(traj.actions.abs().mean().item())
-        m["reward/total"].append(total.mean().item())
-        m["reward/total_std"].append(total.std().item() if N > 1 else 0.0)
+        m["reward/total"].append(torch.nanmean(total).item())
+        m["reward/total_std"].append(adv_stats["reward_std"].item())
+        m["reward/frac_zero_std_groups"].append(adv_stats["frac_reward_zero_std"].item())
         for f, name in enumerate(rewards.names):
             col = rewards.per_function[:, f]
             valid = col[~torch.isnan(col)]
@@ -293,6 +297,7 @@ class GRPOWorldTrainer(Trainer):
             "old_logp": old_logp,
             "old_subtask_logp": old_sub,
             "ref_logp": ref_logp,
+            "ref_subtask_logp": ref_sub,
         }
 
     # ------------------------------------------------------------------------------------------ loss
@@ -310,27 +315,28 @@ class GRPOWorldTrainer(Trainer):
         logp = out["action"].view(T, N).T  # [N, T]
         mask = inputs["mask"]
         adv_NT = grpo.broadcast_advantages(inputs["advantages"], mask)  # [N, T]
-        new_lp, old_lp, tok_mask, tok_adv = logp, inputs["old_logp"], mask, adv_NT
+        new_lp, old_lp, tok_mask, tok_adv, ref_lp = logp, inputs["old_logp"], mask, adv_NT, inputs["ref_logp"]
+        weights = None
         if self.args.subtask_coef > 0:
-            # Subtask tokens are extra "tokens" of the same trajectory, with the same advantage.
+            # Subtask tokens are extra tokens of the same trajectory with the same advantage, weighted by subtask_coef.
             sub = out["subtask"].view(T, N).T  # [N, T]
-            new_lp = torch.cat([logp, self.args.subtask_coef * sub], dim=1)  # [N, 2T]
-            old_lp = torch.cat([inputs["old_logp"], self.args.subtask_coef * inputs["old_subtask_logp"]], dim=1)
+            new_lp = torch.cat([logp, sub], dim=1)  # [N, 2T]
+            old_lp = torch.cat([inputs["old_logp"], inputs["old_subtask_logp"]], dim=1)
             tok_mask = torch.cat([mask, mask], dim=1)
             tok_adv = torch.cat([adv_NT, adv_NT], dim=1)
+            weights = torch.cat([torch.ones_like(logp), torch.full_like(sub, self.args.subtask_coef)], dim=1).detach()
+            if ref_lp is not None:
+                ref_lp = torch.cat([ref_lp, inputs["ref_subtask_logp"]], dim=1)
         loss, stats = grpo.policy_loss(
             new_lp, old_lp.detach(), tok_adv, tok_mask, loss_type=self.args.loss_type,
             epsilon_low=self.args.epsilon, epsilon_high=self.args.epsilon_high,
+            logp_ref=ref_lp, beta=self.args.beta, token_weights=weights,
         )
         m = self._metrics
-        m["loss/policy"].append(loss.item())
+        m["loss/policy"].append(stats.get("policy_loss", loss).item())
         for k, v in stats.items():
-            m[f"policy/{k}"].append(float(v))
-        if self.args.beta > 0:
-            kl = grpo.kl_k3(logp, inputs["ref_logp"])  # [N, T]
-            kl_mean = (kl * mask).sum() / mask.sum().clamp(min=1)
-            loss = loss + self.args.beta * kl_mean
-            m["loss/kl"].append(kl_mean.item())
+            if k != "policy_loss":
+                m[f"policy/{k}"].append(float(v))
         if self.args.nll_coef > 0:
             nll = grpo.nll_anchor_loss(logp, mask, inputs["success"])
             loss = loss + self.args.nll_coef * nll

@@ -158,3 +158,13 @@ def test_progress_success_from_logits_and_validation():
     assert out == pytest.approx([1.0, 0.25, 0.0, 0.0])
     with pytest.raises(ValueError, match="failure_scale"):
         ProgressReward(1.0)
+
+
+def test_subtask_text_reads_rules_from_rollout_experts():
+    experts = pytest.importorskip("rollout.experts")
+    if not hasattr(experts, "SUBTASK_RULES") and not hasattr(experts, "subtask_phases"):
+        pytest.skip("rollout.experts exposes no subtask rule table")
+    fn = resolve_reward_func("subtask_text")  # no rules given: read from rollout.experts
+    task = sorted(experts.SUBTASK_RULES)[0] if hasattr(experts, "SUBTASK_RULES") else "push-v3"
+    phases = list(fn._lookup(task))
+    assert fn(task_names=[task, "not-a-task-v3"], subtasks=[phases, ["x"]]) == [1.0, None]

@@ -10,7 +10,7 @@ frames. Platt scaling and the decision threshold are fitted on the validation sp
 reliability table) and the hard-negative false-positive rate are reported on the held-out test split and, with
 `--policy_path`, on World-Expert-predicted frames labelled with the real outcome.
 
-Writes to output_dir: config.json (this config), model/ (save_pretrained; load with
+Writes to output_dir: config.json (this config), final/ (the model, save_pretrained; load with
 `rewards.subgoal_success.load_success_classifier(output_dir)` or use `--reward_model_path output_dir` in
 grpo_world), metrics.jsonl, results.json (final metrics with reliability tables).
 """
@@ -190,7 +190,7 @@ def main() -> None:
     log(cfg.max_steps + cfg.predicted_finetune_steps, results)
     metrics_file.close()
 
-    model.save_pretrained(out / "model")
+    model.save_pretrained(out / "final")
     (out / "results.json").write_text(json.dumps(results, indent=2))
     for key in ("eval/real/", "eval/predicted/", "val/"):
         if f"{key}reliability" in results:

@@ -575,13 +575,13 @@ def classification_metrics(probs: Any, labels: Any, threshold: float, prefix: st
 
 
 def load_success_classifier(path: str | Path, device: str | torch.device | None = None) -> SuccessClassifier:
-    """Load a classifier saved with `save_pretrained` (a train_reward output_dir works: its `model/` is used)."""
+    """Load a classifier saved with `save_pretrained` (a train_reward output_dir works: its `final/` is used, as for the policy)."""
     p = Path(path)
-    if (p / "model" / "config.json").is_file():
-        p = p / "model"
+    if (p / "final" / "config.json").is_file():
+        p = p / "final"
     if not (p / "config.json").is_file():
         raise FileNotFoundError(
-            f"reward model {str(path)!r}: no config.json there (nor in model/); train one with "
+            f"reward model {str(path)!r}: no config.json there (nor in final/); train one with "
             f"`python recipes/train_reward.py --dataset_path ... --output_dir ...`"
         )
     model = SuccessClassifier.from_pretrained(str(p))

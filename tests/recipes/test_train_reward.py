@@ -36,7 +36,7 @@ def test_train_reward_debug_raises_auroc_above_chance(tmp_path):
     assert results["eval/real/auroc"] > 0.75, results
     assert len(results["eval/real/reliability"]) == 10
     assert 0.0 < results["calibration/threshold"] < 1.0
-    assert (out / "model" / "model.safetensors").is_file() and (out / "config.json").is_file()
+    assert (out / "final" / "model.safetensors").is_file() and (out / "config.json").is_file()
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert "train/loss" in lines[0] and "eval/real/auroc" in lines[-1]
     from rewards.subgoal_success import load_success_classifier

@@ -94,8 +94,8 @@ def test_unknown_task_and_save_load_round_trip(tmp_path):
     model.config.threshold, model.config.platt_scale = 0.7, 2.0
     with pytest.raises(KeyError, match=r"unknown task 'door-open-v3'.*\['push-v3', 'reach-v3'\]"):
         model.predict_proba(torch.zeros(1, 32, 32, 3, dtype=torch.uint8), ["door-open-v3"])
-    model.save_pretrained(tmp_path / "model")
-    loaded = load_success_classifier(tmp_path)  # an output_dir with model/ works
+    model.save_pretrained(tmp_path / "final")
+    loaded = load_success_classifier(tmp_path)  # an output_dir with final/ works
     assert loaded.config.threshold == 0.7 and loaded.config.task_names == ["push-v3", "reach-v3"]
     imgs = torch.randint(0, 255, (3, 48, 48, 3), dtype=torch.uint8)  # another size is resized
     assert torch.allclose(loaded.predict_proba(imgs, ["reach-v3"] * 3), model.predict_proba(imgs, ["reach-v3"] * 3))
@@ -142,7 +142,7 @@ def test_predicted_frames_are_labelled_with_the_real_outcome():
 
 def test_reward_modes_and_by_name(tmp_path):
     model = tiny_model()
-    model.save_pretrained(tmp_path / "model")
+    model.save_pretrained(tmp_path / "final")
     fn = resolve_reward_func("subgoal_success", reward_model_path=str(tmp_path))
     assert isinstance(fn, SubgoalSuccessReward)
     traj = make_trajectories(n=2, t=3, group_size=2, image_size=32, task_names=["push-v3"] * 2)

@@ -223,3 +223,30 @@ def test_as_episode_list_reads_dataset(tmp_path):
     back = as_episode_list(load_episodes(tmp_path / "ds"))
     assert len(back) == 2 and back[0]["action"].shape == (5, 3) and back[0]["image"].shape == (6, SIZE, SIZE, 3)
     assert np.allclose(back[1]["action"], eps[1]["action"])
+
+
+# ------------------------------------------------------------------------------------- Meta-World
+def _metaworld_env(task):
+    from rollout.sims import make_env
+
+    return make_env(task, image_size=32, state_mode="full", max_episode_steps=60)
+
+
+def _expert_policy(obs):
+    """Meta-World's scripted expert on the 39-d state (state_mode='full'), one action per query: [N, 1, 4]."""
+    from metaworld.policies import ENV_POLICY_MAP
+
+    acts = [ENV_POLICY_MAP[t]().get_action(s.double().numpy()) for t, s in zip(obs.task_names, obs.states)]
+    return torch.from_numpy(np.clip(np.stack(acts), -1, 1)).float()[:, None]
+
+
+@pytest.mark.metaworld
+def test_paired_verification_metaworld_expert_vs_zero():
+    pytest.importorskip("metaworld", reason="needs the metaworld extra: pip install -e '.[metaworld]'")
+    kw = dict(env_fn=_metaworld_env, num_workers=2, start_method="fork", max_episode_steps=60)
+    good = paired_verification(_expert_policy, fake_imagine([True]), ["reach-v3"], 2, seed=0, **kw)
+    bad = paired_verification(lambda o: torch.zeros(len(o), 4, 4), fake_imagine([True]), ["reach-v3"], 2, seed=0, **kw)
+    assert good["verify/real_success"] == 1.0 and good["verify/tp"] == 2 and good["verify/imagination_gap"] == 0.0
+    assert bad["verify/real_success"] == 0.0 and bad["verify/fp"] == 2 and bad["verify/imagination_gap"] == 1.0
+    # Same seeds → same start states on both sides of the pairing.
+    assert np.array_equal(good["real"].episodes[0]["state"][0], bad["real"].episodes[0]["state"][0])

@@ -1,0 +1,72 @@
+"""collect_demos: the debug preset end to end as a subprocess, and clear config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import requires_metaworld
+
+from rollout.collect import CollectConfig
+from wlarl.cli import load_section, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "recipes" / "collect_demos.py"
+
+
+def _run(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(RECIPE), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@requires_metaworld
+def test_debug_preset_end_to_end(tmp_path):
+    from wlarl.data import SFTWindows, load_episodes, start_states
+
+    out = tmp_path / "demos"
+    proc = _run("--config", "debug", "--output_dir", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "success" in proc.stdout and "random_segments" in proc.stdout  # closing table
+    ep_ds = load_episodes(out)
+    cfg = load_section("debug", "collect_demos")
+    assert ep_ds.num_episodes == len(cfg["tasks"]) * cfg["episodes_per_task"]
+    assert ep_ds.meta["simulator"] == "metaworld" and ep_ds.meta["image_size"] == [64, 64]
+    assert ep_ds.meta["collection_config"]["episodes_per_task"] == cfg["episodes_per_task"]
+    assert json.loads((out / "config.json").read_text())["tasks"] == cfg["tasks"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert {r["noise_mode"] for r in summary["rows"]} >= {"clean", "random_segments", "all"}
+    assert {s["task_name"] for s in start_states(ep_ds)} == set(cfg["tasks"])
+    item = SFTWindows(ep_ds, horizon=4)[0]
+    assert item["image"].shape == (64, 64, 3) and item["actions"].shape == (4, 4)
+
+
+def test_bad_task_and_bad_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown Meta-World task.*'pick-v3'.*valid task names"):
+        CollectConfig(tasks=["pick-v3"])
+    with pytest.raises(ValueError, match="noise_weights has 1 entries but noise_modes has 2"):
+        CollectConfig(noise_modes=["clean", "gaussian"], noise_weights=[1.0])
+    with pytest.raises(ValueError, match="noise_modes"):
+        CollectConfig(noise_modes=["chaos"], noise_weights=[1.0])
+    with pytest.raises(ValueError, match="episodes_per_task=0"):
+        parse_config(CollectConfig, "collect_demos", ["--config", "debug", "--episodes_per_task", "0"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("collect_demos: {tasks: [reach-v3], episodez_per_task: 3}\n")
+    with pytest.raises(ValueError, match="unknown field.*episodez_per_task"):
+        parse_config(CollectConfig, "collect_demos", ["--config", str(bad)])
+    proc = _run("--config", "debug", "--output_dir", str(tmp_path / "x"), "--tasks", "pick-v3")
+    assert proc.returncode != 0 and "unknown Meta-World task" in proc.stderr
+
+
+def test_presets_are_valid():
+    for preset in ("debug", "default"):
+        cfg = parse_config(CollectConfig, "collect_demos", ["--config", preset])
+        counts = cfg.mode_counts()
+        assert sum(counts.values()) == cfg.episodes_per_task and set(counts) == set(cfg.noise_modes)
+    default = parse_config(CollectConfig, "collect_demos", ["--config", "default"])
+    assert default.mode_counts() == {"clean": 8, "gaussian": 4, "random_segments": 4, "perturbed_start": 4}

@@ -1,0 +1,132 @@
+"""Meta-World v3 behind the contract: observation dict, upright non-blank images, seeds, task sets, vector envs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import requires_metaworld
+
+from rollout.sims import MT10, MT50, make_env, make_vector_env, resolve_tasks, task_names
+from rollout.sims.instructions import INSTRUCTIONS
+
+pytestmark = requires_metaworld
+
+
+def _red_centroid_column(image: np.ndarray) -> float:
+    """Mean column of the red Sawyer arm's pixels."""
+    im = image.astype(int)
+    mask = (im[..., 0] > 90) & (im[..., 1] < 60) & (im[..., 2] < 60)
+    return float(np.nonzero(mask)[1].mean())
+
+
+def test_task_sets_and_names():
+    assert len(MT10) == 10 and len(MT50) == 50 and set(MT10) <= set(MT50)
+    assert task_names["MT10"] == MT10 and task_names["MT50"] == MT50
+    assert resolve_tasks("MT10") == MT10
+    assert resolve_tasks("reach-v3, push-v3") == ["reach-v3", "push-v3"]
+    assert resolve_tasks(["MT10", "soccer-v3"])[-1] == "soccer-v3"
+
+
+def test_unknown_task_lists_valid_names():
+    with pytest.raises(ValueError, match="unknown Meta-World task.*'reach-v9'.*reach-v3"):
+        make_env("reach-v9")
+    with pytest.raises(ValueError, match="valid cameras"):
+        make_env("reach-v3", camera="nope")
+
+
+def test_contract_observation_and_step():
+    env = make_env("push-v3", max_episode_steps=5)
+    obs, info = env.reset(seed=3)
+    assert set(obs) == {"image", "state", "instruction"}
+    assert obs["image"].shape == (64, 64, 3) and obs["image"].dtype == np.uint8
+    assert obs["state"].shape == (4,) and obs["state"].dtype == np.float32
+    assert obs["instruction"] in INSTRUCTIONS["push-v3"]
+    assert info["success"] is False and info["full_state"].shape == (39,) and info["seed"] == 3
+    np.testing.assert_allclose(obs["state"], info["full_state"][:4])
+    assert env.task_name == "push-v3" and env.control_frequency == pytest.approx(80.0)
+    assert env.action_space.shape == (4,) and env.action_space.low.min() == -1 and env.action_space.high.max() == 1
+    assert env.observation_space.contains(obs)
+    for t in range(5):
+        obs, reward, terminated, truncated, info = env.step(np.zeros(4, np.float32))
+        assert isinstance(info["success"], bool) and isinstance(reward, float)
+        assert truncated == (t == 4) and not terminated
+    env.close()
+
+
+def test_images_upright_and_not_blank():
+    # Verified by eye: after the 180° fix the black background is at the top and table/floor at the bottom.
+    for task in ("reach-v3", "drawer-close-v3", "door-open-v3"):
+        env = make_env(task)
+        image = env.reset(seed=0)[0]["image"].astype(float)
+        assert image.std() > 20, f"{task}: blank frame"
+        assert image[-16:].mean() - image[:16].mean() > 40, f"{task}: frame is upside down"
+        env.close()
+
+
+def test_images_not_mirrored():
+    # Driving the hand towards +x (the robot's right, seen from the corner camera) moves the arm right in the frame;
+    # a vertical flip alone would mirror it.
+    env = make_env("reach-v3")
+    cols = {}
+    for dx in (-1.0, 1.0):
+        env.reset(seed=0)
+        for _ in range(30):
+            obs = env.step(np.array([dx, 0, 0, 0], np.float32))[0]
+        cols[dx] = _red_centroid_column(obs["image"])
+    env.close()
+    assert cols[1.0] > cols[-1.0] + 2
+
+
+def test_seeds_reproducible_and_instructions_vary():
+    env = make_env("push-v3", image_size=32)
+    a, info_a = env.reset(seed=11)
+    b, info_b = env.reset(seed=11)
+    c, info_c = env.reset(seed=12)
+    assert a["image"].shape == (32, 32, 3)
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(info_a["full_state"], info_b["full_state"])
+    assert not np.allclose(info_a["full_state"][4:7], info_c["full_state"][4:7])  # new puck position
+    phrasings = {env.reset(seed=s)[0]["instruction"] for s in range(12)}
+    assert len(phrasings) > 1 and phrasings <= set(INSTRUCTIONS["push-v3"])
+    env.close()
+
+
+def test_full_state_mode():
+    env = make_env("reach-v3", state_mode="full", image_size=16)
+    obs, info = env.reset(seed=0)
+    assert obs["state"].shape == (39,) and obs["state"].dtype == np.float32
+    np.testing.assert_array_equal(obs["state"], info["full_state"])
+    with pytest.raises(ValueError, match="state_mode"):
+        make_env("reach-v3", state_mode="joint")
+    env.close()
+
+
+def test_check_env():
+    from gymnasium.utils.env_checker import check_env
+
+    env = make_env("reach-v3", image_size=16, max_episode_steps=10)
+    check_env(env, skip_render_check=True)
+    env.close()
+
+
+def test_sync_vector_env_with_several_tasks():
+    envs = make_vector_env(["reach-v3", "drawer-close-v3"], num_envs=3, image_size=16, max_episode_steps=4)
+    obs, info = envs.reset(seed=0)
+    assert obs["image"].shape == (3, 16, 16, 3) and obs["state"].shape == (3, 4)
+    assert len(obs["instruction"]) == 3 and obs["instruction"][1] in INSTRUCTIONS["drawer-close-v3"]
+    assert envs.call("task_name") == ("reach-v3", "drawer-close-v3", "reach-v3")
+    for _ in range(4):
+        obs, reward, terminated, truncated, info = envs.step(np.zeros((3, 4), np.float32))
+    assert truncated.all() and info["success"].shape == (3,)
+    envs.close()
+    with pytest.raises(ValueError, match="vectorization"):
+        make_vector_env("reach-v3", vectorization="threads")
+
+
+def test_async_vector_env():
+    envs = make_vector_env(["reach-v3", "push-v3"], vectorization="async", image_size=16)
+    obs, _ = envs.reset(seed=0)
+    assert obs["image"].shape == (2, 16, 16, 3) and obs["image"].std() > 0
+    obs, *_ = envs.step(np.zeros((2, 4), np.float32))
+    assert obs["state"].dtype == np.float32
+    envs.close()

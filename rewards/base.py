@@ -28,6 +28,8 @@ import importlib
 import inspect
 import math
 import numbers
+import os
+import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -110,6 +112,21 @@ def _accepted(fn: Callable, options: dict[str, Any]) -> tuple[dict[str, Any], li
     return given, missing
 
 
+def _import_module(module_name: str) -> Any:
+    """Import a module; a top-level package found in the current directory is importable too (recipes are launched
+    as scripts, so the working directory is not on sys.path: `examples.my_reward:fn` works from the repo root)."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        top = module_name.split(".")[0]
+        cwd = os.getcwd()
+        here = os.path.isdir(os.path.join(cwd, top)) or os.path.isfile(os.path.join(cwd, top + ".py"))
+        if e.name != top or not here or cwd in sys.path:
+            raise
+        sys.path.append(cwd)
+        return importlib.import_module(module_name)
+
+
 def _import_attr(path: str) -> Any:
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
@@ -118,7 +135,7 @@ def _import_attr(path: str) -> Any:
             f"'pkg.module:callable'"
         )
     try:
-        module = importlib.import_module(module_name)
+        module = _import_module(module_name)
     except ImportError as e:
         raise RewardLoadError(
             f"reward {path!r}: cannot import module {module_name!r} ({e}). Is the package installed or on "
@@ -386,7 +403,7 @@ class RewardScorer:
         self.weights = torch.tensor(weights, dtype=torch.float32)
 
     def __repr__(self) -> str:
-        return f"RewardScorer({dict(zip(self.names, self.weights.tolist()))})"
+        return f"RewardScorer({dict(zip(self.names, [round(w, 6) for w in self.weights.tolist()]))})"
 
     def __call__(self, trajectories: Trajectories, trainer_state: Any = None, **extra: Any) -> RewardOutput:
         """Score N trajectories: per_function [N, F] (NaN where a function skipped a row)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # after the installed packages: tests/rewards must not shadow rewards
 from wla_tiny import tiny_obs, tiny_policy  # noqa: E402
 
 from rewards import RewardScorer  # noqa: E402

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import tempfile
 
@@ -18,11 +17,7 @@ for var in ("XDG_CACHE_HOME", "MPLCONFIGDIR", "MESA_SHADER_CACHE_DIR", "HF_DATAS
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
-HAS_METAWORLD = importlib.util.find_spec("metaworld") is not None and importlib.util.find_spec("mujoco") is not None
-requires_metaworld = pytest.mark.skipif(
-    not HAS_METAWORLD, reason="needs the metaworld extra: pip install -e '.[metaworld]'"
-)
+from support import HAS_METAWORLD, requires_metaworld  # noqa: E402,F401
 
 
 def synthetic_episode(t: int = 6, size: int = 8, seed: int = 0, task: str = "reach-v3", success_at: int | None = 3):

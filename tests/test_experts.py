@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import requires_metaworld
+from support import requires_metaworld
 
 from rollout.experts import SUBTASK_RULES, TASK_SUBTASKS, NoiseSpec, ScriptedExpert, run_episode, subtask_phases
 from rollout.sims import MT50

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import IMAGE, tiny_batch, tiny_obs, tiny_policy
+from wla_tiny import IMAGE, tiny_batch, tiny_obs, tiny_policy
 
 from wlarl.models.wla import WLAPolicy, WLAProcessor
 from wlarl.types import ActionSample, Observation, WorldPrediction

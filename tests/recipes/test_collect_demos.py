@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import requires_metaworld
+from support import requires_metaworld
 
 from rollout.collect import CollectConfig
 from wlarl.cli import load_section, parse_config

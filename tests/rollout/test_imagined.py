@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
-
-sys.path.append(str(Path(__file__).resolve().parents[1]))  # after the installed packages: tests/rewards must not shadow rewards
 from wla_tiny import tiny_obs, tiny_policy  # noqa: E402
 
 from rollout.imagined import ImaginationEngine, ImaginedEnv, ImaginedVectorEnv, freeze_snapshot  # noqa: E402

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import requires_metaworld
+from support import requires_metaworld
 
 from rollout.sims import MT10, MT50, make_env, make_vector_env, resolve_tasks, task_names
 from rollout.sims.instructions import INSTRUCTIONS

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.append(str(Path(__file__).resolve().parents[1]))  # after the installed packages: tests/rewards must not shadow rewards
 from wla_tiny import tiny_obs, tiny_policy  # noqa: E402
 
 from rewards import RewardScorer  # noqa: E402

@@ -9,7 +9,7 @@ from transformers import PretrainedConfig
 ACTION_HEADS = ("gaussian", "flow")
 
 
-def tiny_llama_config(hidden_size: int = 128, num_layers: int = 4, num_heads: int = 4) -> dict:
+def tiny_llama_config(hidden_size: int = 128, num_layers: int = 3, num_heads: int = 4) -> dict:
     """A tiny Llama decoder config dict (vocab size is filled in from the tokenizer)."""
     return {
         "model_type": "llama",
@@ -37,6 +37,10 @@ class WLAConfig(PretrainedConfig):
         tokenizer_channels: conv widths of the image tokenizer, one per resolution (len = log2(image/latent) + 1).
         latent_noise_std: Gaussian noise added to latents during SFT (decoder, backbone and World-Expert inputs) so
             that the model tolerates its own imperfect predictions in closed loop.
+        latent_patch: p; the latent grid enters the backbone and the World Expert as (h/p)*(w/p) tokens of p x p
+            latent cells (fewer tokens, faster on CPU).
+        recon_fraction: share of the batch rows whose frames are reconstructed in `sft_losses` (the rest is encoded
+            without gradient); the tokenizer pre-stage trains on all of them.
         state_dim: S.
         action_dim: A.
         chunk_size: H, actions per chunk.
@@ -66,6 +70,8 @@ class WLAConfig(PretrainedConfig):
         latent_channels: int = 16,
         tokenizer_channels: list[int] | None = None,
         latent_noise_std: float = 0.1,
+        latent_patch: int = 2,
+        recon_fraction: float = 0.25,
         state_dim: int = 4,
         action_dim: int = 4,
         chunk_size: int = 8,
@@ -100,8 +106,10 @@ class WLAConfig(PretrainedConfig):
         self.image_size = image_size
         self.latent_size = latent_size
         self.latent_channels = latent_channels
-        self.tokenizer_channels = list(tokenizer_channels) if tokenizer_channels is not None else [32, 64, 64, 64]
+        self.tokenizer_channels = list(tokenizer_channels) if tokenizer_channels is not None else [16, 32, 64, 64]
         self.latent_noise_std = latent_noise_std
+        self.latent_patch = latent_patch
+        self.recon_fraction = recon_fraction
         self.state_dim = state_dim
         self.action_dim = action_dim
         self.chunk_size = chunk_size
@@ -148,6 +156,10 @@ class WLAConfig(PretrainedConfig):
             raise ValueError(
                 f"WLAConfig: image_size / latent_size must be a power of two, got {self.image_size}/{self.latent_size}"
             )
+        if self.latent_patch < 1 or self.latent_size % self.latent_patch:
+            raise ValueError(f"WLAConfig.latent_patch={self.latent_patch} must divide latent_size={self.latent_size}")
+        if not 0 < self.recon_fraction <= 1:
+            raise ValueError(f"WLAConfig.recon_fraction={self.recon_fraction}: expected a value in (0, 1]")
         if len(self.tokenizer_channels) != self.num_downsamples + 1:
             raise ValueError(
                 f"WLAConfig.tokenizer_channels: expected {self.num_downsamples + 1} widths (one per resolution from "

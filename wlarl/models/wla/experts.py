@@ -19,6 +19,20 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
     return -0.5 * ((x - mean) / std) ** 2 - torch.log(std) - LOG_SQRT_2PI
 
 
+def patchify(latents: torch.Tensor, p: int) -> torch.Tensor:
+    """[N, C, h, w] -> [N, (h/p)*(w/p), C*p*p] non-overlapping p x p patches, row-major."""
+    n, c, h, w = latents.shape
+    x = latents.view(n, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)  # [N, h/p, w/p, C, p, p]
+    return x.reshape(n, (h // p) * (w // p), c * p * p)
+
+
+def unpatchify(tokens: torch.Tensor, c: int, h: int, w: int, p: int) -> torch.Tensor:
+    """Inverse of `patchify`: [N, (h/p)*(w/p), C*p*p] -> [N, C, h, w]."""
+    n = tokens.shape[0]
+    x = tokens.view(n, h // p, w // p, c, p, p).permute(0, 3, 1, 4, 2, 5)  # [N, C, h/p, p, w/p, p]
+    return x.reshape(n, c, h, w)
+
+
 def mlp(d_in: int, d_hidden: int, d_out: int, zero_last: bool = False) -> nn.Sequential:
     net = nn.Sequential(nn.Linear(d_in, d_hidden), nn.SiLU(), nn.Linear(d_hidden, d_hidden), nn.SiLU())
     last = nn.Linear(d_hidden, d_out)
@@ -86,7 +100,7 @@ class FlowActionHead(nn.Module):
 class WorldExpert(nn.Module):
     """Predicts the latent grid, state and success after an action chunk.
 
-    Tokens: h*w current-latent tokens | H action tokens | M meta-query tokens | 1 state token, mixed by a small
+    Tokens: (h/p)*(w/p) current-latent patch tokens | H action tokens | M meta-query tokens | 1 state token, mixed by a small
     bidirectional transformer. It reads the meta-query states and never writes into them, so switching world
     prediction on or off cannot change actions. Outputs are residual: the latent *change* (in pre-tanh space, so
     latents stay in (-1, 1) however long it is rolled out) and the normalised state change; the output layers start
@@ -94,11 +108,13 @@ class WorldExpert(nn.Module):
     """
 
     def __init__(
-        self, d_model, num_queries, latent_channels, latent_size, horizon, action_dim, state_dim, hidden, layers, heads
-    ):
+        self, d_model, num_queries, latent_channels, latent_size, horizon, action_dim, state_dim, hidden, layers, heads,
+        patch: int = 1,
+    ):  # fmt: skip
         super().__init__()
-        n_lat = latent_size * latent_size
-        self.latent_in = nn.Linear(latent_channels, hidden)
+        self.patch = patch
+        n_lat = (latent_size // patch) ** 2
+        self.latent_in = nn.Linear(latent_channels * patch * patch, hidden)
         self.latent_pos = nn.Parameter(torch.randn(n_lat, hidden) * 0.02)
         self.action_in = nn.Linear(action_dim, hidden)
         self.action_pos = nn.Parameter(torch.randn(horizon, hidden) * 0.02)
@@ -109,7 +125,7 @@ class WorldExpert(nn.Module):
         )
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(hidden)
-        self.latent_out = nn.Linear(hidden, latent_channels)
+        self.latent_out = nn.Linear(hidden, latent_channels * patch * patch)
         self.state_out = nn.Linear(hidden, state_dim + 1)  # state change and success logit
         for lin in (self.latent_out, self.state_out):
             nn.init.zeros_(lin.weight)
@@ -128,11 +144,12 @@ class WorldExpert(nn.Module):
             next latents [N, C, h, w], normalised state change [N, S], success logit [N].
         """
         n, c, h, w = latents.shape
-        lat_tok = self.latent_in(latents.flatten(2).transpose(1, 2)) + self.latent_pos  # [N, h*w, hidden]
+        p = self.patch
+        lat_tok = self.latent_in(patchify(latents, p)) + self.latent_pos  # [N, h*w/p^2, hidden]
         act_tok = self.action_in(actions_norm) + self.action_pos  # [N, H, hidden]
         x = torch.cat([lat_tok, act_tok, self.meta_in(meta), self.state_in(state_norm)[:, None]], dim=1)
         x = self.norm(self.encoder(x))
-        delta = self.latent_out(x[:, : h * w]).transpose(1, 2).reshape(n, c, h, w)
+        delta = unpatchify(self.latent_out(x[:, : lat_tok.shape[1]]), c, h, w, p)  # [N, C, h, w]
         pre = torch.atanh(latents.clamp(-0.995, 0.995))
         next_latents = torch.tanh(pre + delta)
         out = self.state_out(x[:, -1])  # [N, S+1]

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, DynamicCache, PreTrainedModel
 
 from wlarl.models.wla.configuration_wla import WLAConfig
-from wlarl.models.wla.experts import FlowActionHead, GaussianActionHead, WorldExpert, gaussian_log_prob
+from wlarl.models.wla.experts import FlowActionHead, GaussianActionHead, WorldExpert, gaussian_log_prob, patchify
 from wlarl.models.wla.image_tokenizer import ImageTokenizer
 from wlarl.models.wla.processing_wla import (
     PROCESSOR_CONFIG,
@@ -68,8 +68,8 @@ class WLAPolicy(WLAPreTrainedModel):
         self.backbone = AutoModel.from_config(backbone_config)
         d = backbone_config.hidden_size
         self.hidden_size = d
-        n_lat = c.latent_size * c.latent_size
-        self.latent_proj = nn.Linear(c.latent_channels, d)
+        n_lat = (c.latent_size // c.latent_patch) ** 2
+        self.latent_proj = nn.Linear(c.latent_channels * c.latent_patch**2, d)
         self.latent_pos = nn.Parameter(torch.randn(n_lat, d) * 0.02)
         self.state_proj = nn.Linear(c.state_dim, d)
         self.segment_emb = nn.Embedding(5, d)
@@ -84,7 +84,7 @@ class WLAPolicy(WLAPreTrainedModel):
             self.action_expert = FlowActionHead(d, c.num_meta_queries, c.chunk_size, c.action_dim, c.action_hidden)
         self.world_expert = WorldExpert(
             d, c.num_meta_queries, c.latent_channels, c.latent_size, c.chunk_size, c.action_dim, c.state_dim,
-            c.world_hidden, c.world_layers, c.world_heads,
+            c.world_hidden, c.world_layers, c.world_heads, c.latent_patch,
         )  # fmt: skip
         # Normalisation stats live in the config and, as persistent buffers, in the weights.
         self.register_buffer("state_mean", torch.tensor(c.state_mean, dtype=torch.float32))
@@ -210,7 +210,7 @@ class WLAPolicy(WLAPreTrainedModel):
         n, dev = len(obs), self.device
         instr_ids, instr_mask = proc.encode_instructions(obs.instructions, dev)
         emb_instr = self.backbone.get_input_embeddings()(instr_ids) + self.segment_emb.weight[SEG_INSTRUCTION]
-        emb_lat = self.latent_proj(latents.flatten(2).transpose(1, 2)) + self.latent_pos  # [N, h*w, D]
+        emb_lat = self.latent_proj(patchify(latents, self.config.latent_patch)) + self.latent_pos  # [N, h*w/p^2, D]
         emb_lat = emb_lat + self.segment_emb.weight[SEG_LATENT]
         state_n = (obs.states.to(dev) - self.state_mean) / self.state_std
         emb_state = (self.state_proj(state_n) + self.segment_emb.weight[SEG_STATE])[:, None]  # [N, 1, D]
@@ -499,6 +499,23 @@ class WLAPolicy(WLAPreTrainedModel):
             latents=pred.latents,
         )
 
+    def forward(
+        self,
+        obs: Observation | None = None,
+        sample: ActionSample | None = None,
+        temperature: float = 1.0,
+        sft_batch: dict | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """`log_prob(obs, sample, temperature)`, or `sft_losses(sft_batch)` when `sft_batch` is given.
+
+        A single entry point so that wrappers (DDP, accelerate) see the gradients of both uses.
+        """
+        if sft_batch is not None:
+            return self.sft_losses(sft_batch)
+        if obs is None or sample is None:
+            raise ValueError("WLAPolicy.forward: pass obs= and sample= (log-probs) or sft_batch= (SFT losses)")
+        return self.log_prob(obs, sample, temperature)
+
     # ------------------------------------------------------------------ SFT
     def tokenizer_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """Image-tokenizer pre-stage: reconstruction of `image` and `next_image` [N, H, W, 3] from noisy latents.
@@ -547,13 +564,18 @@ class WLAPolicy(WLAPreTrainedModel):
         m = m[..., None]  # [N, H, 1]
         out: dict[str, torch.Tensor] = {}
 
-        # image tokenizer: reconstruct both frames from noisy latents (the decoder must tolerate predicted latents)
-        z_both = self.image_tokenizer.encode(torch.cat([x, x_next]))  # [2N, C, h, w]
-        x_hat = self.image_tokenizer.decode(z_both + c.latent_noise_std * torch.randn_like(z_both))
-        out["loss/recon"] = F.mse_loss(x_hat, torch.cat([x, x_next]))
+        # image tokenizer: reconstruct the frames of the first k rows from noisy latents (the decoder must tolerate
+        # predicted latents); the other rows are encoded without gradient (cheaper on CPU)
+        k = max(1, round(n * c.recon_fraction))
+        x_rec = torch.cat([x[:k], x_next[:k]])  # [2k, 3, H, W]
+        z_rec = self.image_tokenizer.encode(x_rec)
+        x_hat = self.image_tokenizer.decode(z_rec + c.latent_noise_std * torch.randn_like(z_rec))
+        out["loss/recon"] = F.mse_loss(x_hat, x_rec)
         out["train/recon_psnr"] = 10 * torch.log10(4.0 / out["loss/recon"].detach().clamp_min(1e-10))
         # policy and world model see detached latents: the tokenizer is shaped by reconstruction only
-        z, z_next = z_both.detach().chunk(2)
+        with torch.no_grad():
+            z_all = self.image_tokenizer.encode(torch.cat([x, x_next]))  # [2N, C, h, w]
+        z, z_next = z_all.chunk(2)
         z_in = (z + c.latent_noise_std * torch.randn_like(z)).clamp(-1, 1)
         obs = Observation(images=batch["image"], states=state.cpu(), instructions=list(batch["instruction"]),
                           task_names=list(batch.get("task_name", [""] * n)))  # fmt: skip
@@ -591,7 +613,6 @@ class WLAPolicy(WLAPreTrainedModel):
         out["loss/world_state"] = F.mse_loss(d_state, (next_state - state) / self.state_std)
         success = torch.as_tensor(batch["next_success"], device=dev).float()
         out["loss/world_success"] = F.binary_cross_entropy_with_logits(success_logit, success)
-        out["loss/world"] = out["loss/world_latent"] + out["loss/world_state"] + out["loss/world_success"]
 
         out["loss"] = (
             c.action_loss_weight * out["loss/action"]

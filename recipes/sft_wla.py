@@ -1,0 +1,343 @@
+"""Supervised training of a WLA policy on demonstration episodes.
+
+    python recipes/sft_wla.py --config recipes/configs/debug.yaml --dataset_path D --output_dir O
+
+Stages: build the word-level tokenizer from the dataset's instructions and subtasks (plus the simulator's
+instruction templates when `rollout` is installed); set state/action normalisation from the dataset; pre-train the
+image tokenizer (reconstruction); then train everything jointly: action loss (Gaussian: MSE of the mean + NLL of the
+log-std; flow: flow matching), World-Expert losses (latent + state + success, teacher-forced on the recorded chunks
+of clean and noisy episodes), subtask cross-entropy and reconstruction. Writes `metrics.jsonl`, `config.json`,
+`O/final` (save_pretrained: safetensors + tokenizer + processor) and, when the simulator is importable, the real-sim
+success of the trained policy on its tasks (`eval/...`, also in `O/eval_results.json`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wlarl.cli import parse_config, save_config
+from wlarl.data import load_episodes
+from wlarl.models.wla import WLAConfig, WLAPolicy, WLAProcessor, tiny_llama_config
+
+logger = logging.getLogger("sft_wla")
+
+
+@dataclass
+class SFTWLAConfig:
+    """Config of `recipes/sft_wla.py` (every field can be overridden on the command line)."""
+
+    dataset_path: str | None = field(default=None, metadata={"help": "Episode dataset (wlarl.data.write_episodes)."})
+    output_dir: str = field(default="runs/sft_wla", metadata={"help": "Checkpoints, metrics.jsonl, config.json."})
+    seed: int = field(default=0, metadata={"help": "Seed of initialisation and batch sampling."})
+    # --- model
+    action_head: str = field(default="gaussian", metadata={"help": "Action Expert head: gaussian or flow."})
+    chunk_size: int = field(default=8, metadata={"help": "H, actions per chunk."})
+    latent_size: int = field(default=8, metadata={"help": "h = w of the image-latent grid."})
+    latent_channels: int = field(default=16, metadata={"help": "C of the image-latent grid."})
+    tokenizer_channels: list[int] = field(
+        default_factory=lambda: [16, 32, 64, 64],
+        metadata={"help": "Image-tokenizer conv widths per resolution (log2(image/latent) + 1 entries)."},
+    )
+    latent_patch: int = field(default=2, metadata={"help": "p: p x p latent cells per backbone/world token."})
+    recon_fraction: float = field(default=0.25, metadata={"help": "Share of rows reconstructed in the joint stage."})
+    hidden_size: int = field(default=128, metadata={"help": "Backbone (tiny Llama) width."})
+    num_layers: int = field(default=3, metadata={"help": "Backbone layers."})
+    num_heads: int = field(default=4, metadata={"help": "Backbone attention heads."})
+    num_meta_queries: int = field(default=4, metadata={"help": "M meta-queries feeding both experts."})
+    action_hidden: int = field(default=256, metadata={"help": "Action Expert MLP width."})
+    world_hidden: int = field(default=128, metadata={"help": "World Expert transformer width."})
+    world_layers: int = field(default=2, metadata={"help": "World Expert transformer layers."})
+    flow_steps: int = field(default=5, metadata={"help": "K denoising steps of the flow head."})
+    latent_noise_std: float = field(
+        default=0.1, metadata={"help": "Latent noise in training (closed-loop robustness)."}
+    )
+    max_subtask_tokens: int = field(default=12, metadata={"help": "Longest generated subtask, [EOS] included."})
+    # --- training
+    tokenizer_steps: int = field(default=400, metadata={"help": "Image-tokenizer pre-training steps."})
+    max_steps: int = field(default=1500, metadata={"help": "Joint training steps."})
+    batch_size: int = field(default=32, metadata={"help": "Windows per step."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak AdamW learning rate of the joint stage."})
+    tokenizer_learning_rate: float = field(default=2e-3, metadata={"help": "AdamW learning rate of the pre-stage."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    warmup_steps: int = field(default=50, metadata={"help": "Linear warm-up steps, then cosine decay to 10 %."})
+    grad_clip: float = field(default=1.0, metadata={"help": "Gradient-norm clip (0 = off)."})
+    logging_steps: int = field(default=20, metadata={"help": "Write metrics.jsonl every this many steps."})
+    save_steps: int = field(
+        default=0, metadata={"help": "Also checkpoint every this many joint steps (0 = final only)."}
+    )
+    bc_noise_modes: list[str] = field(
+        default_factory=lambda: ["clean", "gaussian", "perturbed_start"],
+        metadata={"help": "Noise modes whose actions are imitated; the World Expert trains on every episode."},
+    )
+    bc_successful_only: bool = field(default=True, metadata={"help": "Imitate actions of successful episodes only."})
+    torch_threads: int = field(default=2, metadata={"help": "torch.set_num_threads."})
+    progress: bool = field(default=True, metadata={"help": "Show a tqdm progress bar."})
+    # --- final real-simulator evaluation
+    eval_episodes_per_task: int = field(
+        default=10, metadata={"help": "Real-sim episodes per task after training (0 = skip)."}
+    )
+    eval_tts_candidates: int = field(
+        default=0, metadata={"help": "Also evaluate with test-time scaling over K sampled chunks (0 = skip)."}
+    )
+    eval_seed: int = field(default=10_000, metadata={"help": "Base reset seed of the evaluation episodes."})
+    eval_num_workers: int = field(default=1, metadata={"help": "Env worker processes of the evaluation."})
+    eval_max_episode_steps: int = field(default=150, metadata={"help": "Step limit of an evaluation episode."})
+    eval_timeout_s: float = field(default=1800.0, metadata={"help": "Wall-clock budget of each evaluation."})
+
+    def __post_init__(self) -> None:
+        if self.action_head not in ("gaussian", "flow"):
+            raise ValueError(f"action_head={self.action_head!r}: use 'gaussian' or 'flow'")
+        for name in ("chunk_size", "batch_size", "logging_steps", "hidden_size", "num_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: expected >= 1")
+        if self.max_steps < 0 or self.tokenizer_steps < 0:
+            raise ValueError("max_steps and tokenizer_steps must be >= 0")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} must be divisible by num_heads={self.num_heads}")
+
+
+class WindowBatches:
+    """In-memory SFT windows with the semantics of `wlarl.data.SFTWindows` (stride 1), sampled a batch at a time.
+
+    Columns are read once into numpy, so a batch is a few fancy-indexing ops instead of N Arrow slices.
+    Batches have the keys of `wlarl.data.collate_windows` plus `action_weight` [N] (1 where the actions are
+    imitated, see `bc_noise_modes` / `bc_successful_only`).
+    """
+
+    def __init__(self, ep_ds, horizon: int, bc_noise_modes: list[str], bc_successful_only: bool) -> None:
+        data = ep_ds.dataset.with_format("numpy")
+        self.images = np.asarray(data["image"], dtype=np.uint8)  # [R, H_img, W, 3]
+        self.states = np.asarray(data["state"], dtype=np.float32)  # [R, S]
+        self.actions = np.asarray(data["action"], dtype=np.float32)  # [R, A]
+        self.success = np.asarray(data["success"], dtype=bool)
+        self.subtask = list(ep_ds.dataset["subtask"])
+        self.instruction = list(ep_ds.dataset["instruction"])
+        self.task_name = list(ep_ds.dataset["task_name"])
+        noise_mode = np.asarray(ep_ds.dataset["noise_mode"])
+        episode_success = np.asarray(data["episode_success"], dtype=bool)
+        self.horizon = horizon
+        rows, last = [], []
+        for s, e in ep_ds.episode_ranges:
+            rows.append(np.arange(s, e - 1))  # window starts: never the is_last row
+            last.append(np.full(e - 1 - s, e - 1))
+        self.rows = np.concatenate(rows).astype(np.int64)  # [W]
+        self.last = np.concatenate(last).astype(np.int64)  # [W] final-observation row of the episode
+        weight = np.isin(noise_mode[self.rows], list(bc_noise_modes))
+        if bc_successful_only:
+            weight &= episode_success[self.rows]
+        self.action_weight = weight.astype(np.float32)  # [W]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, idx: np.ndarray) -> dict[str, Any]:
+        """Windows `idx` [N] -> collated batch."""
+        r, last = self.rows[idx], self.last[idx]  # [N]
+        h = self.horizon
+        steps = r[:, None] + np.arange(h)[None, :]  # [N, H]
+        valid = steps < last[:, None]  # action rows before the final observation are real actions
+        clamped = np.minimum(steps, last[:, None] - 1)  # padding repeats the episode's last action
+        nxt = np.minimum(r + h, last)  # [N]
+        return {
+            "image": torch.from_numpy(self.images[r]),
+            "state": torch.from_numpy(self.states[r]),
+            "actions": torch.from_numpy(self.actions[clamped]),  # [N, H, A]
+            "action_mask": torch.from_numpy(valid),
+            "next_image": torch.from_numpy(self.images[nxt]),
+            "next_state": torch.from_numpy(self.states[nxt]),
+            "next_success": torch.from_numpy(self.success[nxt - 1]),
+            "subtask": [self.subtask[i] for i in r],
+            "instruction": [self.instruction[i] for i in r],
+            "task_name": [self.task_name[i] for i in r],
+            "action_weight": torch.from_numpy(self.action_weight[idx]),
+        }
+
+
+def build_processor(ep_ds, cfg: SFTWLAConfig, image_size: int) -> WLAProcessor:
+    """Word-level tokenizer over the dataset's instructions and subtasks (+ the simulator's instruction templates)."""
+    corpus = set(ep_ds.dataset.unique("instruction")) | set(ep_ds.dataset.unique("subtask"))
+    if importlib.util.find_spec("rollout") is not None:
+        from rollout.sims.instructions import INSTRUCTIONS  # templates the real env may phrase differently
+
+        corpus |= {s for phrasings in INSTRUCTIONS.values() for s in phrasings}
+    return WLAProcessor.build(sorted(corpus), image_size=image_size, max_subtask_tokens=cfg.max_subtask_tokens)
+
+
+def build_policy(cfg: SFTWLAConfig, processor: WLAProcessor, windows: WindowBatches, image_size: int) -> WLAPolicy:
+    config = WLAConfig(
+        image_size=image_size,
+        latent_size=cfg.latent_size,
+        latent_channels=cfg.latent_channels,
+        tokenizer_channels=cfg.tokenizer_channels,
+        latent_noise_std=cfg.latent_noise_std,
+        latent_patch=cfg.latent_patch,
+        recon_fraction=cfg.recon_fraction,
+        state_dim=windows.states.shape[1],
+        action_dim=windows.actions.shape[1],
+        chunk_size=cfg.chunk_size,
+        backbone_config=tiny_llama_config(cfg.hidden_size, cfg.num_layers, cfg.num_heads),
+        vocab_size=processor.vocab_size,
+        max_subtask_tokens=cfg.max_subtask_tokens,
+        num_meta_queries=cfg.num_meta_queries,
+        action_head=cfg.action_head,
+        action_hidden=cfg.action_hidden,
+        flow_steps=cfg.flow_steps,
+        world_hidden=cfg.world_hidden,
+        world_layers=cfg.world_layers,
+    )
+    policy = WLAPolicy(config, processor=processor)
+    acts = windows.actions[windows.rows]  # real actions only (no is_last rows)
+    policy.set_normalization(windows.states.mean(0), windows.states.std(0), acts.mean(0), acts.std(0), min_std=1e-2)
+    return policy
+
+
+def save_atomic(policy: WLAPolicy, path: Path) -> None:
+    """save_pretrained into a temp dir, then swap it in: `path` is always absent or complete."""
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    policy.save_pretrained(tmp)
+    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def lr_at(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up to 1, then cosine to 0.1."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_stage(policy, windows, cfg, stage: str, steps: int, log, rng: np.random.Generator) -> None:
+    """Run `steps` optimisation steps of `stage` ("tokenizer": reconstruction only, "joint": all SFT losses)."""
+    from tqdm.auto import tqdm
+
+    if steps == 0:
+        return
+    params = policy.image_tokenizer.parameters() if stage == "tokenizer" else policy.parameters()
+    lr = cfg.tokenizer_learning_rate if stage == "tokenizer" else cfg.learning_rate
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, steps, min(cfg.warmup_steps, steps)))
+    loss_fn = policy.tokenizer_losses if stage == "tokenizer" else policy.sft_losses
+    policy.train()
+    acc: dict[str, list[float]] = {}
+    t_log = time.perf_counter()
+    bar = tqdm(range(steps), desc=f"sft_wla[{stage}]", disable=not cfg.progress, dynamic_ncols=True)
+    for step in bar:
+        batch = windows.batch(rng.integers(0, len(windows), cfg.batch_size))
+        out = loss_fn(batch)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        if cfg.grad_clip > 0:
+            gnorm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+            acc.setdefault("train/grad_norm", []).append(float(gnorm))
+        opt.step()
+        sched.step()
+        for k, v in out.items():
+            acc.setdefault(k, []).append(float(v.detach()))
+        if (step + 1) % cfg.logging_steps == 0 or step + 1 == steps:
+            dt = time.perf_counter() - t_log
+            n = len(acc["loss"])
+            row = {k: float(np.mean(v)) for k, v in acc.items()}
+            row.update({"train/lr": sched.get_last_lr()[0], "train/samples_per_s": n * cfg.batch_size / dt})
+            log(stage, step + 1, row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+            acc, t_log = {}, time.perf_counter()
+        if stage == "joint" and cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < steps:
+            save_atomic(policy, Path(cfg.output_dir) / f"checkpoint-{step + 1}")
+            policy.train()
+    bar.close()
+    policy.eval()
+
+
+def real_eval(policy: WLAPolicy, tasks: list[str], meta: dict, cfg: SFTWLAConfig) -> dict[str, float]:
+    """Real-sim success of `policy` (deterministic, world off) and, if asked, with test-time scaling."""
+    if cfg.eval_episodes_per_task <= 0:
+        return {}
+    if importlib.util.find_spec("rollout") is None or importlib.util.find_spec("metaworld") is None:
+        logger.warning("real-sim evaluation skipped: rollout / metaworld not importable (pip install -e .[metaworld])")
+        return {}
+    from rollout.real import rollout_policy
+
+    env_kwargs = {"image_size": policy.config.image_size, "camera": meta.get("camera", "corner")}
+    common = dict(
+        seeds=cfg.eval_seed, num_workers=cfg.eval_num_workers, max_episode_steps=cfg.eval_max_episode_steps,
+        timeout_s=cfg.eval_timeout_s, env_kwargs=env_kwargs, keep_episodes=False,
+    )  # fmt: skip
+    metrics = rollout_policy(policy, tasks, cfg.eval_episodes_per_task, **common).metrics("eval")
+    if cfg.eval_tts_candidates > 1:
+        k = cfg.eval_tts_candidates
+
+        def tts_policy(obs):  # K sampled chunks, imagined, best predicted success executed
+            return policy.act(obs.to(policy.device), sample=True, num_candidates=k).actions
+
+        metrics.update(rollout_policy(tts_policy, tasks, cfg.eval_episodes_per_task, **common).metrics("eval_tts"))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cfg = parse_config(SFTWLAConfig, "sft_wla", argv)
+    if cfg.dataset_path is None:
+        raise ValueError("sft_wla: --dataset_path is required (run recipes/collect_demos.py first)")
+    torch.set_num_threads(cfg.torch_threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    metrics_path = out / "metrics.jsonl"
+    metrics_file = open(metrics_path, "w")
+    t_start = time.perf_counter()
+
+    def log(stage: str, step: int, row: dict[str, float]) -> None:
+        rec = {"stage": stage, "step": step, **row, "train/wall_s": time.perf_counter() - t_start}
+        metrics_file.write(json.dumps(rec) + "\n")
+        metrics_file.flush()
+
+    ep_ds = load_episodes(cfg.dataset_path)
+    windows = WindowBatches(ep_ds, cfg.chunk_size, cfg.bc_noise_modes, cfg.bc_successful_only)
+    image_size = windows.images.shape[1]
+    if windows.images.shape[2] != image_size:
+        raise ValueError(f"{cfg.dataset_path}: images must be square, got {windows.images.shape[1:3]}")
+    processor = build_processor(ep_ds, cfg, image_size)
+    policy = build_policy(cfg, processor, windows, image_size)
+    sizes = policy.num_parameters_by_part
+    logger.info("dataset %s: %d episodes, %d windows (%.0f %% imitated); parameters %s", cfg.dataset_path,
+                ep_ds.num_episodes, len(windows), 100 * windows.action_weight.mean(), sizes)  # fmt: skip
+    log("setup", 0, {f"model/params_{k}": float(v) for k, v in sizes.items()} | {"data/windows": float(len(windows))})
+
+    train_stage(policy, windows, cfg, "tokenizer", cfg.tokenizer_steps, log, rng)
+    train_stage(policy, windows, cfg, "joint", cfg.max_steps, log, rng)
+    train_s = time.perf_counter() - t_start
+    save_atomic(policy, out / "final")
+    logger.info("saved %s after %.0f s of training", out / "final", train_s)
+
+    tasks = list(ep_ds.meta.get("tasks") or sorted(set(windows.task_name)))
+    results = {"train/wall_s_total": train_s, **real_eval(policy, tasks, ep_ds.meta, cfg)}
+    log("final", cfg.max_steps, results)
+    (out / "eval_results.json").write_text(json.dumps(results, indent=2))
+    if "eval/real_success" in results:
+        logger.info("real-sim success %.3f [%.3f, %.3f]", results["eval/real_success"],
+                    results["eval/real_success_ci_low"], results["eval/real_success_ci_high"])  # fmt: skip
+    metrics_file.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -575,6 +575,7 @@ def build_callbacks(cfg: Any, engine: Any, scorer: Any = None, episodes: Any = N
     if eval_steps:
         evaluator = make_real_evaluator(
             tasks, int(cfg.eval_episodes_per_task), seed=int(getattr(cfg, "seed", 0)), num_videos=1,
+            max_episode_steps=getattr(cfg, "eval_max_episode_steps", None),  # None: the simulator's limit
             timeout_s=float(getattr(cfg, "eval_timeout_s", 1800.0)), **common,
         )  # fmt: skip
         callbacks.append(RealEvalCallback(evaluator, eval_steps, output_dir=cfg.output_dir))

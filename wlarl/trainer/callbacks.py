@@ -398,8 +398,10 @@ class KeepBestRealCallback(TrainerCallback):
         if self.output_dir is None:
             self.output_dir = trainer.args.output_dir
 
-    def update(self, model: torch.nn.Module, value: float, step: int) -> dict[str, float]:
+    def update(self, model: torch.nn.Module, value: float, step: int, save: bool = True) -> dict[str, float]:
         """Record `value` (real success at `step`): keep the weights when best, restore when it fell too far.
+
+        `save` (False on non-main processes) gates the `save_best` copy on disk.
 
         Returns:
             {"eval/best_real_success", "eval/best_step", "eval/restored"}; empty when `value` is NaN.
@@ -410,7 +412,7 @@ class KeepBestRealCallback(TrainerCallback):
         if self.best is None or value > self.best:
             self.best, self.best_step = float(value), int(step)
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            if self.save_best and self.output_dir is not None and hasattr(model, "save_pretrained"):
+            if save and self.save_best and self.output_dir is not None and hasattr(model, "save_pretrained"):
                 model.save_pretrained(os.path.join(self.output_dir, "best"))
         elif self.best - value > self.margin and self.best_state is not None:
             model.load_state_dict(self.best_state)
@@ -436,7 +438,8 @@ class KeepBestRealCallback(TrainerCallback):
         if model is None:
             model = getattr(self.trainer, "model", None)
         value = logs[self.metric_key]
-        metrics = self.update(model, float(value) if value is not None else float("nan"), state.global_step)
+        value = float(value) if value is not None else float("nan")
+        metrics = self.update(model, value, state.global_step, save=state.is_world_process_zero)
         if not metrics:
             return
         if self.trainer is not None:

@@ -194,3 +194,44 @@ def test_verify_callback_sets_gap_and_success_filter(tmp_path):
     assert any(r.get("verify/masking_active") == 1.0 for r in rows)
     assert any(r.get("verify/refresh_psnr_after") == 20.0 and r["step"] == 2 for r in rows)
     assert math.isclose(vcb.last_metrics["verify/imagination_gap"], 0.5)
+
+
+def test_wired_into_grpo_world_trainer(tmp_path):
+    """Callbacks bound by GRPOWorldTrainer: metrics land in metrics.jsonl; masking changes counted successes."""
+    from wla_tiny import tiny_obs, tiny_policy
+
+    from rewards import RewardScorer
+    from rollout.imagined import ImaginationEngine, freeze_snapshot
+    from wlarl.configs import GRPOWorldConfig
+    from wlarl.trainer import GRPOWorldTrainer
+
+    obs = tiny_obs(4)
+    starts = [
+        {"image": obs.images[i].numpy(), "state": obs.states[i].numpy(), "instruction": obs.instructions[i],
+         "task_name": obs.task_names[i], "seed": i}
+        for i in range(4)
+    ]  # fmt: skip
+    policy = tiny_policy("gaussian").train()
+    cfg = GRPOWorldConfig(
+        output_dir=str(tmp_path), max_steps=2, num_starts=2, num_generations=2, horizon=2, logging_steps=1,
+        report_to="none", reward_funcs=["r"], use_cpu=True, save_strategy="no", dynamic_sampling=False,
+        # a threshold of 0.5 on a success probability of ~0.5 makes many imagined successes; confidence 0.9 masks them
+        success_threshold=0.01,
+    )  # fmt: skip
+    ev = RealEvalCallback(lambda p, s: {"eval/real_success": 0.5, "eval/timed_out": 0.0}, eval_steps=1)
+    ver = VerifyCallback(lambda p, s: {"verify/imagination_gap": 0.9}, verify_steps=1, mask_unverified=True,
+                         mask_gap_threshold=0.2, at_start=True)  # fmt: skip
+    keep = KeepBestRealCallback(margin=0.1)
+    trainer = GRPOWorldTrainer(
+        model=policy, args=cfg, train_dataset=starts,
+        imagination=ImaginationEngine(freeze_snapshot(policy), horizon=2, success_threshold=0.01),
+        reward_scorer=RewardScorer([lambda **kw: [0.0] * len(kw["task_names"])], names=["r"]), callbacks=[ev, ver, keep],
+    )  # fmt: skip
+    assert trainer.success_filter == ver.success_filter and ev.trainer is trainer and keep.trainer is trainer
+    trainer.train()
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in rows if "eval/real_success" in r] == [0, 1, 2]
+    assert any("verify/imagination_gap" in r for r in rows) and any("eval/best_real_success" in r for r in rows)
+    train_rows = [r for r in rows if r.get("rollout/imagined_success") is not None]
+    assert train_rows and all(r["rollout/counted_success"] <= r["rollout/imagined_success"] for r in train_rows)
+    assert any(r["rollout/counted_success"] < r["rollout/imagined_success"] for r in train_rows)

@@ -11,6 +11,7 @@ from support import requires_metaworld
 from rollout.experts import SUBTASK_RULES, TASK_SUBTASKS, NoiseSpec, ScriptedExpert, run_episode, subtask_phases
 from rollout.sims import MT50
 from rollout.sims.instructions import INSTRUCTIONS, instruction_for
+from rollout.sims.metaworld import INSTRUCTION_CHARSET
 
 
 def test_all_50_tasks_have_instructions_and_subtask_rules():
@@ -19,6 +20,7 @@ def test_all_50_tasks_have_instructions_and_subtask_rules():
         phrasings = INSTRUCTIONS[task]
         assert len(phrasings) >= 3 and len(set(phrasings)) == len(phrasings), task
         assert all(p[0].isupper() and p.endswith(".") for p in phrasings), task
+        assert all(set(p) <= INSTRUCTION_CHARSET for p in phrasings), task  # fits the env's Text space
         assert 1 <= len(subtask_phases(task)) <= 3
     assert subtask_phases("pick-place-v3") == ["reach the puck", "grasp the puck", "move the puck to the goal"]
     assert instruction_for("push-v3", 5) == instruction_for("push-v3", 5)

@@ -70,3 +70,28 @@ def test_presets_are_valid():
         assert sum(counts.values()) == cfg.episodes_per_task and set(counts) == set(cfg.noise_modes)
     default = parse_config(CollectConfig, "collect_demos", ["--config", "default"])
     assert default.mode_counts() == {"clean": 8, "gaussian": 4, "random_segments": 4, "perturbed_start": 4}
+
+
+@requires_metaworld
+def test_parallel_workers_match_in_process_collection():
+    import numpy as np
+
+    from rollout.collect import iter_episodes, make_jobs
+
+    cfg = CollectConfig(
+        tasks=["reach-v3"],
+        episodes_per_task=2,
+        noise_modes=["gaussian"],
+        noise_weights=[1.0],
+        image_size=16,
+        max_episode_steps=8,
+        num_workers=0,
+    )
+    jobs = make_jobs(cfg)
+    serial = list(iter_episodes(cfg, jobs))
+    cfg.num_workers = 2
+    parallel = list(iter_episodes(cfg, jobs))
+    assert [e["seed"] for e in parallel] == [e["seed"] for e in serial] == [0, 1]
+    for a, b in zip(serial, parallel):
+        np.testing.assert_array_equal(a["action"], b["action"])
+        np.testing.assert_array_equal(a["image"], b["image"])

@@ -567,6 +567,9 @@ def build_callbacks(cfg: Any, engine: Any, scorer: Any = None, episodes: Any = N
     world = engine.world
     chunk = int(world.config.chunk_size)
     env_kwargs = {"image_size": int(getattr(cfg, "image_size", 64))}
+    camera = (getattr(episodes, "meta", None) or {}).get("camera")
+    if camera:
+        env_kwargs["camera"] = camera  # evaluate with the camera the policy was trained on
     common = {"num_workers": int(getattr(cfg, "num_env_workers", 1)), "env_kwargs": env_kwargs}
     eval_steps = _period(getattr(cfg, "eval_steps", 0), max_steps)
     verify_steps = _period(getattr(cfg, "verify_steps", 0), max_steps)

@@ -130,7 +130,9 @@ def bench_classifier(args: argparse.Namespace) -> None:
     reward_dir = Path(args.reward_dir)
     run_cfg = json.loads((reward_dir / "config.json").read_text())
     model = load_success_classifier(reward_dir)
-    frames = frames_from_dataset(args.dataset_path, run_cfg.get("hard_negative_radius", 0.05))
+    frames = frames_from_dataset(
+        args.dataset_path, run_cfg.get("hard_negative_radius", 0.05), run_cfg.get("early_negative_fraction", 0.3)
+    )
     _, _, test = split_by_episode(frames, [run_cfg["val_fraction"], run_cfg["test_fraction"]], seed=run_cfg["seed"])
     print(f"held-out test episodes: {test.summary()}")
     results = evaluate_classifier(model, test, "real/")

@@ -69,7 +69,12 @@ class TrainRewardConfig:
     hard_negative_radius: float = field(
         default=0.05, metadata={"help": "Metres: failed-episode frames with the hand this close to a success pose."}
     )
-    hard_negative_fraction: float = field(default=0.25, metadata={"help": "Share of each batch from hard negatives."})
+    early_negative_fraction: float = field(
+        default=0.3, metadata={"help": "Frames in the first X of a successful episode (before success) count as hard."}
+    )
+    hard_negative_fraction: float = field(
+        default=0.25, metadata={"help": "Share of each batch from hard (and early) negatives."}
+    )
     augment_strength: float = field(default=1.0, metadata={"help": "Scale of blur/noise/shift/colour jitter (0=off)."})
     threshold_rule: str = field(default="f1", metadata={"help": "Threshold choice on validation: 'f1' or 'youden'."})
     predicted_max_windows: int = field(default=1000, metadata={"help": "Predicted frames per split (policy_path)."})
@@ -117,7 +122,7 @@ def main() -> None:
 
     # --- data: labelled frames, hard negatives, split by episode
     t0 = time.perf_counter()
-    frames = frames_from_dataset(cfg.dataset_path, cfg.hard_negative_radius)
+    frames = frames_from_dataset(cfg.dataset_path, cfg.hard_negative_radius, cfg.early_negative_fraction)
     train, val, test = split_by_episode(frames, [cfg.val_fraction, cfg.test_fraction], seed=cfg.seed)
     for name, part in (("all", frames), ("train", train), ("val", val), ("test", test)):
         print(f"[train_reward] {name}: {part.summary()}", flush=True)

@@ -286,6 +286,8 @@ class FrameSet:
         task_names: M task names.
         episode: int64 [M] episode ids (splits are by episode).
         hard_negative: bool [M] — negative whose hand is near a success pose of its task.
+        early_negative: bool [M] — frame from the early steps of a successful episode (same scene as its positives,
+            object not yet moved); sampled with the hard negatives.
     """
 
     images: np.ndarray
@@ -293,6 +295,11 @@ class FrameSet:
     task_names: list[str]
     episode: np.ndarray
     hard_negative: np.ndarray
+    early_negative: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.early_negative is None:
+            self.early_negative = np.zeros(len(self.labels), dtype=bool)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -305,6 +312,7 @@ class FrameSet:
             task_names=[self.task_names[i] for i in idx],
             episode=self.episode[idx],
             hard_negative=self.hard_negative[idx],
+            early_negative=self.early_negative[idx],
         )
 
     @staticmethod
@@ -315,6 +323,7 @@ class FrameSet:
             task_names=[t for f in items for t in f.task_names],
             episode=np.concatenate([f.episode for f in items]),
             hard_negative=np.concatenate([f.hard_negative for f in items]),
+            early_negative=np.concatenate([f.early_negative for f in items]),
         )
 
     def summary(self) -> dict[str, int]:
@@ -323,6 +332,7 @@ class FrameSet:
             "positives": int(self.labels.sum()),
             "negatives": int((~self.labels).sum()),
             "hard_negatives": int(self.hard_negative.sum()),
+            "early_negatives": int(self.early_negative.sum()),
             "episodes": len(np.unique(self.episode)),
         }
 
@@ -375,9 +385,24 @@ def hard_negative_mask(
     return mask
 
 
-def frames_from_dataset(dataset: Any, hard_negative_radius: float = 0.05) -> FrameSet:
+def early_negative_mask(
+    labels: np.ndarray, episode: np.ndarray, step: np.ndarray, early_fraction: float
+) -> np.ndarray:
+    """bool [M]: frames of successful episodes with step < early_fraction · (step of the first success frame)."""
+    mask = np.zeros(len(labels), dtype=bool)
+    if early_fraction <= 0:
+        return mask
+    for ep in np.unique(episode[labels]):
+        in_ep = episode == ep
+        first = step[in_ep & labels].min()
+        mask |= in_ep & (step < early_fraction * first) & ~labels
+    return mask
+
+
+def frames_from_dataset(dataset: Any, hard_negative_radius: float = 0.05, early_fraction: float = 0.3) -> FrameSet:
     """Labelled frames from an episode dataset (a `datasets.Dataset`, a path saved with `save_to_disk`, or an
-    `EpisodeDataset` with `.dataset`)."""
+    `EpisodeDataset` with `.dataset`), with hard negatives (`hard_negative_radius`, metres) and early negatives (the
+    first `early_fraction` of each successful episode before its success)."""
     if isinstance(dataset, (str, Path)):
         from datasets import load_from_disk
 
@@ -401,7 +426,8 @@ def frames_from_dataset(dataset: Any, hard_negative_radius: float = 0.05) -> Fra
     task_names = [str(t) for t in dataset["task_name"]]
     labels = frame_labels(success, episode, step)
     hard = hard_negative_mask(labels, state[:, :3], task_names, ep_success, hard_negative_radius)
-    return FrameSet(images=images, labels=labels, task_names=task_names, episode=episode, hard_negative=hard)
+    early = early_negative_mask(labels, episode, step, early_fraction)
+    return FrameSet(images, labels, task_names, episode, hard_negative=hard, early_negative=early)
 
 
 def split_by_episode(frames: FrameSet, fractions: Sequence[float], seed: int = 0) -> list[FrameSet]:
@@ -438,9 +464,10 @@ def split_by_episode(frames: FrameSet, fractions: Sequence[float], seed: int = 0
 
 
 def sampling_weights(frames: FrameSet, hard_negative_fraction: float = 0.25) -> np.ndarray:
-    """float [M] sampling weights: half the mass on positives, `hard_negative_fraction` on hard negatives, the rest
-    on other negatives (renormalised when a class is absent)."""
-    groups = [frames.labels, frames.hard_negative & ~frames.labels, ~frames.labels & ~frames.hard_negative]
+    """float [M] sampling weights: half the mass on positives, `hard_negative_fraction` on hard and early negatives,
+    the rest on other negatives (renormalised when a group is absent)."""
+    hard = (frames.hard_negative | frames.early_negative) & ~frames.labels
+    groups = [frames.labels, hard, ~frames.labels & ~hard]
     mass = [0.5, hard_negative_fraction, 0.5 - hard_negative_fraction]
     w = np.zeros(len(frames), dtype=np.float64)
     for g, m in zip(groups, mass):
@@ -875,4 +902,5 @@ def predicted_frames(
         task_names=[real.task_names[i] for i in target],
         episode=real.episode[target],
         hard_negative=real.hard_negative[target],
+        early_negative=real.early_negative[target],
     )

@@ -162,3 +162,12 @@ def test_reward_modes_and_by_name(tmp_path):
     assert fn_ok.trajectory_success(traj.subgoal_images, traj.task_names).tolist() == [True, True]
     with pytest.raises(RewardLoadError, match=r"needs option\(s\) \['reward_model_path'\]"):
         resolve_reward_func("subgoal_success")
+
+
+def test_early_negatives_are_early_frames_of_successful_episodes():
+    frames = frames_from_dataset(make_episode_dataset(n_episodes=2, steps=12), early_fraction=0.5)
+    # episode 0 succeeds at its first positive frame (step 9): early = steps 0..4; episode 1 failed: none
+    first = int(np.flatnonzero(frames.labels & (frames.episode == 0)).min())
+    early = np.flatnonzero(frames.early_negative)
+    assert early.tolist() == [i for i in range(first) if i < 0.5 * first]
+    assert not frames.early_negative[frames.episode == 1].any()

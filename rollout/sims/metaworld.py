@@ -81,6 +81,12 @@ MT50: list[str] = sorted(
     ]
 )
 TASK_SETS: dict[str, list[str]] = {"MT10": MT10, "MT50": MT50}
+# Free (look-at) cameras of our own, besides the model's named cameras (free cameras are never rolled, so always
+# upright). `closeup` looks at the table from the robot's front-right, about twice as close as `corner`, so small
+# objects (pucks, goals) cover about twice as many pixels.
+FREE_CAMERAS: dict[str, dict[str, Any]] = {
+    "closeup": {"lookat": (0.0, 0.62, 0.12), "distance": 1.15, "azimuth": 145.0, "elevation": -35.0},
+}
 STATE_MODES = ("hand", "full")
 STATE_LAYOUT = {"hand": ["hand_x", "hand_y", "hand_z", "gripper_opening"], "full": "metaworld 39-d observation"}
 FULL_STATE_DIM = 39
@@ -147,7 +153,8 @@ class MetaWorldEnv(gym.Env):
     Args:
         task_name: a v3 task name such as `reach-v3` (see `MT50`).
         image_size: side of the square camera frame in pixels.
-        camera: a camera of the Meta-World model (`corner`, `corner2`, `corner3`, `corner4`, `topview`, ...).
+        camera: a camera of the Meta-World model (`corner`, `corner2`, `corner3`, `corner4`, `topview`, ...) or a
+            free camera of `FREE_CAMERAS` (`closeup`).
         state_mode: `hand` (float32 [4]: hand xyz, gripper opening) or `full` (float32 [39]).
         max_episode_steps: episodes are truncated after this many steps (Meta-World's own horizon is 500).
         terminate_on_success: end the episode (terminated=True) at the first successful step.
@@ -200,9 +207,10 @@ class MetaWorldEnv(gym.Env):
 
         model = env.model
         names = [model.camera(i).name for i in range(model.ncam)]
-        if camera not in names:
-            raise ValueError(f"camera={camera!r} is not a camera of {task_name}; valid cameras: {names}")
-        self._camera_id = names.index(camera)
+        if camera not in names and camera not in FREE_CAMERAS:
+            valid = names + sorted(FREE_CAMERAS)
+            raise ValueError(f"camera={camera!r} is not a camera of {task_name}; valid cameras: {valid}")
+        self._camera_id = names.index(camera) if camera in names else -1
         # Speed: no multisampling, no shadow map, no reflections; must happen before the first render.
         model.vis.quality.offsamples = 0
         model.vis.quality.shadowsize = 0
@@ -211,6 +219,7 @@ class MetaWorldEnv(gym.Env):
         model.vis.global_.offheight = max(int(model.vis.global_.offheight), self.image_size)
         self._renderer = None
         self._rotate_180 = False
+        self._camera: Any = self._camera_id
 
         self.control_frequency = 1.0 / (model.opt.timestep * env.frame_skip)  # Hz (80 for Meta-World)
         s = self.image_size
@@ -305,10 +314,19 @@ class MetaWorldEnv(gym.Env):
             self._renderer.scene.flags[mj.mjtRndFlag.mjRND_SHADOW] = 0
             self._renderer.scene.flags[mj.mjtRndFlag.mjRND_REFLECTION] = 0
             self._renderer.scene.flags[mj.mjtRndFlag.mjRND_SKYBOX] = 0
-            # The camera's image-up axis is column 1 of its world rotation; pointing down means rolled by 180°.
-            up_z = self._env.data.cam_xmat[self._camera_id].reshape(3, 3)[2, 1]
-            self._rotate_180 = bool(up_z < 0)
-        self._renderer.update_scene(self._env.data, camera=self._camera_id)
+            if self._camera_id >= 0:
+                # The camera's image-up axis is column 1 of its world rotation; pointing down means rolled by 180°.
+                up_z = self._env.data.cam_xmat[self._camera_id].reshape(3, 3)[2, 1]
+                self._rotate_180 = bool(up_z < 0)
+            else:
+                view = FREE_CAMERAS[self.camera]
+                self._camera = mj.MjvCamera()
+                self._camera.type = mj.mjtCamera.mjCAMERA_FREE
+                self._camera.lookat[:] = view["lookat"]
+                self._camera.distance = view["distance"]
+                self._camera.azimuth = view["azimuth"]
+                self._camera.elevation = view["elevation"]
+        self._renderer.update_scene(self._env.data, camera=self._camera)
         frame = self._renderer.render()
         if self._rotate_180:
             frame = frame[::-1, ::-1]

@@ -63,6 +63,14 @@ def test_images_upright_and_not_blank():
         env.close()
 
 
+def test_closeup_camera():
+    env = make_env("push-v3", camera="closeup", image_size=32)
+    image = env.reset(seed=0)[0]["image"].astype(float)
+    assert image.shape == (32, 32, 3) and image.std() > 20
+    assert image[-8:].mean() > image[:8].mean()  # table at the bottom
+    env.close()
+
+
 def test_images_not_mirrored():
     # Driving the hand towards +x (the robot's right, seen from the corner camera) moves the arm right in the frame;
     # a vertical flip alone would mirror it.

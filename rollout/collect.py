@@ -240,8 +240,8 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
                     "length": len(ep["action"]),
                 }
             )
+            bar.set_postfix(success=f"{np.mean([r['success'] for r in records]):.2f}", refresh=False)
             bar.update(1)
-            bar.set_postfix(success=f"{np.mean([r['success'] for r in records]):.2f}")
             yield ep
 
     try:

@@ -47,6 +47,7 @@ def _run(task: str, spec: NoiseSpec | str, seeds, max_steps: int = 100) -> list[
     return episodes
 
 
+@pytest.mark.metaworld
 @requires_metaworld
 @pytest.mark.parametrize("task", ["reach-v3", "button-press-topdown-v3", "drawer-close-v3"])
 def test_clean_expert_succeeds_with_ordered_subtasks(task):
@@ -59,6 +60,7 @@ def test_clean_expert_succeeds_with_ordered_subtasks(task):
         assert index[-1] == len(phases) - 1  # the episode ends in the final phase
 
 
+@pytest.mark.metaworld
 @requires_metaworld
 def test_noisy_modes_produce_failures_and_are_seeded():
     segments = NoiseSpec("random_segments", segment_prob=0.05, segment_len=(30, 60))

@@ -25,6 +25,7 @@ def _run(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.metaworld
 @requires_metaworld
 def test_debug_preset_end_to_end(tmp_path):
     from wlarl.data import SFTWindows, load_episodes, start_states
@@ -72,6 +73,7 @@ def test_presets_are_valid():
     assert default.mode_counts() == {"clean": 8, "gaussian": 4, "random_segments": 4, "perturbed_start": 4}
 
 
+@pytest.mark.metaworld
 @requires_metaworld
 def test_parallel_workers_match_in_process_collection():
     import numpy as np

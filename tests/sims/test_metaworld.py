@@ -9,7 +9,7 @@ from support import requires_metaworld
 from rollout.sims import MT10, MT50, make_env, make_vector_env, resolve_tasks, task_names
 from rollout.sims.instructions import INSTRUCTIONS
 
-pytestmark = requires_metaworld
+pytestmark = [pytest.mark.metaworld, requires_metaworld]
 
 
 def _red_centroid_column(image: np.ndarray) -> float:

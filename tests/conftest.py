@@ -8,7 +8,6 @@ import tempfile
 # Before any MuJoCo import: render offscreen with EGL; keep caches out of the home directory.
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 _CACHE = tempfile.mkdtemp(prefix="wlarl-test-cache-")

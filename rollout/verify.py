@@ -403,15 +403,16 @@ def refresh_world_model(
         policy_snapshot.train()
         losses = []
         try:
-            for _ in range(steps):
-                idx = torch.randint(len(windows), (min(batch_size, len(windows)),), generator=gen).tolist()
-                batch = collate_windows([windows[i] for i in idx])
-                loss = _world_loss(policy_snapshot.sft_losses(batch))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-                opt.step()
-                losses.append(float(loss.detach()))
+            with torch.enable_grad():  # callers may run under no_grad (e.g. a trainer callback)
+                for _ in range(steps):
+                    idx = torch.randint(len(windows), (min(batch_size, len(windows)),), generator=gen).tolist()
+                    batch = collate_windows([windows[i] for i in idx])
+                    loss = _world_loss(policy_snapshot.sft_losses(batch))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                    opt.step()
+                    losses.append(float(loss.detach()))
         finally:
             policy_snapshot.eval()
             for p in policy_snapshot.parameters():

@@ -206,7 +206,8 @@ def test_refresh_lowers_world_error():
     snapshot = freeze_snapshot(_tiny_policy())
     eps = _blob_episodes()
     tok_before = {k: v.clone() for k, v in snapshot.image_tokenizer.state_dict().items()}
-    res = refresh_world_model(snapshot, eps, steps=40, lr=3e-3, batch_size=16, num_chunks=2)
+    with torch.no_grad():  # as inside a trainer callback
+        res = refresh_world_model(snapshot, eps, steps=40, lr=3e-3, batch_size=16, num_chunks=2)
     assert res["loss_last"] < res["loss_first"]
     before, after = np.nanmean(res["before"]["world_latent_mse"]), np.nanmean(res["after"]["world_latent_mse"])
     assert after < before, (before, after)

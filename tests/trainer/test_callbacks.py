@@ -177,7 +177,13 @@ def test_verify_callback_sets_gap_and_success_filter(tmp_path):
         return {"verify/imagination_gap": next(gaps), "verify/agreement": 0.5}
 
     vcb = VerifyCallback(verifier, verify_steps=2, mask_unverified=True, mask_gap_threshold=0.2, at_end=False)
-    rcb = RefreshWorldCallback(lambda p, s: refreshed.append(s) or {"verify/refresh_psnr_after": 20.0}, 2)
+
+    def refresh(policy, step):
+        assert torch.is_grad_enabled()  # a refresh trains, unlike evaluations
+        refreshed.append(step)
+        return {"verify/refresh_psnr_after": 20.0}
+
+    rcb = RefreshWorldCallback(refresh, 2)
     trainer = _trainer(tmp_path, [vcb, rcb], max_steps=3)
     assert trainer.success_filter == vcb.success_filter
     traj = SimpleNamespace(

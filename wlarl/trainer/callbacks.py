@@ -95,6 +95,7 @@ class _PeriodicCallback(TrainerCallback):
     """Runs `fn(model, step)` on a schedule, writes its videos and logs its metrics through the trainer."""
 
     prefix = "eval"
+    needs_grad = False  # evaluations run under no_grad; a refresh trains
 
     def __init__(
         self,
@@ -150,7 +151,7 @@ class _PeriodicCallback(TrainerCallback):
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad():
+            with torch.set_grad_enabled(self.needs_grad):
                 out = self.fn(model, step)
         finally:
             model.train(was_training)
@@ -349,6 +350,7 @@ class RefreshWorldCallback(_PeriodicCallback):
     (``verify/refresh_*``). Never at train begin or end."""
 
     prefix = "verify"
+    needs_grad = True
 
     def __init__(self, refresh_fn: Evaluator, refresh_steps: int, **kwargs: Any):
         kwargs.setdefault("at_start", False)

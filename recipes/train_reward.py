@@ -72,6 +72,9 @@ class TrainRewardConfig:
     early_negative_fraction: float = field(
         default=0.3, metadata={"help": "Frames in the first X of a successful episode (before success) count as hard."}
     )
+    boundary_margin: int = field(
+        default=2, metadata={"help": "Leave the N frames before each first success out of training (not evaluation)."}
+    )
     hard_negative_fraction: float = field(
         default=0.25, metadata={"help": "Share of each batch from hard (and early) negatives."}
     )
@@ -122,8 +125,11 @@ def main() -> None:
 
     # --- data: labelled frames, hard negatives, split by episode
     t0 = time.perf_counter()
-    frames = frames_from_dataset(cfg.dataset_path, cfg.hard_negative_radius, cfg.early_negative_fraction)
+    frames = frames_from_dataset(
+        cfg.dataset_path, cfg.hard_negative_radius, cfg.early_negative_fraction, cfg.boundary_margin
+    )
     train, val, test = split_by_episode(frames, [cfg.val_fraction, cfg.test_fraction], seed=cfg.seed)
+    train = train.subset(np.flatnonzero(~train.boundary))  # near-identical to positives: label noise in training
     for name, part in (("all", frames), ("train", train), ("val", val), ("test", test)):
         print(f"[train_reward] {name}: {part.summary()}", flush=True)
 

@@ -288,6 +288,8 @@ class FrameSet:
         hard_negative: bool [M] — negative whose hand is near a success pose of its task.
         early_negative: bool [M] — frame from the early steps of a successful episode (same scene as its positives,
             object not yet moved); sampled with the hard negatives.
+        boundary: bool [M] — negative within `boundary_margin` steps before the first success of its episode (nearly
+            identical to the positives; the recipe leaves these out of training, never out of evaluation).
     """
 
     images: np.ndarray
@@ -296,10 +298,13 @@ class FrameSet:
     episode: np.ndarray
     hard_negative: np.ndarray
     early_negative: np.ndarray | None = None
+    boundary: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.early_negative is None:
             self.early_negative = np.zeros(len(self.labels), dtype=bool)
+        if self.boundary is None:
+            self.boundary = np.zeros(len(self.labels), dtype=bool)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -313,6 +318,7 @@ class FrameSet:
             episode=self.episode[idx],
             hard_negative=self.hard_negative[idx],
             early_negative=self.early_negative[idx],
+            boundary=self.boundary[idx],
         )
 
     @staticmethod
@@ -324,6 +330,7 @@ class FrameSet:
             episode=np.concatenate([f.episode for f in items]),
             hard_negative=np.concatenate([f.hard_negative for f in items]),
             early_negative=np.concatenate([f.early_negative for f in items]),
+            boundary=np.concatenate([f.boundary for f in items]),
         )
 
     def summary(self) -> dict[str, int]:
@@ -333,6 +340,7 @@ class FrameSet:
             "negatives": int((~self.labels).sum()),
             "hard_negatives": int(self.hard_negative.sum()),
             "early_negatives": int(self.early_negative.sum()),
+            "boundary": int(self.boundary.sum()),
             "episodes": len(np.unique(self.episode)),
         }
 
@@ -399,10 +407,25 @@ def early_negative_mask(
     return mask
 
 
-def frames_from_dataset(dataset: Any, hard_negative_radius: float = 0.05, early_fraction: float = 0.3) -> FrameSet:
+def boundary_mask(labels: np.ndarray, episode: np.ndarray, step: np.ndarray, margin: int) -> np.ndarray:
+    """bool [M]: negatives within `margin` steps before the first success frame of their episode."""
+    mask = np.zeros(len(labels), dtype=bool)
+    if margin <= 0:
+        return mask
+    for ep in np.unique(episode[labels]):
+        in_ep = episode == ep
+        first = step[in_ep & labels].min()
+        mask |= in_ep & (step >= first - margin) & (step < first) & ~labels
+    return mask
+
+
+def frames_from_dataset(
+    dataset: Any, hard_negative_radius: float = 0.05, early_fraction: float = 0.3, boundary_margin: int = 2
+) -> FrameSet:
     """Labelled frames from an episode dataset (a `datasets.Dataset`, a path saved with `save_to_disk`, or an
     `EpisodeDataset` with `.dataset`), with hard negatives (`hard_negative_radius`, metres) and early negatives (the
-    first `early_fraction` of each successful episode before its success)."""
+    first `early_fraction` of each successful episode before its success), and the `boundary_margin` frames right
+    before each first success marked."""
     if isinstance(dataset, (str, Path)):
         from datasets import load_from_disk
 
@@ -427,7 +450,8 @@ def frames_from_dataset(dataset: Any, hard_negative_radius: float = 0.05, early_
     labels = frame_labels(success, episode, step)
     hard = hard_negative_mask(labels, state[:, :3], task_names, ep_success, hard_negative_radius)
     early = early_negative_mask(labels, episode, step, early_fraction)
-    return FrameSet(images, labels, task_names, episode, hard_negative=hard, early_negative=early)
+    boundary = boundary_mask(labels, episode, step, boundary_margin)
+    return FrameSet(images, labels, task_names, episode, hard_negative=hard, early_negative=early, boundary=boundary)
 
 
 def split_by_episode(frames: FrameSet, fractions: Sequence[float], seed: int = 0) -> list[FrameSet]:
@@ -903,4 +927,5 @@ def predicted_frames(
         episode=real.episode[target],
         hard_negative=real.hard_negative[target],
         early_negative=real.early_negative[target],
+        boundary=real.boundary[target],
     )

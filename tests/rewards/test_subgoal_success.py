@@ -171,3 +171,9 @@ def test_early_negatives_are_early_frames_of_successful_episodes():
     early = np.flatnonzero(frames.early_negative)
     assert early.tolist() == [i for i in range(first) if i < 0.5 * first]
     assert not frames.early_negative[frames.episode == 1].any()
+
+
+def test_boundary_frames_are_the_ones_right_before_success():
+    frames = frames_from_dataset(make_episode_dataset(n_episodes=2, steps=12), boundary_margin=2)
+    first = int(np.flatnonzero(frames.labels & (frames.episode == 0)).min())
+    assert np.flatnonzero(frames.boundary).tolist() == [first - 2, first - 1]

@@ -10,7 +10,7 @@ if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; f
 
 # 1. System libraries for offscreen MuJoCo rendering (EGL; OSMesa as a fallback) and video encoding.
 need_apt=()
-for pkg in libegl1 libgl1 libosmesa6 libglfw3 ffmpeg; do
+for pkg in libegl1 libegl-mesa0 libgl1 libgl1-mesa-dri libosmesa6 libglfw3 ffmpeg; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ "${#need_apt[@]}" -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -27,7 +27,7 @@ if ! $PY -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13
 fi
 
 # 3. The project with the default simulator, logging and dev extras.
-if ! $PY -c "import wlarl, rollout, rewards, metaworld, trl, pytest, gym_pusht" 2>/dev/null \
+if ! $PY -c "import wlarl, rollout, rewards, metaworld, trl, pytest, pytest_timeout, gym_pusht, wandb, tensorboard" 2>/dev/null \
    || [ "$($PY -c 'import wlarl, os; print(os.path.dirname(os.path.dirname(wlarl.__file__)))' 2>/dev/null)" != "$(pwd)" ]; then
   echo "[wlarl setup] pip install -e .[metaworld,logging,dev]"
   $PY -m pip install -q -c constraints.txt -e ".[metaworld,logging,dev]"

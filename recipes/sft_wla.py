@@ -80,8 +80,10 @@ class SFTWLAConfig:
         default=0, metadata={"help": "Also checkpoint every this many joint steps (0 = final only)."}
     )
     bc_noise_modes: list[str] = field(
-        default_factory=lambda: ["clean", "gaussian", "perturbed_start"],
-        metadata={"help": "Noise modes whose actions are imitated; the World Expert trains on every episode."},
+        default_factory=lambda: ["clean", "gaussian"],
+        metadata={
+            "help": "Noise modes whose actions are imitated (not random or wrong-target segments); the World Expert trains on every episode."
+        },
     )
     bc_successful_only: bool = field(default=True, metadata={"help": "Imitate actions of successful episodes only."})
     torch_threads: int = field(default=2, metadata={"help": "torch.set_num_threads."})
@@ -318,6 +320,8 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError(f"{cfg.dataset_path}: images must be square, got {windows.images.shape[1:3]}")
     processor = build_processor(ep_ds, cfg, image_size)
     policy = build_policy(cfg, processor, windows, image_size)
+    tasks = list(ep_ds.meta.get("tasks") or sorted(set(windows.task_name)))
+    policy.config.task_names = tasks
     sizes = policy.num_parameters_by_part
     logger.info("dataset %s: %d episodes, %d windows (%.0f %% imitated); parameters %s", cfg.dataset_path,
                 ep_ds.num_episodes, len(windows), 100 * windows.action_weight.mean(), sizes)  # fmt: skip
@@ -329,7 +333,6 @@ def main(argv: list[str] | None = None) -> None:
     save_atomic(policy, out / "final")
     logger.info("saved %s after %.0f s of training", out / "final", train_s)
 
-    tasks = list(ep_ds.meta.get("tasks") or sorted(set(windows.task_name)))
     results = {"train/wall_s_total": train_s, **real_eval(policy, tasks, ep_ds.meta, cfg)}
     log("final", cfg.max_steps, results)
     (out / "eval_results.json").write_text(json.dumps(results, indent=2))

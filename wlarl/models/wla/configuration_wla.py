@@ -59,6 +59,7 @@ class WLAConfig(PretrainedConfig):
         world_hidden, world_layers, world_heads: World Expert transformer size.
         state_mean, state_std, action_mean, action_std: normalisation stats (length S / A) from the dataset.
         *_weight: SFT loss weights.
+        task_names: simulator tasks of the SFT data (informational, for evaluation; nothing is task-specific).
     """
 
     model_type = "wla"
@@ -101,6 +102,7 @@ class WLAConfig(PretrainedConfig):
         world_success_weight: float = 0.1,
         subtask_weight: float = 0.1,
         recon_weight: float = 1.0,
+        task_names: list[str] | None = None,
         **kwargs,
     ) -> None:
         self.image_size = image_size
@@ -140,6 +142,7 @@ class WLAConfig(PretrainedConfig):
         self.world_success_weight = world_success_weight
         self.subtask_weight = subtask_weight
         self.recon_weight = recon_weight
+        self.task_names = list(task_names) if task_names is not None else []
         super().__init__(**kwargs)
         self.validate()
 

@@ -30,9 +30,11 @@ from rewards.goal_similarity import GoalSimilarityReward  # noqa: E402
 from rewards.progress import ProgressReward  # noqa: E402
 from rewards.shaping import ShapingReward  # noqa: E402
 from rewards.subgoal_success import (  # noqa: E402
+    FrameSet,
     SubgoalSuccessReward,
     SuccessClassifier,
     SuccessClassifierConfig,
+    auroc,
     evaluate_classifier,
     format_reliability,
     frames_from_dataset,
@@ -100,8 +102,9 @@ def bench_cost(args: argparse.Namespace) -> None:
         "shaping": ShapingReward(),
         "predicted_success": "predicted_success",
     }
+    extra = {"subgoal_success, mode=max (all N·T frames)": SubgoalSuccessReward(classifier, mode="max")}
     rows = []
-    for name, fn in list(funcs.items()) + [("all (scorer)", None)]:
+    for name, fn in list(funcs.items()) + list(extra.items()) + [("the six built-ins above in one scorer", None)]:
         scorer = (
             RewardScorer(list(funcs.values()), names=list(funcs)) if fn is None else RewardScorer([fn], names=[name])
         )
@@ -125,6 +128,23 @@ def bench_cost(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps({"rows": rows, **vars(args)}, indent=2))
 
 
+def print_per_task(model: SuccessClassifier, frames: FrameSet, label: str) -> None:
+    """Per-task AUROC, AUROC without the boundary frames, and the hard-negative false-positive rate."""
+    probs = model.predict_proba(torch.from_numpy(frames.images), frames.task_names).numpy()
+    tasks = np.asarray(frames.task_names)
+    print(f"\n{label}: | task | frames | positives | AUROC | AUROC w/o boundary | hard negatives | hard-neg FPR |")
+    print("|---|---|---|---|---|---|---|")
+    for task in [*sorted(set(frames.task_names)), "all"]:
+        k = np.ones(len(tasks), bool) if task == "all" else tasks == task
+        nb = k & ~frames.boundary
+        hn = k & frames.hard_negative
+        fpr = f"{(probs[hn] >= model.config.threshold).mean():.2f}" if hn.any() else "–"
+        print(
+            f"| {task} | {k.sum()} | {frames.labels[k].sum()} | {auroc(probs[k], frames.labels[k]):.3f} | "
+            f"{auroc(probs[nb], frames.labels[nb]):.3f} | {hn.sum()} | {fpr} |"
+        )
+
+
 def bench_classifier(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     reward_dir = Path(args.reward_dir)
@@ -136,6 +156,7 @@ def bench_classifier(args: argparse.Namespace) -> None:
     _, _, test = split_by_episode(frames, [run_cfg["val_fraction"], run_cfg["test_fraction"]], seed=run_cfg["seed"])
     print(f"held-out test episodes: {test.summary()}")
     results = evaluate_classifier(model, test, "real/")
+    print_per_task(model, test, "real")
     if args.policy_path:
         from wlarl import WLAPolicy
 
@@ -145,6 +166,7 @@ def bench_classifier(args: argparse.Namespace) -> None:
         )
         print(f"World-Expert-predicted frames (test episodes): {pred.summary()}")
         results.update(evaluate_classifier(model, pred, "predicted/"))
+        print_per_task(model, pred, "predicted")
     for key in ("real/", "predicted/"):
         if f"{key}auroc" not in results:
             continue

@@ -107,3 +107,23 @@ def test_dynamic_sampling_keeps_only_informative_groups(tmp_path):
 def test_world_aux_needs_a_dataset(tmp_path):
     with pytest.raises(ValueError, match="world_aux_dataset"):
         _trainer(tmp_path, world_aux_coef=0.5)
+
+
+def test_logs_reach_tensorboard_and_offline_wandb(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    trainer = _trainer(tmp_path, max_steps=1, save_strategy="no", report_to=["tensorboard", "wandb"])
+    trainer.train()
+    import wandb
+
+    wandb.finish()
+    events = list(tmp_path.rglob("events.out.tfevents.*"))
+    assert events, "no tensorboard event file"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    assert "train/rollout/imagined_success" in acc.Tags()["scalars"]
+    assert "rollout/imagined_strip" in acc.Tags()["images"]
+    assert list((tmp_path / "wandb").glob("offline-run-*")), "no offline wandb run"

@@ -72,3 +72,20 @@ def test_psnr_full_and_masked():
     assert masked[0] == pytest.approx(0.0)  # the only changed pixel is fully wrong
     assert np.isnan(masked[1])  # nothing changed in image 1
     assert nanmean([1.0, float("nan"), 3.0]) == 2.0
+
+
+def test_video_writing_falls_back_to_gif(tmp_path):
+    import imageio.v3 as iio
+
+    from wlarl.utils.video import frame_strip, side_by_side, write_video
+
+    frames = np.random.default_rng(0).integers(0, 255, (4, 8, 6, 3), dtype=np.uint8)
+    both = side_by_side(frames, frames[:2], gap=2)
+    assert both.shape == (4, 8, 14, 3) and np.array_equal(both[3, :, 8:], frames[1])  # shorter one holds its last
+    path = write_video(both, tmp_path / "v" / "x.mp4", fmt="mp4")  # gif when no mp4 encoder plugin works
+    assert path.exists() and path.suffix in (".mp4", ".gif")
+    gif = write_video(frames, tmp_path / "y", fmt="gif")
+    assert gif.suffix == ".gif" and iio.imread(gif).shape[0] == 4
+    assert frame_strip(frames, max_frames=2).shape == (8, 12, 3)
+    with pytest.raises(TypeError, match="uint8"):
+        write_video(frames.astype(np.float32), tmp_path / "z")

@@ -7,7 +7,6 @@ verification.
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,9 @@ import numpy as np
 
 
 def mp4_available() -> bool:
-    """True when imageio can encode mp4 (imageio-ffmpeg or PyAV installed, or an ffmpeg binary on PATH)."""
-    return any(importlib.util.find_spec(m) is not None for m in ("imageio_ffmpeg", "av")) or bool(
-        shutil.which("ffmpeg")
-    )
+    """True when imageio can encode mp4: its imageio-ffmpeg or PyAV plugin is installed (an ffmpeg binary alone on
+    PATH is not enough for imageio)."""
+    return any(importlib.util.find_spec(m) is not None for m in ("imageio_ffmpeg", "av"))
 
 
 def _as_frames(frames: Any) -> np.ndarray:
@@ -58,9 +56,13 @@ def write_video(frames: Any, path: str | Path, fps: int = 10, fmt: str = "auto")
         pad_h, pad_w = arr.shape[1] % 2, arr.shape[2] % 2
         if pad_h or pad_w:
             arr = np.pad(arr, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-        iio.imwrite(out, arr, fps=fps)
-    else:
-        iio.imwrite(out, arr, extension=".gif", duration=int(1000 / max(fps, 1)), loop=0)
+        try:
+            iio.imwrite(out, arr, fps=fps)
+            return out
+        except (OSError, ImportError, RuntimeError):  # a broken encoder install: fall back to GIF
+            out.unlink(missing_ok=True)
+            out = out.with_suffix(".gif")
+    iio.imwrite(out, arr, extension=".gif", duration=int(1000 / max(fps, 1)), loop=0)
     return out
 
 

@@ -120,7 +120,8 @@ def bench_open_loop(args) -> dict:
 
     Starts every `stride` steps of every held-out episode that has max(horizons) * H steps left. Reports per horizon
     the latent MSE and PSNR (full frame, and on pixels that changed by > 10/255 since the start frame), for the
-    World Expert and for copying the start frame.
+    World Expert and for copying the start frame (raw, and through the tokenizer), plus the tokenizer's own
+    reconstruction PSNR of the target frame (the ceiling of any decoded prediction).
     """
     from wlarl.data import load_episodes
 
@@ -157,6 +158,7 @@ def bench_open_loop(args) -> dict:
             task_names=[str(ep["task_name"][t]) for ep, t in zip(eps, t0)],
         )
         z0 = policy.encode_images(images)
+        images_dec = policy.decode_latents(z0)  # copy baseline through the tokenizer (same decoder ceiling)
         for k in range(1, k_max + 1):
             acts = torch.from_numpy(
                 np.stack([ep["action"][t + (k - 1) * h : t + k * h] for ep, t in zip(eps, t0)]).astype(np.float32)
@@ -169,7 +171,12 @@ def bench_open_loop(args) -> dict:
             real_state = np.stack([ep["state"][t + k * h] for ep, t in zip(eps, t0)])
             z_real = policy.encode_images(real)
             changed = (real.int() - images.int()).abs().amax(-1) > 10  # [N, H, W]
+            real_dec = policy.decode_latents(z_real)  # tokenizer reconstruction: the ceiling of any prediction
             rows = {
+                "tokenizer/psnr": _psnr(real_dec, real),
+                "tokenizer/psnr_changed": _psnr(real_dec, real, changed),
+                "copy_decoded/psnr": _psnr(images_dec, real),
+                "copy_decoded/psnr_changed": _psnr(images_dec, real, changed),
                 "world/latent_mse": float(((pred.latents - z_real) ** 2).mean()),
                 "copy/latent_mse": float(((z0 - z_real) ** 2).mean()),
                 "world/psnr": _psnr(pred.images, real),

@@ -189,10 +189,19 @@ def main() -> None:
 
     # --- calibrate on validation (real + predicted when available: the reward scores predicted frames)
     calib = FrameSet.cat([val, predicted["val"]]) if "val" in predicted else val
+    if not (calib.labels.any() and (~calib.labels).any()):
+        # too few episodes to hold some out with both outcomes (e.g. the debug preset): calibrate on training frames
+        print(
+            f"[train_reward] WARNING: validation split {calib.summary()} lacks a class; calibrating on the training "
+            f"frames (optimistic). Collect more episodes for a held-out calibration.",
+            flush=True,
+        )
+        calib = train
     results = calibrate_classifier(model, calib, cfg.threshold_rule)
 
     # --- report on held-out episodes
-    results.update(evaluate_classifier(model, val, "val/"))
+    if len(val):
+        results.update(evaluate_classifier(model, val, "val/"))
     if len(test):
         results.update(evaluate_classifier(model, test, "eval/real/"))
     if "test" in predicted:
@@ -209,7 +218,7 @@ def main() -> None:
                 f"\n[train_reward] reliability on {key.rstrip('/')} (AUROC {results[f'{key}auroc']:.4f}, "
                 f"ECE {results[f'{key}ece']:.4f}):\n{format_reliability(results[f'{key}reliability'])}"
             )
-    print(f"[train_reward] saved {out / 'model'} (threshold {model.config.threshold:.3f})", flush=True)
+    print(f"[train_reward] saved {out / 'final'} (threshold {model.config.threshold:.3f})", flush=True)
 
 
 def _policy_horizon(policy: object) -> int:

@@ -64,3 +64,19 @@ def test_train_reward_presets_parse(preset):
 
     cfg = parse_config(mod.TrainRewardConfig, "train_reward", ["--config", preset, "--dataset_path", "x"])
     assert cfg.max_steps > 0 and cfg.dataset_path == "x"
+
+
+def test_train_reward_with_too_few_episodes_to_hold_out(tmp_path):
+    """The debug collection has 1–2 episodes per task and outcome: calibration falls back to training frames."""
+    data = tmp_path / "demos"
+    make_episode_dataset(n_episodes=2, steps=8, seed=4).save_to_disk(str(data))
+    out = tmp_path / "reward"
+    proc = subprocess.run(
+        [sys.executable, "recipes/train_reward.py", "--config", "debug", "--dataset_path", str(data),
+         "--output_dir", str(out), "--max_steps", "5"],
+        cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "calibrating on the training frames" in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert "calibration/threshold" in results and (out / "final" / "config.json").is_file()

@@ -222,7 +222,7 @@ def bench_real(args) -> dict:
     if args.tts > 1:
 
         def tts_policy(obs):
-            return policy.act(obs, sample=True, num_candidates=args.tts).actions
+            return policy.act(obs, sample=True, temperature=args.tts_temperature, num_candidates=args.tts).actions
 
         out[f"tts_k{args.tts}"] = rollout_policy(tts_policy, tasks, args.episodes_per_task, **common).summary()
     return out
@@ -236,6 +236,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--tts", type=int, default=8)
+    p.add_argument("--tts_temperature", type=float, default=1.0)
     p.add_argument("--horizons", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--stride", type=int, default=16)
     p.add_argument("--max_starts", type=int, default=512)

@@ -36,6 +36,7 @@ from rewards.subgoal_success import (  # noqa: E402
     evaluate_classifier,
     format_reliability,
     frames_from_dataset,
+    load_success_classifier,
     predicted_frames,
     split_by_episode,
     train_success_classifier,
@@ -54,12 +55,18 @@ class TrainRewardConfig:
     policy_path: str = field(
         default="", metadata={"help": "Trained WLA policy; its World Expert predicts frames to evaluate/fine-tune on."}
     )
+    init_model_path: str = field(
+        default="",
+        metadata={"help": "Continue from a trained classifier (a train_reward output_dir) instead of a new one."},
+    )
     image_size: int = field(default=64, metadata={"help": "Classifier input side in pixels."})
     channels: list[int] = field(default_factory=lambda: [32, 64, 128, 128], metadata={"help": "Conv block widths."})
     hidden_size: int = field(default=128, metadata={"help": "MLP head width."})
     task_embed_dim: int = field(default=32, metadata={"help": "Task embedding size."})
     dropout: float = field(default=0.1, metadata={"help": "Dropout in the head."})
-    max_steps: int = field(default=2000, metadata={"help": "Optimizer steps on real frames."})
+    max_steps: int = field(
+        default=2000, metadata={"help": "Optimizer steps on real frames (0: none, with init_model_path)."}
+    )
     batch_size: int = field(default=64, metadata={"help": "Frames per step."})
     learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate (warm-up then cosine)."})
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay."})
@@ -101,6 +108,8 @@ class TrainRewardConfig:
                 f"train_reward: val_fraction ({self.val_fraction}) and test_fraction ({self.test_fraction}) must be in "
                 f"[0, 1) with val > 0 and a sum below 1"
             )
+        if self.max_steps <= 0 and not self.init_model_path:
+            raise ValueError("train_reward: max_steps must be > 0 (or give --init_model_path to continue from a model)")
         if self.threshold_rule not in ("f1", "youden"):
             raise ValueError(f"train_reward: threshold_rule must be 'f1' or 'youden', got {self.threshold_rule!r}")
         if self.predicted_finetune_steps > 0 and not self.policy_path:
@@ -133,17 +142,21 @@ def main() -> None:
     for name, part in (("all", frames), ("train", train), ("val", val), ("test", test)):
         print(f"[train_reward] {name}: {part.summary()}", flush=True)
 
-    # --- model
-    model = SuccessClassifier(
-        SuccessClassifierConfig(
-            task_names=sorted(set(frames.task_names)),
-            image_size=cfg.image_size,
-            channels=cfg.channels,
-            hidden_size=cfg.hidden_size,
-            task_embed_dim=cfg.task_embed_dim,
-            dropout=cfg.dropout,
+    # --- model: new, or a trained one to continue from (e.g. to fine-tune on World-Expert frames only)
+    if cfg.init_model_path:
+        model = load_success_classifier(cfg.init_model_path)
+        model.task_ids(sorted(set(frames.task_names)))  # every task of the dataset must be in its vocabulary
+    else:
+        model = SuccessClassifier(
+            SuccessClassifierConfig(
+                task_names=sorted(set(frames.task_names)),
+                image_size=cfg.image_size,
+                channels=cfg.channels,
+                hidden_size=cfg.hidden_size,
+                task_embed_dim=cfg.task_embed_dim,
+                dropout=cfg.dropout,
+            )
         )
-    )
     train_kwargs = dict(
         batch_size=cfg.batch_size,
         weight_decay=cfg.weight_decay,
@@ -154,9 +167,10 @@ def main() -> None:
     )
 
     # --- train on real frames
-    train_success_classifier(
-        model, train, val, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate, seed=cfg.seed, **train_kwargs
-    )
+    if cfg.max_steps > 0:
+        train_success_classifier(
+            model, train, val, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate, seed=cfg.seed, **train_kwargs
+        )
 
     # --- World-Expert-predicted frames (labelled with the real outcome), optional fine-tuning on them
     predicted: dict[str, FrameSet] = {}

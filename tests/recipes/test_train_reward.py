@@ -80,3 +80,20 @@ def test_train_reward_with_too_few_episodes_to_hold_out(tmp_path):
     assert "calibrating on the training frames" in proc.stdout
     results = json.loads((out / "results.json").read_text())
     assert "calibration/threshold" in results and (out / "final" / "config.json").is_file()
+
+
+def test_train_reward_continues_from_a_trained_model(tmp_path):
+    data = tmp_path / "demos"
+    make_episode_dataset(n_episodes=8, steps=8, seed=5).save_to_disk(str(data))
+    base = [sys.executable, "recipes/train_reward.py", "--config", "debug", "--dataset_path", str(data)]
+    run = dict(cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    first = subprocess.run([*base, "--output_dir", str(tmp_path / "a"), "--max_steps", "5"], **run)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = subprocess.run(
+        [*base, "--output_dir", str(tmp_path / "b"), "--init_model_path", str(tmp_path / "a"), "--max_steps", "0"],
+        **run,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "b" / "final" / "model.safetensors").is_file()
+    bad = subprocess.run([*base, "--output_dir", str(tmp_path / "c"), "--max_steps", "0"], **run)
+    assert bad.returncode != 0 and "init_model_path" in bad.stderr

@@ -109,7 +109,9 @@ class TrainRewardConfig:
                 f"[0, 1) with val > 0 and a sum below 1"
             )
         if self.max_steps <= 0 and not self.init_model_path:
-            raise ValueError("train_reward: max_steps must be > 0 (or give --init_model_path to continue from a model)")
+            raise ValueError(
+                "train_reward: max_steps must be > 0 (or give --init_model_path to continue from a model)"
+            )
         if self.threshold_rule not in ("f1", "youden"):
             raise ValueError(f"train_reward: threshold_rule must be 'f1' or 'youden', got {self.threshold_rule!r}")
         if self.predicted_finetune_steps > 0 and not self.policy_path:

@@ -53,11 +53,19 @@ def _run_stage(args: list[str], log_path: Path) -> None:
     env = dict(os.environ)
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)  # the stages are single-process programs
-    with open(log_path, "a") as log:
-        proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # Progress bars (carriage returns included) and tables of the stage reach the terminal and the log.
+        while chunk := os.read(proc.stdout.fileno(), 4096):
+            sys.stderr.buffer.write(chunk)
+            sys.stderr.flush()
+            log.write(chunk)
+        proc.wait()
     if proc.returncode != 0:
-        tail = "".join(open(log_path).readlines()[-30:])
-        raise RuntimeError(f"bootstrap stage failed ({' '.join(args[:1])}, exit {proc.returncode}); log {log_path}:\n{tail}")
+        tail = "".join(open(log_path, errors="replace").readlines()[-30:])
+        raise RuntimeError(
+            f"bootstrap stage failed ({' '.join(args[:1])}, exit {proc.returncode}); log {log_path}:\n{tail}"
+        )
 
 
 def _find_checkpoint(root: Path) -> Path:
@@ -72,7 +80,9 @@ def bootstrap(preset: str) -> dict[str, str]:
     preset_path = resolve_preset(preset)
     sections = {s: load_section(preset, s) for s in ("collect_demos", "sft_wla", "train_reward")}
     key = hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:12]
-    cache_root = Path(os.environ.get("WLARL_CACHE", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wlarl"))
+    cache_root = Path(
+        os.environ.get("WLARL_CACHE", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wlarl")
+    )
     root = cache_root / "bootstrap" / f"{preset_path.stem}-{key}"
     done = root / "paths.json"
     if done.is_file():
@@ -87,14 +97,27 @@ def bootstrap(preset: str) -> dict[str, str]:
     cfg_arg = ["--config", str(preset_path)]
     _run_stage([str(RECIPES / "collect_demos.py"), *cfg_arg, "--output_dir", str(tmp / "data")], log)
     _run_stage(
-        [str(RECIPES / "sft_wla.py"), *cfg_arg, "--dataset_path", str(tmp / "data"), "--output_dir", str(tmp / "policy")],
+        [
+            str(RECIPES / "sft_wla.py"),
+            *cfg_arg,
+            "--dataset_path",
+            str(tmp / "data"),
+            "--output_dir",
+            str(tmp / "policy"),
+        ],
         log,
     )
     policy_dir = _find_checkpoint(tmp / "policy")
     _run_stage(
         [
-            str(RECIPES / "train_reward.py"), *cfg_arg, "--dataset_path", str(tmp / "data"),
-            "--policy_path", str(policy_dir), "--output_dir", str(tmp / "reward"),
+            str(RECIPES / "train_reward.py"),
+            *cfg_arg,
+            "--dataset_path",
+            str(tmp / "data"),
+            "--policy_path",
+            str(policy_dir),
+            "--output_dir",
+            str(tmp / "reward"),
         ],
         log,
     )
@@ -145,8 +168,11 @@ def main() -> None:
     snapshot = freeze_snapshot(policy)
     engine = ImaginationEngine(snapshot, horizon=cfg.horizon, success_threshold=cfg.success_threshold)
     scorer = build_reward_scorer(
-        cfg.reward_funcs, cfg.reward_weights,
-        reward_model_path=cfg.reward_model_path, dataset_path=cfg.dataset_path, policy=snapshot,
+        cfg.reward_funcs,
+        cfg.reward_weights,
+        reward_model_path=cfg.reward_model_path,
+        dataset_path=cfg.dataset_path,
+        policy=snapshot,
     )
     world_aux = SFTWindows(episodes, horizon=policy.config.chunk_size) if cfg.world_aux_coef > 0 else None
 
@@ -173,8 +199,11 @@ def main() -> None:
     trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
     trainer.save_model(os.path.join(cfg.output_dir, "final"))
     if state.is_main_process:
-        logger.info("done: final policy in %s, metrics in %s", os.path.join(cfg.output_dir, "final"),
-                    os.path.join(cfg.output_dir, "metrics.jsonl"))
+        logger.info(
+            "done: final policy in %s, metrics in %s",
+            os.path.join(cfg.output_dir, "final"),
+            os.path.join(cfg.output_dir, "metrics.jsonl"),
+        )
 
 
 if __name__ == "__main__":

@@ -156,7 +156,9 @@ def _single_step_trajectories(obs: Observation, actions: torch.Tensor, pred: Wor
     return Trajectories(
         observations=[obs],
         samples=[sample],
-        subgoal_images=pred.images[:, None] if pred.images is not None else torch.zeros((N, 1, *obs.images.shape[1:]), dtype=torch.uint8),
+        subgoal_images=pred.images[:, None]
+        if pred.images is not None
+        else torch.zeros((N, 1, *obs.images.shape[1:]), dtype=torch.uint8),
         subgoal_latents=pred.latents[:, None],
         states=pred.states[:, None],
         success_logits=pred.success_logits[:, None],
@@ -275,7 +277,9 @@ class ImaginedVectorEnv(VectorEnv):
         actions = torch.as_tensor(np.asarray(actions, dtype=np.float32))
         expected = (self.num_envs, *self.single_action_space.shape)
         if tuple(actions.shape) != expected:
-            raise ValueError(f"ImaginedVectorEnv.step: actions must have shape {expected} [N, H, A], got {tuple(actions.shape)}")
+            raise ValueError(
+                f"ImaginedVectorEnv.step: actions must have shape {expected} [N, H, A], got {tuple(actions.shape)}"
+            )
         pred = self.world.imagine(self._obs, actions, decode=True)
         rewards = self._rewards(self._obs, actions, pred)
         success_prob = torch.sigmoid(pred.success_logits.float()).cpu().numpy()

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("ACCELERATE_USE_CPU", "true")
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository first: tests/rewards must not shadow rewards
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[2])
+)  # the repository first: tests/rewards must not shadow rewards
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 sys.path.append(str(Path(__file__).resolve().parent))
 

@@ -99,7 +99,9 @@ def test_dynamic_sampling_keeps_only_informative_groups(tmp_path):
     )  # fmt: skip
     trainer.imagination.success_threshold = 1e-6
     trainer.train()
-    row = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "loss/policy" in line][0]
+    row = [
+        json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "loss/policy" in line
+    ][0]
     assert row["rollout/groups_seen"] == 4.0  # two rounds of B=2 groups
     assert row["rollout/imagined_success"] == 1.0
 

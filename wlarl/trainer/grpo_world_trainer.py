@@ -117,7 +117,9 @@ class GRPOWorldTrainer(Trainer):
         if len(train_dataset) == 0:
             raise ValueError("GRPOWorldTrainer: train_dataset (start states) is empty")
         if args.world_aux_coef > 0 and world_aux_dataset is None:
-            raise ValueError("GRPOWorldTrainer: world_aux_coef > 0 needs world_aux_dataset (SFT windows of real episodes)")
+            raise ValueError(
+                "GRPOWorldTrainer: world_aux_coef > 0 needs world_aux_dataset (SFT windows of real episodes)"
+            )
         # The image tokenizer stays fixed during GRPO: imagined latents from the frozen snapshot must keep
         # meaning the same thing to the policy.
         tokenizer_module = getattr(model, "image_tokenizer", None)
@@ -168,7 +170,9 @@ class GRPOWorldTrainer(Trainer):
 
     def _sample_starts(self, n: int) -> dict[str, Any]:
         """n extra start states (dynamic-sampling refills), seeded by step and rank."""
-        gen = torch.Generator().manual_seed(self.args.seed + 7919 * (self.state.global_step + 1) + self.args.process_index)
+        gen = torch.Generator().manual_seed(
+            self.args.seed + 7919 * (self.state.global_step + 1) + self.args.process_index
+        )
         idx = torch.randint(len(self.train_dataset), (n,), generator=gen).tolist()
         return collate_starts([self.train_dataset[i] for i in idx])
 
@@ -187,7 +191,10 @@ class GRPOWorldTrainer(Trainer):
         policy.eval()
         try:
             traj = self.imagination.rollout(
-                policy, starts, group_size=self.args.num_generations, temperature=self.args.temperature,
+                policy,
+                starts,
+                group_size=self.args.num_generations,
+                temperature=self.args.temperature,
                 horizon=self.args.horizon,
             )
         finally:
@@ -242,7 +249,9 @@ class GRPOWorldTrainer(Trainer):
             kept = [fallback]
         traj = self._cat_traj([k[0] for k in kept])
         rewards = RewardOutput(
-            per_function=torch.cat([k[1].per_function for k in kept]), names=kept[0][1].names, weights=kept[0][1].weights
+            per_function=torch.cat([k[1].per_function for k in kept]),
+            names=kept[0][1].names,
+            weights=kept[0][1].weights,
         )
         success = torch.cat([k[2] for k in kept])
         N, T = traj.num_rows, traj.horizon
@@ -328,9 +337,16 @@ class GRPOWorldTrainer(Trainer):
             if ref_lp is not None:
                 ref_lp = torch.cat([ref_lp, inputs["ref_subtask_logp"]], dim=1)
         loss, stats = grpo.policy_loss(
-            new_lp, old_lp.detach(), tok_adv, tok_mask, loss_type=self.args.loss_type,
-            epsilon_low=self.args.epsilon, epsilon_high=self.args.epsilon_high,
-            logp_ref=ref_lp, beta=self.args.beta, token_weights=weights,
+            new_lp,
+            old_lp.detach(),
+            tok_adv,
+            tok_mask,
+            loss_type=self.args.loss_type,
+            epsilon_low=self.args.epsilon,
+            epsilon_high=self.args.epsilon_high,
+            logp_ref=ref_lp,
+            beta=self.args.beta,
+            token_weights=weights,
         )
         m = self._metrics
         m["loss/policy"].append(stats.get("policy_loss", loss).item())
@@ -360,8 +376,12 @@ class GRPOWorldTrainer(Trainer):
         gen = torch.Generator().manual_seed(self.args.seed + 31 * self.args.process_index)
         while True:
             loader = DataLoader(
-                self.world_aux_dataset, batch_size=self.args.world_aux_batch_size, shuffle=True, generator=gen,
-                collate_fn=self.world_aux_collate, drop_last=False,
+                self.world_aux_dataset,
+                batch_size=self.args.world_aux_batch_size,
+                shuffle=True,
+                generator=gen,
+                collate_fn=self.world_aux_collate,
+                drop_last=False,
             )
             yield from loader
 

@@ -151,7 +151,9 @@ def bench_classifier(args: argparse.Namespace) -> None:
     run_cfg = json.loads((reward_dir / "config.json").read_text())
     model = load_success_classifier(reward_dir)
     frames = frames_from_dataset(
-        args.dataset_path, run_cfg.get("hard_negative_radius", 0.05), run_cfg.get("early_negative_fraction", 0.3)
+        args.dataset_path,
+        args.hard_negative_radius or run_cfg.get("hard_negative_radius", 0.05),
+        run_cfg.get("early_negative_fraction", 0.3),
     )
     _, _, test = split_by_episode(frames, [run_cfg["val_fraction"], run_cfg["test_fraction"]], seed=run_cfg["seed"])
     print(f"held-out test episodes: {test.summary()}")
@@ -200,6 +202,7 @@ def main() -> None:
     p.add_argument("--dataset_path", required=True, help="the episode dataset it was trained on")
     p.add_argument("--policy_path", default="", help="trained WLA policy for World-Expert-predicted frames")
     p.add_argument("--max_windows", type=int, default=1000)
+    p.add_argument("--hard_negative_radius", type=float, default=0.0, help="override the run's radius (metres)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default="")
     args = parser.parse_args()

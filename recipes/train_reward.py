@@ -190,6 +190,7 @@ def main() -> None:
                     np.unique(part.episode),
                     cfg.predicted_max_windows,
                     seed=cfg.seed,
+                    keep_hard_negatives=name == "train",
                 )
                 print(f"[train_reward] predicted {name}: {predicted[name].summary()}", flush=True)
         if cfg.predicted_finetune_steps > 0:

@@ -850,6 +850,7 @@ def predicted_frames(
     stride: int = 1,
     batch_size: int = 64,
     seed: int = 0,
+    keep_hard_negatives: bool = False,
 ) -> FrameSet:
     """World-Expert-predicted subgoal frames labelled with the real outcome.
 
@@ -862,7 +863,9 @@ def predicted_frames(
         dataset: episode dataset (Dataset, path or EpisodeDataset).
         horizon: H, actions per chunk.
         episodes: restrict to these episode ids (e.g. a held-out split).
-        max_windows: subsample to at most this many windows (balanced: all positive windows kept first).
+        max_windows: subsample to at most this many windows (up to half positives).
+        keep_hard_negatives: when subsampling, keep windows whose real target frame is a hard negative (up to a
+            quarter) — for fine-tuning, so the arm-pose shortcut stays penalised on predicted frames.
 
     Returns:
         FrameSet of predicted frames (hard_negative marks windows whose real frame is a hard negative).
@@ -898,11 +901,17 @@ def predicted_frames(
     rng = np.random.default_rng(seed)
     if max_windows is not None and len(windows) > max_windows:
         pos = [w for w in windows if real.labels[w[2]]]
-        neg = [w for w in windows if not real.labels[w[2]]]
+        hard = [w for w in windows if real.hard_negative[w[2]]]  # never labelled positive
+        neg = [w for w in windows if not real.labels[w[2]] and not real.hard_negative[w[2]]]
         k_pos = min(len(pos), max_windows // 2)
+        k_hard = min(len(hard), max_windows // 4) if keep_hard_negatives else 0
         pick_pos = [pos[i] for i in rng.choice(len(pos), k_pos, replace=False)] if k_pos else []
-        pick_neg = [neg[i] for i in rng.choice(len(neg), min(len(neg), max_windows - k_pos), replace=False)]
-        windows = pick_pos + pick_neg
+        pick_hard = [hard[i] for i in rng.choice(len(hard), k_hard, replace=False)] if k_hard else []
+        if not keep_hard_negatives:
+            neg = neg + hard
+        k_neg = min(len(neg), max_windows - k_pos - k_hard)
+        pick_neg = [neg[i] for i in rng.choice(len(neg), k_neg, replace=False)] if k_neg else []
+        windows = pick_pos + pick_hard + pick_neg
     images_out = []
     for b in range(0, len(windows), batch_size):
         chunk = windows[b : b + batch_size]

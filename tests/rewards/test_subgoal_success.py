@@ -177,3 +177,13 @@ def test_boundary_frames_are_the_ones_right_before_success():
     frames = frames_from_dataset(make_episode_dataset(n_episodes=2, steps=12), boundary_margin=2)
     first = int(np.flatnonzero(frames.labels & (frames.episode == 0)).min())
     assert np.flatnonzero(frames.boundary).tolist() == [first - 2, first - 1]
+
+
+def test_predicted_frames_keep_hard_negatives_when_subsampling():
+    ds = make_episode_dataset(n_episodes=6, steps=10)
+    real = frames_from_dataset(ds)
+    n_hard = int(real.hard_negative.sum())
+    kept = predicted_frames(_CopyWorld(), ds, horizon=1, max_windows=24, keep_hard_negatives=True)
+    assert len(kept) == 24 and kept.hard_negative.sum() == min(n_hard, 6) and 0 < kept.labels.sum() <= 12
+    plain = predicted_frames(_CopyWorld(), ds, horizon=1, max_windows=24)
+    assert len(plain) == 24

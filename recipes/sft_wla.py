@@ -86,7 +86,11 @@ class SFTWLAConfig:
         },
     )
     bc_successful_only: bool = field(default=True, metadata={"help": "Imitate actions of successful episodes only."})
-    torch_threads: int = field(default=2, metadata={"help": "torch.set_num_threads."})
+    torch_threads: int = field(
+        default=0,
+        metadata={"help": "torch.set_num_threads (0 = torch's default, i.e. OMP_NUM_THREADS). Use 1 on a shared CPU: "
+                  "2-thread OpenMP spinning against other jobs made steps ~10x more expensive."},
+    )  # fmt: skip
     progress: bool = field(default=True, metadata={"help": "Show a tqdm progress bar."})
     # --- final real-simulator evaluation
     eval_episodes_per_task: int = field(
@@ -298,7 +302,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(SFTWLAConfig, "sft_wla", argv)
     if cfg.dataset_path is None:
         raise ValueError("sft_wla: --dataset_path is required (run recipes/collect_demos.py first)")
-    torch.set_num_threads(cfg.torch_threads)
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     out = Path(cfg.output_dir)

@@ -187,7 +187,9 @@ class GRPOWorldConfig(GRPOConfig):
     )
     keep_best_margin: float = field(
         default=0.0,
-        metadata={"help": "A new real success must beat the best by more than this to replace `best/`."},
+        metadata={
+            "help": "keep_best_real restores the best checkpoint when real success falls more than this below the best."
+        },
     )
 
     # ------------------------------------------------------------------ verification (imagined vs real)
@@ -201,6 +203,16 @@ class GRPOWorldConfig(GRPOConfig):
     refresh_world_steps: int = field(
         default=0,
         metadata={"help": "Refresh World Expert / reward model from new real episodes every X steps; 0 disables."},
+    )
+    refresh_grad_steps: int = field(
+        default=50, metadata={"help": "Gradient steps of each World-Expert refresh on the gathered real episodes."}
+    )
+    refresh_lr: float = field(default=1e-4, metadata={"help": "Learning rate of the World-Expert refresh."})
+    eval_max_episode_steps: int | None = field(
+        default=None, metadata={"help": "Episode length of real evaluations; None: the simulator's limit."}
+    )
+    eval_timeout_s: float = field(
+        default=1800.0, metadata={"help": "Real evaluation wall-clock limit in seconds; past it, eval/timed_out = 1."}
     )
     mask_unverified: bool = field(
         default=False,
@@ -308,7 +320,15 @@ class GRPOWorldConfig(GRPOConfig):
                 raise bad(name, f"must be ≥ 0 (0 disables), got {getattr(self, name)}")
         if self.eval_steps is not None and self.eval_steps < 0:
             raise bad("eval_steps", f"must be ≥ 0 (0 disables), got {self.eval_steps}")
-        for name in ("eval_episodes_per_task", "verify_episodes", "num_env_workers", "world_aux_batch_size"):
+        if self.eval_timeout_s <= 0:
+            raise bad("eval_timeout_s", f"must be > 0 seconds, got {self.eval_timeout_s}")
+        for name in (
+            "eval_episodes_per_task",
+            "verify_episodes",
+            "num_env_workers",
+            "world_aux_batch_size",
+            "refresh_grad_steps",
+        ):
             if getattr(self, name) < 1:
                 raise bad(name, f"must be ≥ 1, got {getattr(self, name)}")
         if self.image_size < 8:

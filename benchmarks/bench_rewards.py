@@ -150,11 +150,9 @@ def bench_classifier(args: argparse.Namespace) -> None:
     reward_dir = Path(args.reward_dir)
     run_cfg = json.loads((reward_dir / "config.json").read_text())
     model = load_success_classifier(reward_dir)
-    frames = frames_from_dataset(
-        args.dataset_path,
-        args.hard_negative_radius or run_cfg.get("hard_negative_radius", 0.05),
-        run_cfg.get("early_negative_fraction", 0.3),
-    )
+    radius = args.hard_negative_radius or run_cfg.get("hard_negative_radius", 0.05)
+    early = run_cfg.get("early_negative_fraction", 0.3)
+    frames = frames_from_dataset(args.dataset_path, radius, early)
     _, _, test = split_by_episode(frames, [run_cfg["val_fraction"], run_cfg["test_fraction"]], seed=run_cfg["seed"])
     print(f"held-out test episodes: {test.summary()}")
     results = evaluate_classifier(model, test, "real/")
@@ -164,7 +162,13 @@ def bench_classifier(args: argparse.Namespace) -> None:
 
         policy = WLAPolicy.from_pretrained(args.policy_path).eval()
         pred = predicted_frames(
-            policy, args.dataset_path, policy.config.chunk_size, np.unique(test.episode), args.max_windows
+            policy,
+            args.dataset_path,
+            policy.config.chunk_size,
+            np.unique(test.episode),
+            args.max_windows,
+            hard_negative_radius=radius,
+            early_fraction=early,
         )
         print(f"World-Expert-predicted frames (test episodes): {pred.summary()}")
         results.update(evaluate_classifier(model, pred, "predicted/"))

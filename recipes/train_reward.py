@@ -191,6 +191,8 @@ def main() -> None:
                     cfg.predicted_max_windows,
                     seed=cfg.seed,
                     keep_hard_negatives=name == "train",
+                    hard_negative_radius=cfg.hard_negative_radius,
+                    early_fraction=cfg.early_negative_fraction,
                 )
                 print(f"[train_reward] predicted {name}: {predicted[name].summary()}", flush=True)
         if cfg.predicted_finetune_steps > 0:

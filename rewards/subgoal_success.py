@@ -851,6 +851,8 @@ def predicted_frames(
     batch_size: int = 64,
     seed: int = 0,
     keep_hard_negatives: bool = False,
+    hard_negative_radius: float = 0.05,
+    early_fraction: float = 0.3,
 ) -> FrameSet:
     """World-Expert-predicted subgoal frames labelled with the real outcome.
 
@@ -866,6 +868,7 @@ def predicted_frames(
         max_windows: subsample to at most this many windows (up to half positives).
         keep_hard_negatives: when subsampling, keep windows whose real target frame is a hard negative (up to a
             quarter) — for fine-tuning, so the arm-pose shortcut stays penalised on predicted frames.
+        hard_negative_radius, early_fraction: as in `frames_from_dataset`.
 
     Returns:
         FrameSet of predicted frames (hard_negative marks windows whose real frame is a hard negative).
@@ -877,7 +880,7 @@ def predicted_frames(
 
         dataset = load_from_disk(str(dataset))
     dataset = getattr(dataset, "dataset", dataset)
-    real = frames_from_dataset(dataset)
+    real = frames_from_dataset(dataset, hard_negative_radius, early_fraction)
     cols = dataset.with_format("numpy")
     state = np.asarray(cols["state"], dtype=np.float32)
     action = np.asarray(cols["action"], dtype=np.float32)

@@ -217,14 +217,16 @@ def bench_real(args) -> dict:
         timeout_s=args.timeout_s, env_kwargs={"image_size": policy.config.image_size}, keep_episodes=False,
     )  # fmt: skip
     out = {}
-    res = rollout_policy(policy, tasks, args.episodes_per_task, **common)
-    out["world_off"] = res.summary()
+    if not args.skip_world_off:
+        out["world_off"] = rollout_policy(policy, tasks, args.episodes_per_task, **common).summary()
     if args.tts > 1:
 
         def tts_policy(obs):
             return policy.act(obs, sample=True, temperature=args.tts_temperature, num_candidates=args.tts).actions
 
-        out[f"tts_k{args.tts}"] = rollout_policy(tts_policy, tasks, args.episodes_per_task, **common).summary()
+        out[f"tts_k{args.tts}_t{args.tts_temperature}"] = rollout_policy(
+            tts_policy, tasks, args.episodes_per_task, **common
+        ).summary()
     return out
 
 
@@ -236,6 +238,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--tts", type=int, default=8)
+    p.add_argument("--skip_world_off", action="store_true", help="real: only the test-time-scaling run")
     p.add_argument("--tts_temperature", type=float, default=1.0)
     p.add_argument("--horizons", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--stride", type=int, default=16)

@@ -35,6 +35,8 @@ def load_everything(args):
     policy = WLAPolicy.from_pretrained(args.policy_path)
     episodes = load_episodes(args.dataset_path)
     starts = start_states(episodes)
+    if args.tasks:
+        starts = [s for s in starts if s["task_name"] in set(args.tasks)]
     snapshot = freeze_snapshot(policy)
     engine = ImaginationEngine(snapshot, horizon=args.horizon)
     funcs = ["subgoal_success", "shaping"] if args.reward_model_path else ["predicted_success", "shaping"]
@@ -122,6 +124,8 @@ def bench_processes(args) -> dict:
                 "--num_starts", str(args.num_starts), "--num_generations", str(args.num_generations),
                 "--horizon", str(args.horizon), "--steps", str(args.steps),
             ]  # fmt: skip
+            if args.tasks:
+                cmd += ["--tasks", *args.tasks]
             if args.reward_model_path:
                 cmd += ["--reward_model_path", args.reward_model_path]
             env = {**os.environ, "OMP_NUM_THREADS": str(max(1, 2 // nproc))}
@@ -157,6 +161,7 @@ def main() -> None:
     p.add_argument("--dataset_path")
     p.add_argument("--reward_model_path")
     p.add_argument("--paths_json", help="paths.json of a bootstrap cache entry")
+    p.add_argument("--tasks", nargs="*", default=None, help="only start states of these tasks")
     p.add_argument("--num_starts", type=int, default=8)
     p.add_argument("--num_generations", type=int, default=8)
     p.add_argument("--horizon", type=int, default=8)

@@ -112,7 +112,8 @@ class ImaginationEngine:
             if generator is not None:
                 act_kwargs["generator"] = generator
             action = policy.act(obs, **act_kwargs).detach()
-            pred = self.world.imagine(obs, action.actions, decode=self.decode_images)
+            # The simulator conditions on the subtask the policy chose (no second subtask generation).
+            pred = self.world.imagine(obs, action.actions, decode=self.decode_images, sample=action)
             observations.append(obs)
             samples.append(action)
             preds.append(pred)

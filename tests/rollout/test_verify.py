@@ -244,7 +244,8 @@ def _expert_policy(obs):
 @pytest.mark.metaworld
 def test_paired_verification_metaworld_expert_vs_zero():
     pytest.importorskip("metaworld", reason="needs the metaworld extra: pip install -e '.[metaworld]'")
-    kw = dict(env_fn=_metaworld_env, num_workers=2, start_method="fork", max_episode_steps=60)
+    # spawn: a forked child of a process that already rendered with EGL can hang in its first render.
+    kw = dict(env_fn=_metaworld_env, num_workers=2, start_method="spawn", max_episode_steps=60)
     good = paired_verification(_expert_policy, fake_imagine([True]), ["reach-v3"], 2, seed=0, **kw)
     bad = paired_verification(lambda o: torch.zeros(len(o), 4, 4), fake_imagine([True]), ["reach-v3"], 2, seed=0, **kw)
     assert good["verify/real_success"] == 1.0 and good["verify/tp"] == 2 and good["verify/imagination_gap"] == 0.0

@@ -257,7 +257,6 @@ class GRPOWorldTrainer(Trainer):
         N, T = traj.num_rows, traj.horizon
 
         # --- advantages: per-trajectory reward → group advantage (TRL's path), broadcast to every chunk that counts
-        total = grpo.aggregate_rewards(rewards.per_function, rewards.weights, self.args.multi_objective_aggregation, G)
         advantages, adv_stats = grpo.compute_advantages(
             rewards.per_function, rewards.weights, G, self.args.multi_objective_aggregation, self.args.scale_rewards
         )  # [N]
@@ -280,7 +279,7 @@ class GRPOWorldTrainer(Trainer):
         m["rollout/counted_success"].append(success.float().mean().item())
         m["rollout/episode_length"].append(traj.lengths.float().mean().item())
         m["rollout/action_abs_mean"].append(traj.actions.abs().mean().item())
-        m["reward/total"].append(torch.nanmean(total).item())
+        m["reward/total"].append(adv_stats["reward_mean"].item())
         m["reward/total_std"].append(adv_stats["reward_std"].item())
         m["reward/frac_zero_std_groups"].append(adv_stats["frac_reward_zero_std"].item())
         for f, name in enumerate(rewards.names):

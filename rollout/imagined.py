@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from wlarl.types import ActionSample, Observation, RewardOutput, Trajectories, WorldPrediction
+from wlarl.types import ActionSample, LazyImages, Observation, RewardOutput, Trajectories, WorldPrediction
 
 __all__ = ["ImaginationEngine", "ImaginedVectorEnv", "ImaginedEnv", "freeze_snapshot", "starts_to_observation"]
 
@@ -61,10 +61,17 @@ class ImaginationEngine:
         world: the frozen WLA snapshot whose World Expert predicts the next observation (see `freeze_snapshot`).
         horizon: T, the number of chunks of an imagined episode.
         success_threshold: an episode terminates (successfully) once sigmoid(success logit) ≥ this value.
-        decode_images: decode predicted latents into subgoal images (reward models score those).
+        decode_images: when to decode predicted latents into subgoal images (reward models score those):
+            "lazy" (default) hands `LazyImages` that decode only the frames a reward function or logger reads (a
+            reward on the final frame decodes N frames instead of N·T); "eager" decodes every chunk as it is
+            imagined.
     """
 
-    def __init__(self, world: torch.nn.Module, horizon: int = 8, success_threshold: float = 0.5, decode_images=True):
+    def __init__(
+        self, world: torch.nn.Module, horizon: int = 8, success_threshold: float = 0.5, decode_images: str = "lazy"
+    ):
+        if decode_images not in ("lazy", "eager"):
+            raise ValueError(f"ImaginationEngine: decode_images must be 'lazy' or 'eager', got {decode_images!r}")
         if horizon < 1:
             raise ValueError(f"ImaginationEngine: horizon must be ≥ 1 chunk, got {horizon}")
         if not 0.0 < success_threshold < 1.0:
@@ -113,7 +120,7 @@ class ImaginationEngine:
                 act_kwargs["generator"] = generator
             action = policy.act(obs, **act_kwargs).detach()
             # The simulator conditions on the subtask the policy chose (no second subtask generation).
-            pred = self.world.imagine(obs, action.actions, decode=self.decode_images, sample=action)
+            pred = self.world.imagine(obs, action.actions, decode=self.decode_images == "eager", sample=action)
             observations.append(obs)
             samples.append(action)
             preds.append(pred)
@@ -122,10 +129,11 @@ class ImaginationEngine:
             success |= alive & succeeded_now
             alive = alive & ~succeeded_now
             obs = self.world.next_observation(obs, pred)
-        if self.decode_images:
+        if self.decode_images == "eager":
             subgoal_images = torch.stack([p.images.cpu() for p in preds], dim=1)  # [N, T, H, W, 3]
         else:
-            subgoal_images = torch.zeros((N, T, *starts.images.shape[1:]), dtype=torch.uint8)
+            latents = torch.stack([p.latents.cpu() for p in preds], dim=1)  # [N, T, C, h, w]
+            subgoal_images = LazyImages(latents, self.world.decode_latents, tuple(starts.images.shape[1:]))
         return Trajectories(
             observations=observations,
             samples=samples,

@@ -23,12 +23,217 @@ def _check(name: str, value: Any, ndim: int, expected: str, dtype: torch.dtype |
         raise TypeError(f"{name}: expected dtype {dtype} (shape {expected}), got {value.dtype}")
 
 
+def _batch_only(idx: Any, batch_dims: int) -> bool:
+    """Whether index `idx` selects along the first `batch_dims` dims only (no pixel dims, no Ellipsis/None)."""
+    items = idx if isinstance(idx, tuple) else (idx,)
+    used = 0
+    for it in items:
+        if it is None or it is Ellipsis:
+            return False
+        if isinstance(it, torch.Tensor) and it.dtype == torch.bool:
+            used += it.ndim
+        elif isinstance(it, (int, slice, list, torch.Tensor, np.ndarray, np.integer)):
+            used += 1
+        else:
+            return False
+    return used <= batch_dims
+
+
+class LazyImages:
+    """uint8 images [*batch, H, W, 3] that are decoded from latents [*batch, C, h, w] when read.
+
+    Imagination predicts latents; decoding them to pixels costs about a third of a chunk. A `LazyImages` stands for
+    the decoded images and behaves like that uint8 tensor (`shape`, `dtype`, `device`, `len`, tensor methods, torch
+    functions, numpy conversion), but decodes only what is read:
+
+    * indexing the batch dims (``x[rows]``, ``x[rows, t]``) decodes just the selected frames;
+    * anything else (``x.float()``, ``x[..., 0]``, ``torch.stack([x])``, ``np.asarray(x)``) decodes every frame once
+      and caches the result (`materialize`).
+
+    `select` and `LazyImages.cat` stay lazy (they are what `Observation.index` / `Observation.cat` use).
+
+    Args:
+        latents: float [*batch, C, h, w].
+        decode: function latents [M, C, h, w] -> uint8 images [M, H, W, 3] (e.g. `WLAPolicy.decode_latents`).
+        image_shape: (H, W, 3).
+    """
+
+    def __init__(self, latents: torch.Tensor, decode: Any, image_shape: tuple[int, ...] | torch.Size):
+        if not isinstance(latents, torch.Tensor) or latents.ndim < 4:
+            got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise ValueError(f"LazyImages: latents must be a tensor [*batch, C, h, w], got {got}")
+        if len(image_shape) != 3 or int(image_shape[-1]) != 3:
+            raise ValueError(f"LazyImages: image_shape must be (H, W, 3), got {tuple(image_shape)}")
+        self.latents = latents
+        self.decode = decode
+        self.image_shape = tuple(int(d) for d in image_shape)
+        self._full: torch.Tensor | None = None
+
+    # -- what a tensor would say about itself ---------------------------------------------------------------
+    @property
+    def batch_shape(self) -> torch.Size:
+        return self.latents.shape[:-3]
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((*self.batch_shape, *self.image_shape))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.uint8
+
+    @property
+    def device(self) -> torch.device:
+        return self.latents.device
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def is_decoded(self) -> bool:
+        """True once every frame has been decoded (and cached)."""
+        return self._full is not None
+
+    def size(self, dim: int | None = None) -> torch.Size | int:
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self) -> int:
+        return self.ndim
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        state = "decoded" if self._full is not None else "not decoded"
+        return f"LazyImages(shape={list(self.shape)}, dtype=torch.uint8, {state})"
+
+    # -- decoding -------------------------------------------------------------------------------------------
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        lead = latents.shape[:-3]
+        flat = latents.reshape(-1, *latents.shape[-3:])
+        if flat.shape[0] == 0:
+            images = torch.zeros((0, *self.image_shape), dtype=torch.uint8, device=latents.device)
+        else:
+            with torch.no_grad():
+                images = self.decode(flat)
+        if tuple(images.shape) != (flat.shape[0], *self.image_shape) or images.dtype != torch.uint8:
+            raise ValueError(
+                f"LazyImages: decode returned {images.dtype} {tuple(images.shape)}, "
+                f"expected uint8 {(flat.shape[0], *self.image_shape)}"
+            )
+        return images.reshape(*lead, *self.image_shape)
+
+    def materialize(self) -> torch.Tensor:
+        """Every frame, decoded once and cached: uint8 [*batch, H, W, 3]."""
+        if self._full is None:
+            self._full = self._decode(self.latents)
+        return self._full
+
+    def __getitem__(self, idx: Any) -> torch.Tensor:
+        if self._full is not None:
+            return self._full[idx]
+        if _batch_only(idx, len(self.batch_shape)):
+            return self._decode(self.latents[idx])
+        return self.materialize()[idx]
+
+    def select(self, idx: Any) -> LazyImages:
+        """The rows `idx` of the batch dims, still lazy."""
+        if not _batch_only(idx, len(self.batch_shape)):
+            raise IndexError(f"LazyImages.select: {idx!r} does not index the batch dims {list(self.batch_shape)} only")
+        out = LazyImages(self.latents[idx], self.decode, self.image_shape)
+        if self._full is not None:
+            out._full = self._full[idx]
+        return out
+
+    @staticmethod
+    def cat(items: list[LazyImages | torch.Tensor], dim: int = 0) -> LazyImages | torch.Tensor:
+        """Concatenate along batch dim `dim`; stays lazy when every item is lazy with the same decoder."""
+        lazy = [it for it in items if isinstance(it, LazyImages)]
+        if len(lazy) == len(items) and items and all(it.decode == lazy[0].decode for it in lazy):
+            if not 0 <= dim < len(lazy[0].batch_shape):
+                return torch.cat([it.materialize() for it in lazy], dim=dim)
+            return LazyImages(torch.cat([it.latents for it in lazy], dim=dim), lazy[0].decode, lazy[0].image_shape)
+        return torch.cat([it.materialize() if isinstance(it, LazyImages) else it for it in items], dim=dim)
+
+    def to(self, *args: Any, **kwargs: Any) -> LazyImages | torch.Tensor:
+        """`to(device)` moves the latents and stays lazy; any other conversion decodes."""
+        device_only = all(isinstance(a, (str, torch.device)) for a in args) and set(kwargs) <= {"device"}
+        if device_only and (args or kwargs):
+            device = args[0] if args else kwargs["device"]
+            out = LazyImages(self.latents.to(device), self.decode, self.image_shape)
+            if self._full is not None:
+                out._full = self._full.to(device)
+            return out
+        return self.materialize().to(*args, **kwargs)
+
+    def cpu(self) -> LazyImages:
+        return self.to("cpu")
+
+    # -- everything else decodes ----------------------------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name in ("latents", "decode", "image_shape"):
+            raise AttributeError(name)
+        return getattr(self.materialize(), name)
+
+    def __iter__(self):
+        return iter(self.materialize())
+
+    def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:  # what torch.as_tensor / torch.from_dlpack read
+        return self.materialize().__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self) -> Any:
+        return self.materialize().__dlpack_device__()
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        arr = self.materialize().cpu().numpy()
+        return arr if dtype is None else arr.astype(dtype)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.cat and len(args) >= 1 and isinstance(args[0], (list, tuple)):
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+            return cls.cat(list(args[0]), dim=dim)
+
+        def plain(x: Any) -> Any:
+            if isinstance(x, LazyImages):
+                return x.materialize()
+            if isinstance(x, (list, tuple)):
+                return type(x)(plain(v) for v in x)
+            return x
+
+        return func(*plain(args), **{k: plain(v) for k, v in kwargs.items()})
+
+
+def _lazy_operator(name: str):
+    def op(self: LazyImages, *args: Any) -> Any:
+        return getattr(self.materialize(), name)(*[a.materialize() if isinstance(a, LazyImages) else a for a in args])
+
+    op.__name__ = name
+    return op
+
+
+for _name in (
+    "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__", "__rtruediv__",
+    "__floordiv__", "__mod__", "__pow__", "__neg__", "__abs__", "__eq__", "__ne__", "__lt__", "__le__", "__gt__",
+    "__ge__", "__and__", "__or__", "__xor__", "__invert__", "__matmul__",
+):  # fmt: skip
+    setattr(LazyImages, _name, _lazy_operator(_name))
+LazyImages.__hash__ = None  # type: ignore[assignment]  # like tensors compared elementwise: not hashable by value
+
+
+def _take_rows(images: torch.Tensor | LazyImages, rows: torch.Tensor) -> torch.Tensor | LazyImages:
+    return images.select(rows) if isinstance(images, LazyImages) else images[rows]
+
+
 @dataclass
 class Observation:
     """A batch of N observations.
 
     Attributes:
-        images: uint8 [N, H, W, 3], upright camera frames.
+        images: uint8 [N, H, W, 3], upright camera frames (a `LazyImages` for imagined observations: decoded from
+            `latents` only when read).
         states: float32 [N, S] robot state.
         instructions: N natural-language instructions.
         task_names: N simulator task names.
@@ -36,7 +241,7 @@ class Observation:
             policy need not re-encode its own predictions).
     """
 
-    images: torch.Tensor
+    images: torch.Tensor | LazyImages
     states: torch.Tensor
     instructions: list[str]
     task_names: list[str]
@@ -47,7 +252,11 @@ class Observation:
             self.images = torch.from_numpy(np.ascontiguousarray(self.images))
         if isinstance(self.states, np.ndarray):
             self.states = torch.from_numpy(np.asarray(self.states, dtype=np.float32))
-        _check("Observation.images", self.images, 4, "[N, H, W, 3] uint8", torch.uint8)
+        if isinstance(self.images, LazyImages):
+            if self.images.ndim != 4:
+                raise ValueError(f"Observation.images: expected shape [N, H, W, 3], got {tuple(self.images.shape)}")
+        else:
+            _check("Observation.images", self.images, 4, "[N, H, W, 3] uint8", torch.uint8)
         if self.images.shape[-1] != 3:
             raise ValueError(f"Observation.images: expected shape [N, H, W, 3], got {tuple(self.images.shape)}")
         _check("Observation.states", self.states, 2, "[N, S] float32", torch.float32)
@@ -88,7 +297,7 @@ class Observation:
                 rows = [rows]
         t = torch.as_tensor(rows, dtype=torch.long, device=self.images.device)
         return Observation(
-            images=self.images[t],
+            images=_take_rows(self.images, t),
             states=self.states[t],
             instructions=[self.instructions[i] for i in rows],
             task_names=[self.task_names[i] for i in rows],
@@ -103,7 +312,7 @@ class Observation:
     def cat(items: list[Observation]) -> Observation:
         has_latents = all(o.latents is not None for o in items)
         return Observation(
-            images=torch.cat([o.images for o in items]),
+            images=LazyImages.cat([o.images for o in items]),
             states=torch.cat([o.states for o in items]),
             instructions=[s for o in items for s in o.instructions],
             task_names=[s for o in items for s in o.task_names],
@@ -210,7 +419,8 @@ class Trajectories:
     Attributes:
         observations: per chunk t < T, the Observation the policy acted on (N rows each).
         samples: per chunk t < T, the ActionSample drawn (on-policy log-probs included).
-        subgoal_images: uint8 [N, T, H, W, 3] predicted images after each chunk.
+        subgoal_images: uint8 [N, T, H, W, 3] predicted images after each chunk; imagination hands a `LazyImages`
+            that decodes only the frames read (a reward that reads the final frame decodes N frames, not N·T).
         subgoal_latents: float [N, T, C, h, w] predicted latents after each chunk.
         states: float [N, T, S] predicted states after each chunk.
         success_logits: float [N, T] predicted success logit after each chunk.
@@ -222,7 +432,7 @@ class Trajectories:
 
     observations: list[Observation]
     samples: list[ActionSample]
-    subgoal_images: torch.Tensor
+    subgoal_images: torch.Tensor | LazyImages
     subgoal_latents: torch.Tensor
     states: torch.Tensor
     success_logits: torch.Tensor
@@ -254,6 +464,47 @@ class Trajectories:
     def lengths(self) -> torch.Tensor:
         """long [N] number of chunks each episode ran."""
         return self.alive.sum(dim=1)
+
+    def index(self, rows: torch.Tensor | list[int]) -> Trajectories:
+        """The episodes `rows` (lazy subgoal images stay lazy)."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        r = rows.tolist()
+        return Trajectories(
+            observations=[o.index(rows) for o in self.observations],
+            samples=[s.index(rows) for s in self.samples],
+            subgoal_images=_take_rows(self.subgoal_images, rows),
+            subgoal_latents=self.subgoal_latents[rows],
+            states=self.states[rows],
+            success_logits=self.success_logits[rows],
+            alive=self.alive[rows],
+            success=self.success[rows],
+            instructions=[self.instructions[i] for i in r],
+            task_names=[self.task_names[i] for i in r],
+            group_size=self.group_size,
+        )
+
+    @staticmethod
+    def cat(items: list[Trajectories]) -> Trajectories:
+        """Episodes of `items` one after another (all with the same horizon T)."""
+        if len(items) == 1:
+            return items[0]
+        horizons = {it.horizon for it in items}
+        if len(horizons) != 1:
+            raise ValueError(f"Trajectories.cat: every item needs the same horizon T, got {sorted(horizons)}")
+        T = items[0].horizon
+        return Trajectories(
+            observations=[Observation.cat([it.observations[t] for it in items]) for t in range(T)],
+            samples=[ActionSample.cat([it.samples[t] for it in items]) for t in range(T)],
+            subgoal_images=LazyImages.cat([it.subgoal_images for it in items]),
+            subgoal_latents=torch.cat([it.subgoal_latents for it in items]),
+            states=torch.cat([it.states for it in items]),
+            success_logits=torch.cat([it.success_logits for it in items]),
+            alive=torch.cat([it.alive for it in items]),
+            success=torch.cat([it.success for it in items]),
+            instructions=[s for it in items for s in it.instructions],
+            task_names=[s for it in items for s in it.task_names],
+            group_size=items[0].group_size,
+        )
 
 
 @dataclass

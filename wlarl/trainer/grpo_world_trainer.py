@@ -429,20 +429,7 @@ class GRPOWorldTrainer(Trainer):
     # ------------------------------------------------------------------------------------------ helpers
     @staticmethod
     def _index_traj(traj: Trajectories, rows: torch.Tensor) -> Trajectories:
-        r = rows.tolist()
-        return Trajectories(
-            observations=[o.index(rows) for o in traj.observations],
-            samples=[s.index(rows) for s in traj.samples],
-            subgoal_images=traj.subgoal_images[rows],
-            subgoal_latents=traj.subgoal_latents[rows],
-            states=traj.states[rows],
-            success_logits=traj.success_logits[rows],
-            alive=traj.alive[rows],
-            success=traj.success[rows],
-            instructions=[traj.instructions[i] for i in r],
-            task_names=[traj.task_names[i] for i in r],
-            group_size=traj.group_size,
-        )
+        return traj.index(rows)
 
     @staticmethod
     def _index_rewards(rewards: RewardOutput, rows: torch.Tensor) -> RewardOutput:
@@ -450,19 +437,4 @@ class GRPOWorldTrainer(Trainer):
 
     @staticmethod
     def _cat_traj(items: list[Trajectories]) -> Trajectories:
-        if len(items) == 1:
-            return items[0]
-        T = items[0].horizon
-        return Trajectories(
-            observations=[Observation.cat([it.observations[t] for it in items]) for t in range(T)],
-            samples=[ActionSample.cat([it.samples[t] for it in items]) for t in range(T)],
-            subgoal_images=torch.cat([it.subgoal_images for it in items]),
-            subgoal_latents=torch.cat([it.subgoal_latents for it in items]),
-            states=torch.cat([it.states for it in items]),
-            success_logits=torch.cat([it.success_logits for it in items]),
-            alive=torch.cat([it.alive for it in items]),
-            success=torch.cat([it.success for it in items]),
-            instructions=[s for it in items for s in it.instructions],
-            task_names=[s for it in items for s in it.task_names],
-            group_size=items[0].group_size,
-        )
+        return Trajectories.cat(items)

@@ -33,7 +33,7 @@ from wlarl.models.wla.processing_wla import (
     postprocess_images,
     preprocess_images,
 )
-from wlarl.types import ActionSample, Observation, WorldPrediction
+from wlarl.types import ActionSample, LazyImages, Observation, WorldPrediction
 
 SEG_INSTRUCTION, SEG_LATENT, SEG_STATE, SEG_SUBTASK, SEG_META = range(5)
 PAD_ID, BOS_ID, EOS_ID = WLAProcessor.pad_id, WLAProcessor.bos_id, WLAProcessor.eos_id
@@ -489,8 +489,13 @@ class WLAPolicy(WLAPreTrainedModel):
 
     @torch.no_grad()
     def next_observation(self, obs: Observation, pred: WorldPrediction) -> Observation:
-        """The imagined next observation: decoded subgoal image, predicted state and latents; text unchanged."""
-        images = pred.images if pred.images is not None else self.decode_latents(pred.latents)
+        """The imagined next observation: subgoal image, predicted state and latents; text unchanged.
+
+        The image is `pred.images` when decoded, else a `LazyImages` that decodes the latents only if read (the
+        policy acts on `latents` and never reads it).
+        """
+        s = self.config.image_size
+        images = pred.images if pred.images is not None else LazyImages(pred.latents, self.decode_latents, (s, s, 3))
         return Observation(
             images=images,
             states=pred.states.float(),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import gymnasium as gym
@@ -106,6 +107,11 @@ class ImaginationEngine:
             every tensor is dense), but `alive` [N, T] marks the chunks that count.
         """
         T = horizon or self.horizon
+        if starts.latents is None:
+            # Encode the start frames once, so that every observation of the episode carries the latents the policy
+            # acted on: recomputing log-probs over all chunks at once (the trainer's update) then sees exactly the
+            # inputs of sampling, instead of re-encoding decoded predictions.
+            starts = replace(starts, latents=policy.encode_images(starts.images).detach())
         obs = starts.repeat_interleave(group_size)  # [N]
         N = len(obs)
         alive = torch.ones(N, dtype=torch.bool)

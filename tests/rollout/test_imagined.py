@@ -9,6 +9,7 @@ from gymnasium.utils.env_checker import check_env
 from wla_tiny import tiny_obs, tiny_policy  # noqa: E402
 
 from rollout.imagined import ImaginationEngine, ImaginedEnv, ImaginedVectorEnv, freeze_snapshot  # noqa: E402
+from wlarl.types import ActionSample, Observation  # noqa: E402
 
 
 def _starts(n: int = 4) -> list[dict]:
@@ -54,6 +55,20 @@ def test_engine_shapes_groups_and_on_policy_log_probs(world):
     for t in range(T):
         lp = policy.log_prob(traj.observations[t], traj.samples[t])["action"]
         torch.testing.assert_close(lp, traj.samples[t].log_prob, atol=1e-4, rtol=1e-5)
+
+
+def test_log_probs_over_all_chunks_at_once_match_sampling(world):
+    """The trainer rescores every (observation, chunk) pair in one batch: it must see the inputs the policy acted on.
+
+    Start frames are encoded once and imagined observations carry the World Expert's latents, so no chunk is
+    re-encoded from a decoded image (which would shift the log-probs and the importance ratios).
+    """
+    policy = tiny_policy("gaussian", seed=1)
+    traj = ImaginationEngine(world, horizon=3).rollout(policy, tiny_obs(2), group_size=2)
+    assert all(o.latents is not None for o in traj.observations)
+    obs, sample = Observation.cat(traj.observations), ActionSample.cat(traj.samples)
+    lp = policy.log_prob(obs, sample)["action"]
+    torch.testing.assert_close(lp, torch.cat([s.log_prob for s in traj.samples]), atol=1e-4, rtol=1e-5)
 
 
 def test_engine_terminates_on_predicted_success(world):

@@ -71,6 +71,18 @@ def test_training_changes_policy_not_simulator_and_logs(tmp_path):
     assert list((tmp_path / "imagined").glob("step_*.png")), "no imagined rollout strip was written"
 
 
+def test_first_update_is_on_policy(tmp_path):
+    """With one update per batch the importance ratio of every chunk is 1: the update rescores what was sampled."""
+    trainer = _trainer(tmp_path, max_steps=1, save_strategy="no", log_image_steps=0, num_iterations=1)
+    trainer.train()
+    row = next(
+        json.loads(line)
+        for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+        if "policy/ratio_min" in line
+    )
+    assert abs(row["policy/ratio_min"] - 1) < 1e-3 and abs(row["policy/ratio_max"] - 1) < 1e-3, row
+
+
 def test_grpo_raises_the_reward_it_is_given(tmp_path):
     trainer = _trainer(tmp_path, max_steps=12, save_strategy="no", learning_rate=3e-2, log_image_steps=0)
     trainer.train()

@@ -104,6 +104,10 @@ def bootstrap(preset: str) -> dict[str, str]:
             str(tmp / "data"),
             "--output_dir",
             str(tmp / "policy"),
+            # grpo_world evaluates this policy in the real simulator at step 0; a second evaluation here would
+            # measure the same thing again.
+            "--eval_episodes_per_task",
+            "0",
         ],
         log,
     )

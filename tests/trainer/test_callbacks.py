@@ -158,6 +158,29 @@ def test_keep_best_in_training_loop(tmp_path):
     ]
 
 
+def test_verification_sees_the_trained_policy_before_keep_best_restores(tmp_path):
+    """At a step where evaluation triggers a restore, verification still measures the weights that were trained."""
+    values = iter([0.8, 0.2])
+
+    def flat(model):
+        return torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+
+    seen = {}
+
+    def verifier(policy, step):
+        seen[step] = flat(policy)
+        return {"verify/imagination_gap": 0.0}
+
+    ev = RealEvalCallback(lambda policy, step: {"eval/real_success": next(values)}, eval_steps=2, at_end=False)
+    ver = VerifyCallback(verifier, verify_steps=2, at_start=True, at_end=False)
+    keep = KeepBestRealCallback(margin=0.1)
+    trainer = _trainer(tmp_path, [ev, ver, keep], max_steps=2)
+    trainer.train()
+    assert keep.restores == 1
+    assert torch.equal(flat(trainer.model), seen[0])  # restored to the step-0 weights after the step-2 callbacks
+    assert not torch.equal(seen[2], seen[0])  # ... but verification at step 2 measured the trained weights
+
+
 def test_mask_unverified():
     success = torch.tensor([True, True, False, True])
     probs = torch.tensor([0.95, 0.5, 0.99, 0.9])

@@ -361,8 +361,10 @@ class RefreshWorldCallback(_PeriodicCallback):
 class KeepBestRealCallback(TrainerCallback):
     """Keeps the best policy by real success; restores it when real success falls more than `margin` below it.
 
-    Reacts to every log that contains `metric_key` (logged by `RealEvalCallback` through ``trainer.log``) and
-    logs ``eval/best_real_success``, ``eval/best_step`` and ``eval/restored`` (1.0 when the weights were just
+    Reads every log that contains `metric_key` (logged by `RealEvalCallback` through ``trainer.log``) and acts on
+    it at the end of that event (train begin, step end or train end), so that callbacks placed before it, such as
+    verification, measure the policy that was trained rather than a restored one. It logs
+    ``eval/best_real_success``, ``eval/best_step`` and ``eval/restored`` (1.0 when the weights were just
     restored). The best weights are a CPU copy of the state dict (and, with `save_best`, a ``save_pretrained``
     copy in ``output_dir/best``). Restoring copies the weights in place, so the optimizer keeps its parameter
     references (its moment estimates are kept too).
@@ -394,6 +396,7 @@ class KeepBestRealCallback(TrainerCallback):
         self.best_step: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
         self.restores = 0
+        self._pending: tuple[float, int] | None = None  # (value, step) read from a log, not acted on yet
 
     def bind(self, trainer: Any) -> None:
         self.trainer = trainer
@@ -437,11 +440,26 @@ class KeepBestRealCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
         if not logs or self.metric_key not in logs:
             return
+        value = logs[self.metric_key]
+        self._pending = (float(value) if value is not None else float("nan"), state.global_step)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._act(state, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self._act(state, model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self._act(state, model)
+
+    def _act(self, state, model) -> None:
+        if self._pending is None:
+            return
+        value, step = self._pending
+        self._pending = None
         if model is None:
             model = getattr(self.trainer, "model", None)
-        value = logs[self.metric_key]
-        value = float(value) if value is not None else float("nan")
-        metrics = self.update(model, value, state.global_step, save=state.is_world_process_zero)
+        metrics = self.update(model, value, step, save=state.is_world_process_zero)
         if not metrics:
             return
         if self.trainer is not None:

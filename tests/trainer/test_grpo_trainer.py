@@ -118,6 +118,21 @@ def test_dynamic_sampling_keeps_only_informative_groups(tmp_path):
     assert row["rollout/imagined_success"] == 1.0
 
 
+def test_dynamic_sampling_refills_the_batch_from_later_rounds(tmp_path):
+    """Round 0 keeps group 0 only, round 1 keeps group 1 only: the batch is those two groups, in that order."""
+    trainer = _trainer(
+        tmp_path, max_steps=1, dynamic_sampling=True, dynamic_sampling_range=[0.1, 0.9], max_resample_rounds=3,
+        success_threshold=1e-6, save_strategy="no",
+    )  # fmt: skip
+    trainer.imagination.success_threshold = 1e-6  # every imagined episode succeeds; the filter below decides
+    patterns = iter([[1, 0, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 1, 0]])  # G = 4: group rates (0.75, 1) then (1, 0.25)
+    trainer.success_filter = lambda traj: torch.tensor(next(patterns), dtype=torch.bool)
+    out = trainer._generate_and_score(trainer._sample_starts(2))
+    assert out["success"].int().tolist() == [1, 0, 1, 1, 0, 0, 1, 0]
+    assert out["trajectories"].num_rows == 8 and out["advantages"].shape == (8,)
+    assert trainer._metrics["rollout/resample_rounds"][-1] == 2.0  # stopped once B groups were kept
+
+
 def test_world_aux_needs_a_dataset(tmp_path):
     with pytest.raises(ValueError, match="world_aux_dataset"):
         _trainer(tmp_path, world_aux_coef=0.5)

@@ -212,11 +212,10 @@ class GRPOWorldTrainer(Trainer):
         G, B = self.args.num_generations, self.args.num_starts
         t0 = time.perf_counter()
         # --- imagine (with dynamic sampling: keep groups with success rate in [lo, hi], refill by oversampling)
-        kept: list[tuple[Trajectories, RewardOutput, torch.Tensor]] = []
-        n_kept, n_seen, rounds = 0, 0, 0
+        rounds: list[tuple[Trajectories, RewardOutput, torch.Tensor]] = []  # per round: trajectories, rewards, success
+        keep_masks: list[torch.Tensor] = []  # per round: bool [B] groups kept
         t_imagine = t_reward = 0.0
         batch = inputs
-        fallback = None
         while True:
             ta = time.perf_counter()
             traj = self._imagine(batch_to_observation(batch))
@@ -227,33 +226,32 @@ class GRPOWorldTrainer(Trainer):
             success = traj.success.clone()
             if self.success_filter is not None:
                 success &= self.success_filter(traj).bool()
-            if fallback is None:
-                fallback = (traj, rewards, success)
+            rounds.append((traj, rewards, success))
             if not self.args.dynamic_sampling:
-                kept.append((traj, rewards, success))
-                n_kept = B
+                keep_masks.append(torch.ones(B, dtype=torch.bool))
                 break
             lo, hi = self.args.dynamic_sampling_range
-            keep = grpo.dynamic_sampling_mask(success, G, lo, hi)  # [B'] bool
-            n_seen += keep.numel()
-            if keep.any():
-                rows = torch.nonzero(keep.repeat_interleave(G)).squeeze(1)
-                take = rows[: (B - n_kept) * G]
-                kept.append((self._index_traj(traj, take), self._index_rewards(rewards, take), success[take]))
-                n_kept += take.numel() // G
-            rounds += 1
-            if n_kept >= B or rounds >= self.args.max_resample_rounds:
+            keep_masks.append(grpo.dynamic_sampling_mask(success, G, lo, hi))  # [B] bool
+            if sum(int(k.sum()) for k in keep_masks) >= B or len(rounds) >= self.args.max_resample_rounds:
                 break
             batch = self._sample_starts(B)
-        if n_kept == 0:  # no group carried signal: train on the first round (its advantages are all zero)
-            kept = [fallback]
-        traj = self._cat_traj([k[0] for k in kept])
+        round_K, group_K, report = grpo.refill_groups(keep_masks, B)
+        if report["selected"] == 0:  # no group carried signal: train on the first round (its advantages are all zero)
+            round_K, group_K = torch.zeros(B, dtype=torch.long), torch.arange(B)
+        parts = []
+        for r, (traj_r, rewards_r, success_r) in enumerate(rounds):
+            groups = group_K[round_K == r]
+            if groups.numel():
+                rows = grpo.group_row_indices(groups, G)
+                parts.append((traj_r.index(rows), self._index_rewards(rewards_r, rows), success_r[rows]))
+        traj = Trajectories.cat([p[0] for p in parts])
         rewards = RewardOutput(
-            per_function=torch.cat([k[1].per_function for k in kept]),
-            names=kept[0][1].names,
-            weights=kept[0][1].weights,
+            per_function=torch.cat([p[1].per_function for p in parts]),
+            names=parts[0][1].names,
+            weights=parts[0][1].weights,
         )
-        success = torch.cat([k[2] for k in kept])
+        success = torch.cat([p[2] for p in parts])
+        n_seen = sum(k.numel() for k in keep_masks)
         N, T = traj.num_rows, traj.horizon
 
         # --- advantages: per-trajectory reward → group advantage (TRL's path), broadcast to every chunk that counts
@@ -289,7 +287,7 @@ class GRPOWorldTrainer(Trainer):
         m["rollout/kept_groups"].append(float(traj.num_rows // G))
         if self.args.dynamic_sampling:
             m["rollout/groups_seen"].append(float(n_seen))
-            m["rollout/resample_rounds"].append(float(rounds))
+            m["rollout/resample_rounds"].append(float(len(rounds)))
         m["time/imagine"].append(t_imagine)
         m["time/rewards"].append(t_reward)
         m["time/rollout_total"].append(time.perf_counter() - t0)
@@ -428,13 +426,5 @@ class GRPOWorldTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------ helpers
     @staticmethod
-    def _index_traj(traj: Trajectories, rows: torch.Tensor) -> Trajectories:
-        return traj.index(rows)
-
-    @staticmethod
     def _index_rewards(rewards: RewardOutput, rows: torch.Tensor) -> RewardOutput:
         return RewardOutput(per_function=rewards.per_function[rows], names=rewards.names, weights=rewards.weights)
-
-    @staticmethod
-    def _cat_traj(items: list[Trajectories]) -> Trajectories:
-        return Trajectories.cat(items)

@@ -125,7 +125,9 @@ def test_dynamic_sampling_refills_the_batch_from_later_rounds(tmp_path):
         success_threshold=1e-6, save_strategy="no",
     )  # fmt: skip
     trainer.imagination.success_threshold = 1e-6  # every imagined episode succeeds; the filter below decides
-    patterns = iter([[1, 0, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 1, 0]])  # G = 4: group rates (0.75, 1) then (1, 0.25)
+    patterns = iter(
+        [[1, 0, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 1, 0]]
+    )  # G = 4: group rates (0.75, 1) then (1, 0.25)
     trainer.success_filter = lambda traj: torch.tensor(next(patterns), dtype=torch.bool)
     out = trainer._generate_and_score(trainer._sample_starts(2))
     assert out["success"].int().tolist() == [1, 0, 1, 1, 0, 0, 1, 0]

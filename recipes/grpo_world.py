@@ -179,6 +179,8 @@ def main() -> None:
         policy=snapshot,
     )
     world_aux = SFTWindows(episodes, horizon=policy.config.chunk_size) if cfg.world_aux_coef > 0 else None
+    # A refresh fine-tunes the simulator on real episodes; the KL reference must stay the starting policy.
+    ref_model = freeze_snapshot(policy) if cfg.beta > 0 and cfg.refresh_world_steps > 0 else None
 
     # --- real-simulator evaluation and verification callbacks --------------------------------------------------
     callbacks = []
@@ -198,6 +200,7 @@ def main() -> None:
         world_aux_dataset=world_aux,
         world_aux_collate=collate_windows,
         processing_class=processor,
+        ref_model=ref_model,
         callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)

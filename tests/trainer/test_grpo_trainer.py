@@ -135,6 +135,22 @@ def test_dynamic_sampling_refills_the_batch_from_later_rounds(tmp_path):
     assert trainer._metrics["rollout/resample_rounds"][-1] == 2.0  # stopped once B groups were kept
 
 
+def test_a_separate_kl_reference_stays_put_when_the_simulator_changes(tmp_path):
+    policy = tiny_policy("gaussian").train()
+    ref = freeze_snapshot(policy)
+    trainer = _trainer(tmp_path, max_steps=1, policy=policy, beta=0.04, dynamic_sampling=False, save_strategy="no")
+    trainer.ref_model = ref
+    with torch.no_grad():  # what a World-Expert refresh does to the simulator's weights
+        for p in trainer.imagination.world.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    out = trainer._generate_and_score(trainer._sample_starts(2))
+    traj = out["trajectories"]
+    want = trainer._flat_log_prob(ref, traj)["action"].view(traj.horizon, traj.num_rows).T
+    moved = trainer._flat_log_prob(trainer.imagination.world, traj)["action"].view(traj.horizon, traj.num_rows).T
+    torch.testing.assert_close(out["ref_logp"], want)
+    assert not torch.allclose(out["ref_logp"], moved)
+
+
 def test_world_aux_needs_a_dataset(tmp_path):
     with pytest.raises(ValueError, match="world_aux_dataset"):
         _trainer(tmp_path, world_aux_coef=0.5)

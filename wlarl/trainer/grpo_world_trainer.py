@@ -98,6 +98,9 @@ class GRPOWorldTrainer(Trainer):
         world_aux_collate: collate function for `world_aux_dataset`.
         processing_class: the policy's processor, saved with every checkpoint.
         callbacks: extra `TrainerCallback`s (real evaluation, verification, …).
+        ref_model: frozen KL reference (used when `beta` > 0); default `imagination.world`. Give a separate frozen
+            copy when the simulator is refreshed during training (`refresh_world_steps`), so that a refresh does not
+            move the reference too.
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class GRPOWorldTrainer(Trainer):
         world_aux_collate: Callable | None = None,
         processing_class: Any | None = None,
         callbacks: list[TrainerCallback] | None = None,
+        ref_model: torch.nn.Module | None = None,
     ):
         if not isinstance(args, GRPOWorldConfig):
             raise TypeError(f"GRPOWorldTrainer: args must be a GRPOWorldConfig, got {type(args).__name__}")
@@ -136,6 +140,11 @@ class GRPOWorldTrainer(Trainer):
             callbacks=callbacks,
         )
         self.imagination = imagination
+        self.ref_model = ref_model
+        # The frozen simulator and reference live where the policy trains (a no-op on a CPU).
+        for frozen in (getattr(imagination, "world", None), ref_model):
+            if isinstance(frozen, torch.nn.Module):
+                frozen.to(self.args.device)
         self.reward_scorer = reward_scorer
         self.world_aux_dataset = world_aux_dataset
         self.world_aux_collate = world_aux_collate
@@ -267,7 +276,7 @@ class GRPOWorldTrainer(Trainer):
         old_sub = torch.stack([(s.subtask_log_probs * s.subtask_mask).sum(-1) for s in traj.samples], dim=1)  # [N, T]
         ref_logp = ref_sub = None
         if self.args.beta > 0:
-            ref = self._flat_log_prob(self.imagination.world, traj)
+            ref = self._flat_log_prob(self.ref_model if self.ref_model is not None else self.imagination.world, traj)
             ref_logp = ref["action"].view(T, N).T  # [N, T]
             ref_sub = ref["subtask"].view(T, N).T  # [N, T]
 

@@ -90,7 +90,7 @@ def test_scale_rewards_accepts_trl_booleans(out, given, expected):
         ({"verify_steps": -1}, "verify_steps", "≥ 0"),
         ({"eval_steps": -5}, "eval_steps", "≥ 0"),
         ({"eval_episodes_per_task": 0}, "eval_episodes_per_task", "≥ 1"),
-        ({"num_env_workers": 0}, "num_env_workers", "≥ 1"),
+        ({"num_env_workers": -1}, "num_env_workers", "≥ 0"),
         ({"image_size": 4}, "image_size", "≥ 8"),
         ({"mask_gap_threshold": 1.5}, "mask_gap_threshold", "[0, 1]"),
         ({"mask_unverified": True, "verify_steps": 0}, "mask_unverified", "verify_steps > 0"),
@@ -104,6 +104,10 @@ def test_bad_settings_raise_naming_the_field(out, kwargs, field_name, hint):
     msg = str(err.value)
     assert f"GRPOWorldConfig.{field_name}:" in msg, msg
     assert hint in msg, msg
+
+
+def test_zero_env_workers_means_in_process(out):
+    assert GRPOWorldConfig(output_dir=out, num_env_workers=0, use_cpu=True).num_env_workers == 0
 
 
 def test_every_world_field_has_a_help_line():

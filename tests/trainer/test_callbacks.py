@@ -181,6 +181,47 @@ def test_verification_sees_the_trained_policy_before_keep_best_restores(tmp_path
     assert not torch.equal(seen[2], seen[0])  # ... but verification at step 2 measured the trained weights
 
 
+def test_keep_best_state_survives_a_resume(tmp_path):
+    """The best weights and value are saved with each checkpoint and restored when training resumes."""
+    values = iter([0.8, 0.5, 0.75, 0.6])  # steps 0, 2 (run 1) and 2 (resume start), 4 (run 2)
+
+    def make(max_steps):
+        ev = RealEvalCallback(lambda policy, step: {"eval/real_success": next(values)}, eval_steps=2, at_end=False)
+        keep = KeepBestRealCallback(margin=0.1)
+        data = [{"x": torch.randn(2), "y": torch.tensor(1.0)} for _ in range(32)]
+        args = TrainingArguments(
+            output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=4, report_to=[], use_cpu=True,
+            logging_steps=1, save_strategy="steps", save_steps=2, learning_rate=0.1, disable_tqdm=True,
+        )  # fmt: skip
+        torch.manual_seed(0)
+        trainer = Trainer(model=Tiny(), args=args, train_dataset=data, callbacks=[ev, keep])
+        for cb in (ev, keep):
+            cb.bind(trainer)
+        return trainer, keep
+
+    first, keep1 = make(2)
+    step0 = {}
+    orig = keep1.update
+
+    def spy(model, value, step, save=True):
+        if step == 0:
+            step0.update({k: v.clone() for k, v in model.state_dict().items()})
+        return orig(model, value, step, save)
+
+    keep1.update = spy
+    first.train()
+    assert keep1.restores == 1  # 0.5 at step 2 < 0.8 - 0.1
+    info = json.loads((tmp_path / "checkpoint-2" / "keep_best.json").read_text())
+    assert (info["best"], info["best_step"], info["restores"]) == (0.8, 0, 1)
+
+    second, keep2 = make(4)
+    second.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    # 0.75 at the resumed start is not a new best, because the step-0 best of 0.8 came back with the checkpoint;
+    # 0.6 at step 4 then restores the step-0 weights of the first run.
+    assert (keep2.best, keep2.best_step, keep2.restores) == (0.8, 0, 2)
+    assert all(torch.equal(step0[k], v) for k, v in second.model.state_dict().items())
+
+
 def test_mask_unverified():
     success = torch.tensor([True, True, False, True])
     probs = torch.tensor([0.95, 0.5, 0.99, 0.9])

@@ -22,6 +22,7 @@ process logs and decides (e.g. restores) the same.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -443,7 +444,58 @@ class KeepBestRealCallback(TrainerCallback):
         value = logs[self.metric_key]
         self._pending = (float(value) if value is not None else float("nan"), state.global_step)
 
+    # -- persistence: the best weights travel with every checkpoint, so a resumed run keeps its best
+    STATE_FILE = "keep_best_state.safetensors"
+    INFO_FILE = "keep_best.json"
+
+    def save_state(self, checkpoint_dir: str) -> None:
+        """Write the best weights and value into `checkpoint_dir` (atomically, file by file)."""
+        if self.best_state is None:
+            return
+        from safetensors.torch import save_file
+
+        os.makedirs(checkpoint_dir, exist_ok=True)
+        tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in self.best_state.items()}
+        tmp = os.path.join(checkpoint_dir, self.STATE_FILE + ".tmp")
+        save_file(tensors, tmp)
+        os.replace(tmp, os.path.join(checkpoint_dir, self.STATE_FILE))
+        info = {"best": self.best, "best_step": self.best_step, "restores": self.restores, "margin": self.margin}
+        tmp = os.path.join(checkpoint_dir, self.INFO_FILE + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(info, f, indent=2)
+        os.replace(tmp, os.path.join(checkpoint_dir, self.INFO_FILE))
+
+    def load_state(self, checkpoint_dir: str) -> bool:
+        """Read what `save_state` wrote; False (and nothing changes) when `checkpoint_dir` holds none."""
+        info_path = os.path.join(checkpoint_dir, self.INFO_FILE)
+        state_path = os.path.join(checkpoint_dir, self.STATE_FILE)
+        if not (os.path.isfile(info_path) and os.path.isfile(state_path)):
+            return False
+        from safetensors.torch import load_file
+
+        with open(info_path) as f:
+            info = json.load(f)
+        self.best_state = load_file(state_path)
+        self.best, self.best_step = float(info["best"]), int(info["best_step"])
+        self.restores = int(info.get("restores", 0))
+        logger.info(
+            "keep-best: resumed with the best real success %.3f (step %d) from %s",
+            self.best,
+            self.best_step,
+            checkpoint_dir,
+        )
+        return True
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.save_state(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
+
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step > 0 and self.best is None:  # resumed: the trainer state was loaded before this event
+            resumed = getattr(self.trainer, "resumed_from", None) or os.path.join(
+                args.output_dir, f"checkpoint-{state.global_step}"
+            )
+            self.load_state(resumed)
         self._act(state, model)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):

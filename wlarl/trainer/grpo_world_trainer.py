@@ -154,6 +154,7 @@ class GRPOWorldTrainer(Trainer):
         self._step = 0
         # Masks imagined successes that verification does not trust (set by the verification callback).
         self.success_filter: Callable[[Trajectories], torch.Tensor] | None = None
+        self.resumed_from: str | None = None  # the checkpoint `train` resumed from
         for cb in self.callback_handler.callbacks:
             if hasattr(cb, "bind"):
                 cb.bind(self)
@@ -390,6 +391,16 @@ class GRPOWorldTrainer(Trainer):
                 drop_last=False,
             )
             yield from loader
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """`transformers.Trainer.train`; remembers the checkpoint it resumes from (callbacks restore their state)."""
+        resumed = resume_from_checkpoint
+        if resumed is True:
+            from transformers.trainer_utils import get_last_checkpoint  # noqa: PLC0415
+
+            resumed = get_last_checkpoint(self.args.output_dir)
+        self.resumed_from = resumed if isinstance(resumed, str) else None
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         t0 = time.perf_counter()

@@ -194,8 +194,15 @@ class _EnvRunner:
         self.obs: dict[str, Any] | None = None
         self.steps = 0
         self.limit = 0
+        self.episode_limit = max_episode_steps
+        self.episode_stop = stop_on_success
 
-    def reset(self, task: str, seed: int) -> dict[str, Any]:
+    def reset(
+        self, task: str, seed: int, max_episode_steps: int | None = None, stop_on_success: bool | None = None
+    ) -> dict[str, Any]:
+        """Reset the env of `task` with `seed`; the episode settings default to the runner's."""
+        self.episode_limit = max_episode_steps if max_episode_steps is not None else self.max_episode_steps
+        self.episode_stop = self.stop_on_success if stop_on_success is None else bool(stop_on_success)
         if task not in self.envs:
             self.envs[task] = self.env_fn(task, **self.env_kwargs)
         self.env = self.envs[task]
@@ -203,7 +210,7 @@ class _EnvRunner:
         self.obs = _pack_obs(obs, info)
         self.steps = 0
         spec_limit = getattr(getattr(self.env, "spec", None), "max_episode_steps", None)
-        self.limit = int(self.max_episode_steps or spec_limit or 500)
+        self.limit = int(self.episode_limit or spec_limit or 500)
         space = self.env.action_space
         return {"obs": self.obs, "low": np.asarray(space.low, np.float32), "high": np.asarray(space.high, np.float32)}
 
@@ -218,7 +225,7 @@ class _EnvRunner:
             success = bool(info.get("success", False))
             steps.append({**self.obs, "action": a, "reward": float(reward), "success": success})
             self.obs = _pack_obs(obs, info)
-            done = bool(terminated or truncated) or self.steps >= self.limit or (self.stop_on_success and success)
+            done = bool(terminated or truncated) or self.steps >= self.limit or (self.episode_stop and success)
             if done:
                 break
         return {"steps": steps, "obs": self.obs, "done": done}
@@ -331,6 +338,71 @@ class _Worker:
         self.conn.close()
 
 
+class EnvWorkerPool:
+    """Real-simulator worker processes that outlive one `rollout_policy` call.
+
+    Starting a worker, a process that imports the simulator and builds its envs, costs several seconds. An
+    evaluation every few GRPO steps with a pool pays that once. Workers that died, hung or were killed are replaced
+    on the next call. Episode settings such as step limit and stop-on-success travel with each episode, so one
+    pool serves evaluation and verification alike. Close it (or use it as a context manager) when done; its
+    processes are daemons and also end with the parent.
+
+    Args:
+        num_workers: worker processes (≥ 1).
+        env_fn, env_kwargs: how a worker builds the env of a task (see `rollout_policy`).
+        start_method: multiprocessing start method ("spawn" is safe with MuJoCo/EGL and threads).
+    """
+
+    def __init__(
+        self,
+        num_workers: int,
+        env_fn: EnvFn | str | None = None,
+        env_kwargs: dict[str, Any] | None = None,
+        start_method: str = "spawn",
+    ):
+        if int(num_workers) < 1:
+            raise ValueError(f"EnvWorkerPool: num_workers must be ≥ 1, got {num_workers}")
+        self.num_workers = int(num_workers)
+        self.env_fn = env_fn
+        self.env_kwargs = dict(env_kwargs or {})
+        self._ctx = mp.get_context(start_method)
+        self._workers: list[_Worker] = []
+        self._next_index = 0
+        self.started = 0  # worker processes started over the pool's life
+        self.closed = False
+
+    def matches(self, env_fn: EnvFn | str | None, env_kwargs: dict[str, Any] | None) -> bool:
+        return env_fn == self.env_fn and dict(env_kwargs or {}) == self.env_kwargs
+
+    def take(self, n: int) -> list[_Worker]:
+        """`n` ≤ num_workers idle workers, starting fresh ones for any that died or were killed."""
+        if self.closed:
+            raise RuntimeError("EnvWorkerPool: the pool is closed")
+        self._workers = [w for w in self._workers if w.alive and w.proc is not None and w.proc.is_alive()]
+        want = min(max(int(n), 1), self.num_workers)
+        while len(self._workers) < want:
+            self._workers.append(_Worker(self._next_index, self._ctx, self.env_fn, self.env_kwargs, None, True, False))
+            self._next_index += 1
+            self.started += 1
+        workers = self._workers[:want]
+        for w in workers:
+            w.job, w.waiting_since, w._local_reply = None, None, None
+        return workers
+
+    def close(self) -> None:
+        for w in self._workers:
+            if w.alive:
+                w.close()
+        self._workers = []
+        self.closed = True
+
+    def __enter__(self) -> EnvWorkerPool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 # ----------------------------------------------------------------------------------------------- policy
 def _policy_actions(
     policy: PolicyLike, obs_rows: list[dict[str, Any]], tasks: list[str]
@@ -431,6 +503,7 @@ def rollout_policy(
     max_retries: int = 1,
     worker_timeout_s: float = 300.0,
     start_method: str = "spawn",
+    pool: EnvWorkerPool | None = None,
 ) -> RealRolloutResult:
     """Run `policy` in the real simulator for `episodes_per_task` seeded episodes of every task.
 
@@ -452,6 +525,8 @@ def rollout_policy(
         max_retries: re-runs of an episode whose worker died before it is reported lost.
         worker_timeout_s: a worker silent this long on one request is killed and counted as failed.
         start_method: multiprocessing start method ("spawn" is safe with MuJoCo/EGL and threads).
+        pool: run on these persistent workers instead of starting `num_workers` new ones (`num_workers` is then
+            ignored; the pool must have been built with the same `env_fn` and `env_kwargs`).
 
     Returns:
         A `RealRolloutResult`.
@@ -468,12 +543,20 @@ def rollout_policy(
         {"task": t, "episode": e, "seed": seed_list[e], "attempts": 0} for t in tasks for e in range(episodes_per_task)
     )
     n_total = len(queue)
-    n_workers = min(max(int(num_workers), 0), n_total)
-    ctx = mp.get_context(start_method) if n_workers else None
-    workers = [
-        _Worker(i, ctx, env_fn, dict(env_kwargs or {}), max_episode_steps, stop_on_success, in_process=n_workers == 0)
-        for i in range(max(n_workers, 1))
-    ]
+    if pool is not None:
+        if not pool.matches(env_fn, env_kwargs):
+            raise ValueError(
+                "rollout_policy: the worker pool was built for other env settings "
+                f"(env_fn={pool.env_fn!r}, env_kwargs={pool.env_kwargs}); got env_fn={env_fn!r}, env_kwargs={env_kwargs}"
+            )
+        workers = pool.take(n_total)
+    else:
+        n_workers = min(max(int(num_workers), 0), n_total)
+        ctx = mp.get_context(start_method) if n_workers else None
+        workers = [
+            _Worker(i, ctx, env_fn, dict(env_kwargs or {}), max_episode_steps, stop_on_success, n_workers == 0)
+            for i in range(max(n_workers, 1))
+        ]
     finished: dict[tuple[str, int], tuple[EpisodeOutcome, dict[str, Any]]] = {}
     lost: list[dict[str, Any]] = []
     failures: list[str] = []
@@ -509,7 +592,7 @@ def rollout_policy(
                 if w.job is None and queue:
                     job = queue.popleft()
                     w.job = {**job, "steps": [], "subtasks": [], "obs": None, "done": False, "low": None}
-                    w.send("reset", (job["task"], job["seed"]))
+                    w.send("reset", (job["task"], job["seed"], max_episode_steps, stop_on_success))
             # --- collect every outstanding reply (resets and chunks), watching for deaths, hangs and the deadline
             pending = {w.conn: w for w in alive if w.proc is not None and w.waiting_since is not None}
             replies: dict[int, tuple[str, Any]] = {
@@ -589,8 +672,8 @@ def rollout_policy(
         for w in workers:
             if w.alive:
                 if timed_out and w.proc is not None:
-                    w.kill()  # may be stuck mid-request: do not wait for it
-                else:
+                    w.kill()  # may be stuck mid-request: do not wait for it (a pool replaces it next time)
+                elif pool is None:
                     w.close()
 
     # Everything not finished is lost (timeout, or no surviving worker).

@@ -26,6 +26,7 @@ Contracts of the injected callables:
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import tempfile
@@ -556,7 +557,7 @@ def build_callbacks(cfg: Any, engine: Any, scorer: Any = None, episodes: Any = N
     Returns:
         Callbacks in the order they should run at a step: eval, verify, refresh, keep-best.
     """
-    from rollout.real import make_real_evaluator
+    from rollout.real import EnvWorkerPool, make_real_evaluator
     from wlarl.trainer.callbacks import KeepBestRealCallback, RealEvalCallback, RefreshWorldCallback, VerifyCallback
 
     tasks = list(getattr(cfg, "tasks", None) or [])
@@ -571,7 +572,13 @@ def build_callbacks(cfg: Any, engine: Any, scorer: Any = None, episodes: Any = N
     camera = (getattr(episodes, "meta", None) or {}).get("camera")
     if camera:
         env_kwargs["camera"] = camera  # evaluate with the camera the policy was trained on
-    common = {"num_workers": int(getattr(cfg, "num_env_workers", 1)), "env_kwargs": env_kwargs}
+    num_workers = int(getattr(cfg, "num_env_workers", 1))
+    common: dict[str, Any] = {"num_workers": num_workers, "env_kwargs": env_kwargs}
+    if num_workers > 0:
+        # One set of simulator processes serves every evaluation and verification of the run (started on first use).
+        pool = EnvWorkerPool(num_workers, env_kwargs=env_kwargs)
+        atexit.register(pool.close)
+        common["pool"] = pool
     eval_steps = _period(getattr(cfg, "eval_steps", 0), max_steps)
     verify_steps = _period(getattr(cfg, "verify_steps", 0), max_steps)
     refresh_steps = _period(getattr(cfg, "refresh_world_steps", 0), max_steps)

@@ -23,7 +23,15 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 
 from wlarl.types import ActionSample, LazyImages, Observation, RewardOutput, Trajectories, WorldPrediction
 
-__all__ = ["ImaginationEngine", "ImaginedVectorEnv", "ImaginedEnv", "freeze_snapshot", "starts_to_observation"]
+__all__ = [
+    "ImaginationEngine",
+    "ImaginedEnv",
+    "ImaginedVectorEnv",
+    "advance",
+    "bound_actions",
+    "freeze_snapshot",
+    "starts_to_observation",
+]
 
 # Characters an instruction may contain (gymnasium's Text space checks every character against a charset).
 INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " .,;:!?'\"-_()/&+"
@@ -43,33 +51,83 @@ def freeze_snapshot(policy: torch.nn.Module) -> torch.nn.Module:
 
 def starts_to_observation(starts: Sequence[dict[str, Any]]) -> Observation:
     """Stack start-state dicts (image uint8 [H,W,3], state [S], instruction, task_name) into an Observation [B]."""
-    if len(starts) == 0:
-        raise ValueError("starts_to_observation: got no start states")
-    images = torch.stack([torch.as_tensor(np.asarray(s["image"], dtype=np.uint8)) for s in starts])
-    states = torch.stack([torch.as_tensor(np.asarray(s["state"], dtype=np.float32)) for s in starts])
+    return Observation.from_dicts(starts)
+
+
+SUCCESS_SIGNALS = ("head", "classifier", "both")
+SuccessClassifierFn = Callable[[torch.Tensor, list[str]], torch.Tensor]
+
+
+def bound_actions(actions: torch.Tensor, low: float = -1.0, high: float = 1.0) -> torch.Tensor:
+    """The chunk the simulator executes: `actions` clipped to [low, high], as the real Meta-World env clips them.
+
+    The policy's log-prob stays that of the unclipped draw (clipping is part of the environment, not of the policy),
+    so sampling and the update score the same Gaussian sample and the ratio is exact.
+    """
+    return actions.clamp(low, high)
+
+
+def advance(world: torch.nn.Module, obs: Observation, pred: WorldPrediction, reencode: bool) -> Observation:
+    """The observation the policy acts on after an imagined chunk.
+
+    With `reencode`, the predicted latent is decoded to a frame and that frame encoded again, so the policy reads
+    the same kind of input as in reality (encoder latents of a camera frame), never a raw World-Expert latent.
+    `pred.images` must be decoded then.
+    """
+    if not reencode:
+        return world.next_observation(obs, pred)
+    if pred.images is None:
+        raise ValueError("advance: reencode needs decoded predictions (pred.images)")
     return Observation(
-        images=images,
-        states=states,
-        instructions=[str(s["instruction"]) for s in starts],
-        task_names=[str(s["task_name"]) for s in starts],
+        images=pred.images,
+        states=pred.states.float(),
+        instructions=list(obs.instructions),
+        task_names=list(obs.task_names),
+        latents=world.encode_images(pred.images).detach(),
     )
 
 
 class ImaginationEngine:
     """Batched on-policy imagination over a frozen World Expert.
 
+    Three rules keep imagination to what reality allows:
+
+    * **bounded actions**: the World Expert executes the sampled chunk clipped to [action_low, action_high], as the
+      real simulator does (the policy's log-prob is that of the unclipped draw);
+    * **no text channel**: the simulator conditions on its *own* greedy subtask, never on the one the policy
+      sampled, so a policy cannot steer its simulator by writing the words of a later phase;
+    * **the same inputs as reality** (`reencode`): the policy reads encode(decode(prediction)), as it reads
+      encoder latents of real frames.
+
     Args:
         world: the frozen WLA snapshot whose World Expert predicts the next observation (see `freeze_snapshot`).
         horizon: T, the number of chunks of an imagined episode.
-        success_threshold: an episode terminates (successfully) once sigmoid(success logit) ≥ this value.
+        success_threshold: the success head calls success once sigmoid(success logit) ≥ this value.
         decode_images: when to decode predicted latents into subgoal images (reward models score those):
-            "lazy" (default) hands `LazyImages` that decode only the frames a reward function or logger reads (a
-            reward on the final frame decodes N frames instead of N·T); "eager" decodes every chunk as it is
-            imagined.
+            "lazy" (default) hands `LazyImages` that decode only the frames a reward function or logger reads;
+            "eager" decodes every chunk as it is imagined. Frames are decoded every chunk anyway when `reencode`
+            or a success classifier needs them.
+        success_signal: what ends an episode and counts as its success: "head" (the World Expert's success
+            head), "classifier" (`success_classifier` on the predicted frame ≥ `classifier_threshold`) or "both".
+        success_classifier: ``fn(images uint8 [N, H, W, 3], task_names) -> probs [N]`` (e.g. the success reward
+            model's `predict_proba`); needed by "classifier" and "both".
+        classifier_threshold: the classifier's decision threshold (its calibrated one).
+        reencode: feed the policy encode(decode(prediction)) instead of the raw predicted latent.
+        action_low, action_high: the bounds actions are clipped to before the World Expert executes them.
     """
 
     def __init__(
-        self, world: torch.nn.Module, horizon: int = 8, success_threshold: float = 0.5, decode_images: str = "lazy"
+        self,
+        world: torch.nn.Module,
+        horizon: int = 8,
+        success_threshold: float = 0.5,
+        decode_images: str = "lazy",
+        success_signal: str = "head",
+        success_classifier: SuccessClassifierFn | None = None,
+        classifier_threshold: float = 0.5,
+        reencode: bool = False,
+        action_low: float = -1.0,
+        action_high: float = 1.0,
     ):
         if decode_images not in ("lazy", "eager"):
             raise ValueError(f"ImaginationEngine: decode_images must be 'lazy' or 'eager', got {decode_images!r}")
@@ -77,10 +135,38 @@ class ImaginationEngine:
             raise ValueError(f"ImaginationEngine: horizon must be ≥ 1 chunk, got {horizon}")
         if not 0.0 < success_threshold < 1.0:
             raise ValueError(f"ImaginationEngine: success_threshold must lie in (0, 1), got {success_threshold}")
+        if success_signal not in SUCCESS_SIGNALS:
+            raise ValueError(
+                f"ImaginationEngine: success_signal must be one of {list(SUCCESS_SIGNALS)}, got {success_signal!r}"
+            )
+        if success_signal != "head" and success_classifier is None:
+            raise ValueError(
+                f"ImaginationEngine: success_signal={success_signal!r} needs a success_classifier (the success reward "
+                "model's predict_proba); pass one or use success_signal='head'"
+            )
+        if not action_low < action_high:
+            raise ValueError(f"ImaginationEngine: need action_low < action_high, got {action_low}, {action_high}")
         self.world = world
         self.horizon = horizon
         self.success_threshold = success_threshold
         self.decode_images = decode_images
+        self.success_signal = success_signal
+        self.success_classifier = success_classifier
+        self.classifier_threshold = float(classifier_threshold)
+        self.reencode = bool(reencode)
+        self.action_bounds = (float(action_low), float(action_high))
+
+    def _decode_each_chunk(self) -> bool:
+        return self.decode_images == "eager" or self.reencode or self.success_signal != "head"
+
+    def _succeeded(self, pred: WorldPrediction, task_names: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """bool [N] success after this chunk by `success_signal`, and the classifier's probs [N] (None: not run)."""
+        head = torch.sigmoid(pred.success_logits.float().cpu()) >= self.success_threshold  # [N]
+        if self.success_signal == "head":
+            return head, None
+        probs = torch.as_tensor(self.success_classifier(pred.images, task_names), dtype=torch.float32).cpu()
+        by_classifier = probs >= self.classifier_threshold
+        return (by_classifier if self.success_signal == "classifier" else by_classifier & head), probs
 
     @torch.no_grad()
     def rollout(
@@ -104,7 +190,8 @@ class ImaginationEngine:
 
         Returns:
             Trajectories with N = B·G rows and T chunks. Rows keep being imagined after they terminate (so that
-            every tensor is dense), but `alive` [N, T] marks the chunks that count.
+            every tensor is dense), but `alive` [N, T] marks the chunks that count. The samples hold the policy's
+            unclipped draws; `Trajectories.actions` are the executed (clipped) ones.
         """
         T = horizon or self.horizon
         if starts.latents is None:
@@ -114,28 +201,33 @@ class ImaginationEngine:
             starts = replace(starts, latents=policy.encode_images(starts.images).detach())
         obs = starts.repeat_interleave(group_size)  # [N]
         N = len(obs)
+        decode = self._decode_each_chunk()
         alive = torch.ones(N, dtype=torch.bool)
         success = torch.zeros(N, dtype=torch.bool)
         observations: list[Observation] = []
         samples: list[ActionSample] = []
         preds: list[WorldPrediction] = []
         alive_t: list[torch.Tensor] = []
+        probs_t: list[torch.Tensor] = []
         for _t in range(T):
             act_kwargs = {"sample": sample, "temperature": temperature}
             if generator is not None:
                 act_kwargs["generator"] = generator
             action = policy.act(obs, **act_kwargs).detach()
-            # The simulator conditions on the subtask the policy chose (no second subtask generation).
-            pred = self.world.imagine(obs, action.actions, decode=self.decode_images == "eager", sample=action)
+            executed = bound_actions(action.actions, *self.action_bounds)  # [N, H, A]
+            # sample=None: the simulator generates its own greedy subtask (the policy's text cannot steer it).
+            pred = self.world.imagine(obs, executed, decode=decode, sample=None)
             observations.append(obs)
             samples.append(action)
             preds.append(pred)
             alive_t.append(alive.clone())
-            succeeded_now = torch.sigmoid(pred.success_logits.float().cpu()) >= self.success_threshold  # [N]
+            succeeded_now, probs = self._succeeded(pred, list(obs.task_names))
+            if probs is not None:
+                probs_t.append(probs)
             success |= alive & succeeded_now
             alive = alive & ~succeeded_now
-            obs = self.world.next_observation(obs, pred)
-        if self.decode_images == "eager":
+            obs = advance(self.world, obs, pred, self.reencode)
+        if decode:
             subgoal_images = torch.stack([p.images.cpu() for p in preds], dim=1)  # [N, T, H, W, 3]
         else:
             latents = torch.stack([p.latents.cpu() for p in preds], dim=1)  # [N, T, C, h, w]
@@ -152,6 +244,8 @@ class ImaginationEngine:
             instructions=list(obs.instructions),
             task_names=list(obs.task_names),
             group_size=group_size,
+            classifier_probs=torch.stack(probs_t, dim=1) if probs_t else None,  # [N, T]
+            action_bounds=self.action_bounds,
         )
 
 
@@ -202,6 +296,8 @@ class ImaginedVectorEnv(VectorEnv):
         horizon: T chunks before truncation.
         success_threshold: success probability that ends an episode.
         reward_scorer: optional reward functions.
+        reencode: the next observation carries encode(decoded frame) latents, as a real frame would.
+    Actions are clipped to the action space before the World Expert executes them, as the real simulator does.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": ["rgb_array"]}
@@ -215,6 +311,7 @@ class ImaginedVectorEnv(VectorEnv):
         success_threshold: float = 0.5,
         reward_scorer: Callable[..., Any] | None = None,
         render_mode: str | None = None,
+        reencode: bool = True,
     ):
         if len(start_states) == 0:
             raise ValueError("ImaginedVectorEnv: start_states is empty; give at least one start dict")
@@ -227,6 +324,7 @@ class ImaginedVectorEnv(VectorEnv):
         self.success_threshold = success_threshold
         self.reward_scorer = reward_scorer
         self.render_mode = render_mode
+        self.reencode = bool(reencode)
         cfg = getattr(world, "config", None)
         chunk = int(getattr(cfg, "chunk_size", 8))
         action_dim = int(getattr(cfg, "action_dim", 4))
@@ -295,10 +393,13 @@ class ImaginedVectorEnv(VectorEnv):
             raise ValueError(
                 f"ImaginedVectorEnv.step: actions must have shape {expected} [N, H, A], got {tuple(actions.shape)}"
             )
+        actions = bound_actions(
+            actions, float(self.single_action_space.low.min()), float(self.single_action_space.high.max())
+        )
         pred = self.world.imagine(self._obs, actions, decode=True)
         rewards = self._rewards(self._obs, actions, pred)
         success_prob = torch.sigmoid(pred.success_logits.float()).cpu().numpy()
-        next_obs = self.world.next_observation(self._obs, pred)
+        next_obs = advance(self.world, self._obs, pred, self.reencode)
         self._t += 1
         terminated = success_prob >= self.success_threshold
         truncated = (self._t >= self.horizon) & ~terminated

@@ -19,15 +19,34 @@ reuses each rollout for that many updates (μ in the GRPO paper).
 
 from __future__ import annotations
 
+import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 
 from transformers.trainer_utils import SaveStrategy
 from trl import GRPOConfig
 
 from wlarl.algorithms.grpo import AGGREGATIONS, IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES, SCALE_REWARDS
 
-START_STATE_SOURCES = ("dataset", "reset")
+START_STATE_SOURCES = ("dataset", "reset", "keyframes")
+SUCCESS_SIGNALS = ("classifier", "head", "both")
+
+# Fields of trl.GRPOConfig that drive TRL's own generation (vLLM, sampling filters, text-model options, other losses).
+# wlarl samples action chunks and subtasks itself and never reads them: setting one to anything but TRL's default is
+# an error, so that nobody believes it took effect.
+IGNORED_TRL_FIELDS = (
+    "model_init_kwargs", "router_aux_loss_coef", "disable_dropout", "cast_lm_head_to_fp32", "num_generations_eval",
+    "top_p", "top_k", "min_p", "generation_kwargs", "chat_template_kwargs", "repetition_penalty",
+    "cache_implementation", "use_vllm", "vllm_mode", "vllm_model_impl", "vllm_enable_sleep_mode",
+    "vllm_structured_outputs_regex", "vllm_server_base_url", "vllm_server_host", "vllm_server_port",
+    "vllm_server_timeout", "vllm_group_port", "vllm_gpu_memory_utilization", "vllm_max_model_length",
+    "vllm_tensor_parallel_size", "vllm_importance_sampling_correction", "vllm_importance_sampling_mode",
+    "vllm_importance_sampling_clip_max", "vllm_importance_sampling_clip_min", "vllm_importance_sampling_cap",
+    "sapo_temperature_neg", "sapo_temperature_pos", "vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg",
+    "vespo_lambda_neg", "sync_ref_model", "top_entropy_quantile", "entropy_coef", "use_adaptive_entropy",
+    "off_policy_mask_threshold", "max_tool_calling_iterations", "log_completions", "num_completions_to_print",
+    "use_transformers_continuous_batching", "transformers_continuous_batching_config", "use_transformers_paged",
+)  # fmt: skip
 
 
 @dataclass
@@ -111,6 +130,14 @@ class GRPOWorldConfig(GRPOConfig):
         default=None,
         metadata={"help": "Trained subgoal reward model (success classifier). None: the recipe bootstraps one."},
     )
+    reward_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Options of reward factories by function name, a dict or a JSON string, e.g. "
+            '\'{"get_repetition_penalty_reward": {"ngram_size": 3}}\'. A named callable that is not a reward factory '
+            "is called with its options to build the reward function (TRL's factories)."
+        },
+    )
 
     # ------------------------------------------------------------------ policy, start states, imagination
     policy_path: str | None = field(
@@ -124,9 +151,16 @@ class GRPOWorldConfig(GRPOConfig):
     start_states: str = field(
         default="dataset",
         metadata={
-            "help": "Where imagined episodes start: 'dataset' (first frames of dataset episodes) or 'reset' "
-            "(fresh resets of the real simulator for `tasks`)."
+            "help": "Where imagined episodes start: 'dataset' (first frames of dataset episodes), 'reset' (seeded "
+            "resets of the real simulator for `tasks`, seeds 100000 + i, never those of evaluation) or 'keyframes' "
+            "(frames every keyframe_stride steps inside dataset episodes, rebuildable from task, seed and step)."
         },
+    )
+    num_reset_starts: int = field(
+        default=16, metadata={"help": "start_states='reset': seeded resets per task, drawn once at start-up."}
+    )
+    keyframe_stride: int = field(
+        default=8, metadata={"help": "start_states='keyframes': steps between keyframes inside an episode."}
     )
     tasks: list[str] = field(
         default_factory=list,
@@ -141,17 +175,36 @@ class GRPOWorldConfig(GRPOConfig):
     horizon: int = field(default=8, metadata={"help": "T: action chunks per imagined episode."})
     success_threshold: float = field(
         default=0.5,
-        metadata={"help": "An imagined episode succeeds (and ends) once the predicted success probability ≥ this."},
+        metadata={"help": "The World Expert's success head calls success once its probability ≥ this."},
+    )
+    success_signal: str = field(
+        default="classifier",
+        metadata={
+            "help": "What ends an imagined episode and counts as its success: 'classifier' (the success reward "
+            "model on the predicted frame at its calibrated threshold; it ranked real outcomes better than the head), "
+            "'head' (the World Expert's success head) or 'both' (both must agree)."
+        },
+    )
+    reencode_predictions: bool = field(
+        default=True,
+        metadata={
+            "help": "In imagination the policy reads encode(decode(predicted latent)), the same kind of input as a "
+            "real frame; False feeds the World Expert's raw latents (cheaper, not what the policy sees in reality)."
+        },
     )
 
     # ------------------------------------------------------------------ dynamic sampling
     dynamic_sampling: bool = field(
         default=True,
-        metadata={"help": "Drop groups whose success rate is outside dynamic_sampling_range and refill (DAPO)."},
+        metadata={
+            "help": "Drop groups without learning signal and refill with new starts (DAPO). The filter acts on the "
+            "reward the advantages come from: when every reward is 0 or 1 a group is kept if its mean reward lies "
+            "in dynamic_sampling_range; otherwise if its reward std is > 0."
+        },
     )
     dynamic_sampling_range: list[float] = field(
         default_factory=lambda: [0.1, 0.9],
-        metadata={"help": "Inclusive [lo, hi] success rate of groups kept by dynamic sampling."},
+        metadata={"help": "Inclusive [lo, hi] mean of a binary group reward (success rate) kept by dynamic sampling."},
     )
     max_resample_rounds: int = field(
         default=3,
@@ -164,21 +217,39 @@ class GRPOWorldConfig(GRPOConfig):
         metadata={"help": "Weight of the NLL of successful trajectories' tokens (LightningRL uses 0.1); 0 disables."},
     )
     world_aux_coef: float = field(
-        default=0.0,
+        default=1.0,
         metadata={
-            "help": "Weight of an auxiliary world-model SFT loss on real episodes (keeps the World Expert); 0 off."
+            "help": "Weight of the World Expert's SFT loss on real episodes during GRPO, so the trained policy's own "
+            "World Expert stays consistent with its backbone (test-time scaling, next run's simulator); 0 off."
         },
     )
     world_aux_batch_size: int = field(
         default=16, metadata={"help": "Real SFT windows per step for the world_aux_coef loss."}
     )
     subtask_coef: float = field(
-        default=0.0,
-        metadata={"help": "Weight of subtask-token log-probs in the policy loss (besides action chunks); 0 disables."},
+        default=0.5,
+        metadata={
+            "help": "Weight of each chunk's subtask log-prob in the policy loss: the subtask shares the trajectory's "
+            "advantage (the simulator conditions on its own greedy subtask, so text cannot steer it); 0 disables."
+        },
+    )
+    subtask_beta: float = field(
+        default=0.1,
+        metadata={
+            "help": "k3 KL of the subtask tokens to the frozen reference, the anchor that keeps the text the policy "
+            "emits in reality from drifting (applies also when beta = 0); 0 disables."
+        },
     )
 
     # ------------------------------------------------------------------ real-simulator evaluation
     eval_episodes_per_task: int = field(default=10, metadata={"help": "Real episodes per task at each evaluation."})
+    eval_sampled: bool = field(
+        default=True,
+        metadata={
+            "help": "Each evaluation also runs the sampled policy (at `temperature`, what GRPO optimises) besides the "
+            "greedy one: eval/real_success_sampled next to eval/real_success."
+        },
+    )
     num_env_workers: int = field(
         default=1,
         metadata={
@@ -237,6 +308,7 @@ class GRPOWorldConfig(GRPOConfig):
     )
 
     def __post_init__(self) -> None:
+        self._reject_ignored_trl_fields()
         self._validate_world()
         self._derive_batch_sizes()
         super().__post_init__()
@@ -244,6 +316,20 @@ class GRPOWorldConfig(GRPOConfig):
             self.epsilon_high = self.epsilon
 
     # ------------------------------------------------------------------ checks
+    def _reject_ignored_trl_fields(self) -> None:
+        defaults = {f.name: f for f in fields(GRPOConfig)}
+        for name in IGNORED_TRL_FIELDS:
+            f = defaults.get(name)
+            if f is None:
+                continue
+            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+            if getattr(self, name) != default:
+                raise ValueError(
+                    f"GRPOWorldConfig.{name}: wlarl does not use TRL's {name!r} (it samples action chunks and subtasks "
+                    f"itself, without vLLM or text-generation options); got {getattr(self, name)!r}, leave it at "
+                    f"{default!r}"
+                )
+
     def _validate_world(self) -> None:
         def bad(name: str, msg: str) -> ValueError:
             return ValueError(f"GRPOWorldConfig.{name}: {msg}")
@@ -307,6 +393,21 @@ class GRPOWorldConfig(GRPOConfig):
                 f"has {len(self.reward_weights)} weight(s) for {len(self.reward_funcs)} reward_funcs "
                 f"{list(self.reward_funcs)}; give one weight per function (or none for all 1.0)",
             )
+        if isinstance(self.reward_kwargs, str):
+            try:
+                self.reward_kwargs = json.loads(self.reward_kwargs) if self.reward_kwargs.strip() else None
+            except json.JSONDecodeError as err:
+                raise bad("reward_kwargs", f"is not valid JSON ({err}): {self.reward_kwargs!r}") from None
+        if self.reward_kwargs is not None:
+            if not isinstance(self.reward_kwargs, dict) or not all(
+                isinstance(v, dict) for v in self.reward_kwargs.values()
+            ):
+                raise bad(
+                    "reward_kwargs",
+                    f"expected {{function name: {{option: value}}}}, got {self.reward_kwargs!r}",
+                )
+        if self.success_signal not in SUCCESS_SIGNALS:
+            raise bad("success_signal", f"unknown value {self.success_signal!r}; use one of {list(SUCCESS_SIGNALS)}")
         if self.start_states not in START_STATE_SOURCES:
             raise bad("start_states", f"unknown value {self.start_states!r}; use one of {list(START_STATE_SOURCES)}")
         if self.start_states == "reset" and not self.tasks:
@@ -320,7 +421,7 @@ class GRPOWorldConfig(GRPOConfig):
         self.dynamic_sampling_range = [lo, hi]
         if self.max_resample_rounds < 1:
             raise bad("max_resample_rounds", f"must be ≥ 1 (1 = no refill), got {self.max_resample_rounds}")
-        for name in ("nll_coef", "world_aux_coef", "subtask_coef", "keep_best_margin"):
+        for name in ("nll_coef", "world_aux_coef", "subtask_coef", "subtask_beta", "keep_best_margin"):
             if getattr(self, name) < 0:
                 raise bad(name, f"must be ≥ 0 (0 disables), got {getattr(self, name)}")
         for name in ("verify_steps", "refresh_world_steps", "log_image_steps"):
@@ -337,6 +438,8 @@ class GRPOWorldConfig(GRPOConfig):
             "verify_episodes",
             "world_aux_batch_size",
             "refresh_grad_steps",
+            "num_reset_starts",
+            "keyframe_stride",
         ):
             if getattr(self, name) < 1:
                 raise bad(name, f"must be ≥ 1, got {getattr(self, name)}")

@@ -272,6 +272,29 @@ class Observation:
             if self.latents.shape[0] != n:
                 raise ValueError(f"Observation.latents: expected {n} rows, got {self.latents.shape[0]}")
 
+    @classmethod
+    def from_dicts(cls, items: Any) -> Observation:
+        """Stack N observation dicts into a batch [N].
+
+        Each dict holds ``image`` (uint8 [H, W, 3]), ``state`` ([S]), ``instruction`` and ``task_name`` (optional,
+        default ""): a start state of `wlarl.data.start_states`, a dataset row or a real env observation.
+        """
+        items = list(items)
+        if not items:
+            raise ValueError("Observation.from_dicts: got no observations")
+        for i, it in enumerate(items):
+            missing = [k for k in ("image", "state", "instruction") if k not in it]
+            if missing:
+                raise KeyError(
+                    f"Observation.from_dicts: item {i} lacks {missing} (expected image, state, instruction, task_name)"
+                )
+        return cls(
+            images=torch.stack([torch.as_tensor(np.asarray(it["image"], dtype=np.uint8)) for it in items]),
+            states=torch.stack([torch.as_tensor(np.asarray(it["state"], dtype=np.float32)) for it in items]),
+            instructions=[str(it["instruction"]) for it in items],
+            task_names=[str(it.get("task_name", "")) for it in items],
+        )
+
     def __len__(self) -> int:
         return self.images.shape[0]
 
@@ -428,6 +451,10 @@ class Trajectories:
         success: bool [N] whether the episode ended in (predicted) success.
         instructions, task_names: N strings each.
         group_size: G.
+        classifier_probs: optional float [N, T] success-classifier probability of each predicted frame (set when
+            the engine ran the classifier to decide success).
+        action_bounds: optional (low, high): actions are executed clipped to these bounds, as the real simulator
+            does; the samples keep the unclipped draw whose log-prob the policy gradient uses.
     """
 
     observations: list[Observation]
@@ -441,6 +468,8 @@ class Trajectories:
     instructions: list[str]
     task_names: list[str]
     group_size: int
+    classifier_probs: torch.Tensor | None = None
+    action_bounds: tuple[float, float] | None = None
 
     @property
     def num_rows(self) -> int:
@@ -451,9 +480,27 @@ class Trajectories:
         return self.alive.shape[1]
 
     @property
-    def actions(self) -> torch.Tensor:
-        """float [N, T, H, A]."""
+    def sampled_actions(self) -> torch.Tensor:
+        """float [N, T, H, A] the policy's draws (unclipped; their log-probs are the samples' `log_prob`)."""
         return torch.stack([s.actions for s in self.samples], dim=1)
+
+    @property
+    def actions(self) -> torch.Tensor:
+        """float [N, T, H, A] the executed actions: the draws clipped to `action_bounds` (when set)."""
+        return self._bound(self.sampled_actions)
+
+    @property
+    def action_means(self) -> torch.Tensor | None:
+        """float [N, T, H, A] the policy's mean chunk at each step (clipped like `actions`), or None (no mean)."""
+        if not self.samples or any("mean" not in s.extras for s in self.samples):
+            return None
+        return self._bound(torch.stack([s.extras["mean"] for s in self.samples], dim=1))
+
+    def _bound(self, x: torch.Tensor) -> torch.Tensor:
+        if self.action_bounds is None:
+            return x
+        low, high = self.action_bounds
+        return x.clamp(float(low), float(high))
 
     @property
     def subtasks(self) -> list[list[str]]:
@@ -481,6 +528,8 @@ class Trajectories:
             instructions=[self.instructions[i] for i in r],
             task_names=[self.task_names[i] for i in r],
             group_size=self.group_size,
+            classifier_probs=None if self.classifier_probs is None else self.classifier_probs[rows],
+            action_bounds=self.action_bounds,
         )
 
     @staticmethod
@@ -504,6 +553,10 @@ class Trajectories:
             instructions=[s for it in items for s in it.instructions],
             task_names=[s for it in items for s in it.task_names],
             group_size=items[0].group_size,
+            classifier_probs=None
+            if any(it.classifier_probs is None for it in items)
+            else torch.cat([it.classifier_probs for it in items]),
+            action_bounds=items[0].action_bounds,
         )
 
 

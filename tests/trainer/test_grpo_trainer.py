@@ -6,11 +6,13 @@ import json
 
 import pytest
 import torch
-from wla_tiny import tiny_obs, tiny_policy  # noqa: E402
+from wla_tiny import tiny_batch, tiny_obs, tiny_policy  # noqa: E402
 
 from rewards import RewardScorer  # noqa: E402
 from rollout.imagined import ImaginationEngine, freeze_snapshot  # noqa: E402
+from wlarl.algorithms import grpo  # noqa: E402
 from wlarl.configs import GRPOWorldConfig  # noqa: E402
+from wlarl.data import collate_windows  # noqa: E402
 from wlarl.trainer import GRPOWorldTrainer  # noqa: E402
 
 
@@ -28,13 +30,19 @@ def first_action_reward(*, actions, **kwargs) -> list[float]:
     return actions[:, :, :, 0].mean(dim=(1, 2)).tolist()
 
 
-def _trainer(tmp_path, max_steps=2, policy=None, **overrides) -> GRPOWorldTrainer:
+def real_windows(n: int = 16) -> list[dict]:
+    """SFT windows of 'real' episodes (the world_aux loss trains the World Expert on them)."""
+    batch = tiny_batch(n)
+    return [{k: (v[i] if isinstance(v, list) else v[i].numpy()) for k, v in batch.items()} for i in range(n)]
+
+
+def _trainer(tmp_path, max_steps=2, policy=None, reward=None, engine_kwargs=None, **overrides) -> GRPOWorldTrainer:
     policy = policy or tiny_policy("gaussian").train()
     snapshot = freeze_snapshot(policy)
     args = dict(
         output_dir=str(tmp_path), max_steps=max_steps, num_starts=2, num_generations=4, horizon=2,
         learning_rate=1e-2, save_steps=1, save_strategy="steps", logging_steps=1, report_to="none",
-        reward_funcs=["first_action"], seed=0, log_image_steps=1, use_cpu=True,
+        reward_funcs=["first_action"], seed=0, log_image_steps=1, use_cpu=True, world_aux_coef=0.0,
     )  # fmt: skip
     args.update(overrides)
     cfg = GRPOWorldConfig(**args)
@@ -42,9 +50,15 @@ def _trainer(tmp_path, max_steps=2, policy=None, **overrides) -> GRPOWorldTraine
         model=policy,
         args=cfg,
         train_dataset=_starts(),
-        imagination=ImaginationEngine(snapshot, horizon=cfg.horizon),
-        reward_scorer=RewardScorer([first_action_reward], names=["first_action"]),
+        imagination=ImaginationEngine(snapshot, horizon=cfg.horizon, **(engine_kwargs or {})),
+        reward_scorer=RewardScorer([reward or first_action_reward], names=["first_action"]),
+        world_aux_dataset=real_windows() if cfg.world_aux_coef > 0 else None,
+        world_aux_collate=collate_windows,
     )
+
+
+def _rows(tmp_path) -> list[dict]:
+    return [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
 
 
 def _params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -102,37 +116,133 @@ def test_resume_restores_step_optimizer_and_rng(tmp_path):
     assert state["global_step"] == 3
 
 
-def test_dynamic_sampling_keeps_only_informative_groups(tmp_path):
-    # success threshold ~0 → every imagined episode succeeds at once → every group has success rate 1.0,
-    # outside [0.1, 0.9]: nothing is kept and the trainer falls back to the first round.
+def test_dynamic_sampling_filters_on_the_reward_the_advantages_use(tmp_path):
+    """Every imagined episode succeeds (threshold ~0), but the dense reward varies inside every group: the groups
+    carry signal and are kept; a success-rate filter would have dropped them all."""
     trainer = _trainer(
-        tmp_path, max_steps=1, dynamic_sampling=True, dynamic_sampling_range=[0.1, 0.9], max_resample_rounds=2,
-        success_threshold=1e-6, save_strategy="no",
+        tmp_path, max_steps=1, dynamic_sampling=True, max_resample_rounds=2, save_strategy="no", log_image_steps=0,
+        engine_kwargs={"success_threshold": 1e-6},
     )  # fmt: skip
-    trainer.imagination.success_threshold = 1e-6
     trainer.train()
-    row = [
-        json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "loss/policy" in line
-    ][0]
-    assert row["rollout/groups_seen"] == 4.0  # two rounds of B=2 groups
+    row = next(r for r in _rows(tmp_path) if "loss/policy" in r)
     assert row["rollout/imagined_success"] == 1.0
+    assert row["rollout/kept_groups"] == 2.0 and row["rollout/resample_rounds"] == 1.0
+    assert row["rollout/no_signal_step"] == 0.0
+
+
+def test_a_step_without_signal_makes_no_update(tmp_path):
+    """A constant reward leaves no group: the step logs it and the weights do not move (not even by momentum)."""
+    trainer = _trainer(
+        tmp_path, max_steps=2, reward=lambda *, actions, **kw: [1.0] * actions.shape[0], max_resample_rounds=2,
+        save_strategy="no", log_image_steps=0, weight_decay=0.1,
+    )  # fmt: skip
+    before = _params(trainer.model)
+    trainer.train()
+    after = _params(trainer.model)
+    assert all(torch.equal(before[k], after[k]) for k in before), "a step without signal moved the weights"
+    rows = [r for r in _rows(tmp_path) if "rollout/no_signal_step" in r]
+    assert [r["rollout/no_signal_step"] for r in rows] == [1.0, 1.0]
+    assert all(r["rollout/kept_groups"] == 0.0 for r in rows)
+
+
+def test_refill_rounds_draw_new_starts(tmp_path):
+    trainer = _trainer(tmp_path, max_steps=1, save_strategy="no")
+    draws = [trainer._sample_starts(4, round_index=r)["seeds"].tolist() for r in range(3)]
+    assert draws[0] != draws[1] and draws[1] != draws[2], draws
+    assert trainer._sample_starts(4, round_index=1)["seeds"].tolist() == draws[1]  # seeded
 
 
 def test_dynamic_sampling_refills_the_batch_from_later_rounds(tmp_path):
     """Round 0 keeps group 0 only, round 1 keeps group 1 only: the batch is those two groups, in that order."""
+    values = iter([[0, 1, 0, 0, 1, 1, 1, 1], [2, 2, 2, 2, 5, 6, 7, 8]])  # G = 4: (spread, flat), (flat, spread)
     trainer = _trainer(
-        tmp_path, max_steps=1, dynamic_sampling=True, dynamic_sampling_range=[0.1, 0.9], max_resample_rounds=3,
-        success_threshold=1e-6, save_strategy="no",
-    )  # fmt: skip
-    trainer.imagination.success_threshold = 1e-6  # every imagined episode succeeds; the filter below decides
-    patterns = iter(
-        [[1, 0, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 1, 0]]
-    )  # G = 4: group rates (0.75, 1) then (1, 0.25)
-    trainer.success_filter = lambda traj: torch.tensor(next(patterns), dtype=torch.bool)
+        tmp_path, max_steps=1, reward=lambda **kw: next(values), max_resample_rounds=3, save_strategy="no"
+    )
     out = trainer._generate_and_score(trainer._sample_starts(2))
-    assert out["success"].int().tolist() == [1, 0, 1, 1, 0, 0, 1, 0]
     assert out["trajectories"].num_rows == 8 and out["advantages"].shape == (8,)
+    torch.testing.assert_close(out["advantages"][4:], grpo.group_advantages(torch.tensor([5.0, 6, 7, 8]), 4))
     assert trainer._metrics["rollout/resample_rounds"][-1] == 2.0  # stopped once B groups were kept
+
+
+def test_unverified_successes_lose_their_reward(tmp_path):
+    """Successes that verification's masking does not trust are unscored: advantage 0 and out of the baseline."""
+    trainer = _trainer(
+        tmp_path, max_steps=1, dynamic_sampling=False, save_strategy="no", engine_kwargs={"success_threshold": 1e-6}
+    )
+    trainer.success_filter = lambda traj: torch.tensor([1, 0, 1, 1, 1, 1, 0, 1], dtype=torch.bool)
+    out = trainer._generate_and_score(trainer._sample_starts(2))
+    assert out["success"].int().tolist() == [1, 0, 1, 1, 1, 1, 0, 1]
+    assert out["advantages"][1] == 0 and out["advantages"][6] == 0
+    reward = torch.tensor(first_action_reward(actions=out["trajectories"].actions))
+    kept = torch.tensor([0, 2, 3])
+    want = (reward[kept] - reward[kept].mean()) / (reward[kept].std() + 1e-4)
+    torch.testing.assert_close(out["advantages"][kept], want, rtol=1e-4, atol=1e-5)
+    assert trainer._metrics["rollout/unverified_successes"][-1] == 2.0
+
+
+def test_every_loss_option_reaches_the_loss(tmp_path, monkeypatch):
+    seen = {}
+    real = grpo.policy_loss
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(grpo, "policy_loss", spy)
+    trainer = _trainer(
+        tmp_path, max_steps=1, save_strategy="no", log_image_steps=0, loss_type="dapo", delta=1.5,
+        importance_sampling_level="sequence", max_completion_length=7, beta=0.01, epsilon=0.1, epsilon_high=0.3,
+    )  # fmt: skip
+    trainer.train()
+    assert seen["delta"] == 1.5 and seen["importance_sampling_level"] == "sequence"
+    assert seen["max_completion_length"] == 7 and seen["beta"] == 0.01
+    assert seen["epsilon_low"] == 0.1 and seen["epsilon_high"] == 0.3 and seen["loss_type"] == "dapo"
+    # dapo normalises by the loss tokens of the whole batch: N rows × (T action + T subtask tokens) that ran
+    assert 0 < seen["num_items"] <= 8 * 2 * 2
+
+
+def test_subtask_tokens_train_with_the_trajectory_and_are_anchored(tmp_path):
+    trainer = _trainer(tmp_path, max_steps=2, save_strategy="no", log_image_steps=0)
+    assert trainer.args.subtask_coef > 0 and trainer.args.subtask_beta > 0  # on by default
+    before = _params(trainer.model)
+    trainer.train()
+    after = _params(trainer.model)
+    assert not torch.equal(before["subtask_head.weight"], after["subtask_head.weight"])
+    row = next(r for r in _rows(tmp_path) if "loss/policy" in r)
+    assert row["loss/subtask_kl"] is not None and row["loss/subtask_kl"] >= 0
+    assert row["policy/mean_shift"] is not None and row["policy/action_std"] > 0
+
+
+def test_a_grpo_checkpoint_serves_test_time_scaling_and_the_next_simulator(tmp_path):
+    """With world_aux_coef the World Expert keeps modelling real windows while GRPO moves the backbone, so the saved
+    policy still imagines well enough for test-time scaling and as the next run's simulator."""
+    from wlarl.models.wla import WLAPolicy
+
+    def world_error(model) -> float:
+        with torch.no_grad():
+            return float(model.world_loss(model.sft_losses(collate_windows(real_windows()))))
+
+    errors = {}
+    for coef in (0.0, 1.0):
+        policy = tiny_policy("gaussian").train()
+        for p in policy.world_expert.parameters():  # a World Expert that already models the windows a little
+            p.data.mul_(0.5)
+        errors["before"] = world_error(policy)
+        out = tmp_path / f"aux{coef}"
+        trainer = _trainer(out, max_steps=6, policy=policy, world_aux_coef=coef, save_strategy="no",
+                           log_image_steps=0, learning_rate=3e-2)  # fmt: skip
+        trainer.train()
+        trainer.save_model(str(out / "final"))
+        errors[coef] = world_error(trainer.model)
+    assert errors[1.0] < errors[0.0], errors  # the anchor keeps the World Expert consistent with its backbone
+    assert errors[1.0] < errors["before"], errors
+
+    loaded = WLAPolicy.from_pretrained(tmp_path / "aux1.0" / "final")
+    obs = tiny_obs(2)
+    best = loaded.act(obs, num_candidates=4)  # test-time scaling imagines 4 chunks per row with the World Expert
+    assert best.extras["tts_scores"].shape == (2, 4) and torch.isfinite(best.extras["tts_scores"]).all()
+    traj = ImaginationEngine(freeze_snapshot(loaded), horizon=2).rollout(loaded, obs, group_size=2)
+    assert traj.num_rows == 4 and torch.isfinite(traj.subgoal_latents).all()
 
 
 def test_a_separate_kl_reference_stays_put_when_the_simulator_changes(tmp_path):
@@ -152,8 +262,11 @@ def test_a_separate_kl_reference_stays_put_when_the_simulator_changes(tmp_path):
 
 
 def test_world_aux_needs_a_dataset(tmp_path):
+    cfg = GRPOWorldConfig(output_dir=str(tmp_path), num_starts=2, num_generations=2, world_aux_coef=0.5)
     with pytest.raises(ValueError, match="world_aux_dataset"):
-        _trainer(tmp_path, world_aux_coef=0.5)
+        GRPOWorldTrainer(
+            model=tiny_policy(), args=cfg, train_dataset=_starts(), imagination=None, reward_scorer=lambda *a: None
+        )
 
 
 def test_logs_reach_tensorboard_and_offline_wandb(tmp_path, monkeypatch):

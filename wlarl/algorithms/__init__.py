@@ -18,6 +18,7 @@ from wlarl.algorithms.grpo import (
     policy_loss,
     reduce_token_loss,
     refill_groups,
+    signal_groups_mask,
     truncated_at_horizon,
 )
 
@@ -30,6 +31,7 @@ __all__ = [
     "broadcast_advantages",
     "compute_advantages",
     "dynamic_sampling_mask",
+    "signal_groups_mask",
     "group_advantages",
     "group_row_indices",
     "kl_k3",

@@ -42,6 +42,7 @@ __all__ = [
     "policy_loss",
     "reduce_token_loss",
     "refill_groups",
+    "signal_groups_mask",
     "truncated_at_horizon",
 ]
 
@@ -251,6 +252,37 @@ def dynamic_sampling_mask(success_N: torch.Tensor, G: int, lo: float = 0.1, hi: 
     rate_B = success_N.to(torch.float64).view(B, G).mean(dim=1)
     tol = 1e-9
     return (rate_B >= lo - tol) & (rate_B <= hi + tol)
+
+
+def signal_groups_mask(rewards_N: torch.Tensor, G: int, lo: float = 0.1, hi: float = 0.9) -> torch.Tensor:
+    """Groups whose reward carries a learning signal: the filter of dynamic sampling on what the advantages use.
+
+    A group is kept when at least two of its rows are scored and its reward is not constant (std > 0: otherwise
+    every advantage of the group is 0). When every scored reward of the batch is 0 or 1 (a binary success reward),
+    the group's mean reward — its success rate — must also lie in ``[lo, hi]`` (DAPO; the VLA-GRPO recipes keep
+    [0.1, 0.9]). NaN marks unscored rows (:func:`aggregate_rewards`).
+
+    Args:
+        rewards_N: float [N] aggregated reward per row, NaN where unscored.
+        G: group size.
+        lo, hi: inclusive bounds on the success rate of a binary reward.
+
+    Returns:
+        bool [B]: True for groups to keep.
+    """
+    if not (0.0 <= lo <= hi <= 1.0):
+        raise ValueError(f"signal_groups_mask: need 0 ≤ lo ≤ hi ≤ 1, got lo={lo}, hi={hi}")
+    B = _check_groups(rewards_N.shape[0], G, "signal_groups_mask")
+    r_BG = rewards_N.to(torch.float64).view(B, G)
+    scored_BG = ~torch.isnan(r_BG)
+    std_B = torch.nan_to_num(nanstd(r_BG, dim=1), nan=0.0)
+    keep_B = (scored_BG.sum(1) >= 2) & (std_B > 1e-9)
+    finite = r_BG[scored_BG]
+    if finite.numel() and bool(((finite == 0) | (finite == 1)).all()):
+        rate_B = torch.nanmean(r_BG, dim=1)
+        tol = 1e-9
+        keep_B &= (rate_B >= lo - tol) & (rate_B <= hi + tol)
+    return keep_B
 
 
 def refill_groups(

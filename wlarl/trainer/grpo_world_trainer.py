@@ -19,7 +19,6 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 from transformers import Trainer, TrainerCallback
@@ -43,23 +42,11 @@ RewardScorerLike = Callable[..., RewardOutput]
 
 
 def collate_starts(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Start-state dicts → a batch dict (images uint8 [B,H,W,3], states [B,S], instructions, task_names, seeds)."""
+    """Start-state dicts → ``{"observation": Observation [B], "seeds": long [B]}``."""
     return {
-        "images": torch.stack([torch.as_tensor(np.asarray(it["image"], dtype=np.uint8)) for it in items]),
-        "states": torch.stack([torch.as_tensor(np.asarray(it["state"], dtype=np.float32)) for it in items]),
-        "instructions": [str(it["instruction"]) for it in items],
-        "task_names": [str(it["task_name"]) for it in items],
+        "observation": Observation.from_dicts(items),
         "seeds": torch.as_tensor([int(it.get("seed", -1)) for it in items], dtype=torch.long),
     }
-
-
-def batch_to_observation(batch: dict[str, Any]) -> Observation:
-    return Observation(
-        images=batch["images"].cpu(),
-        states=batch["states"].cpu().float(),
-        instructions=list(batch["instructions"]),
-        task_names=list(batch["task_names"]),
-    )
 
 
 class MetricsJsonlCallback(TrainerCallback):
@@ -149,6 +136,16 @@ class GRPOWorldTrainer(Trainer):
         self.world_aux_dataset = world_aux_dataset
         self.world_aux_collate = world_aux_collate
         self._world_aux_iter = None
+        # Every loss option of the config reaches `grpo.policy_loss` through this one dict.
+        self._loss_kwargs = {
+            "loss_type": args.loss_type,
+            "epsilon_low": args.epsilon,
+            "epsilon_high": args.epsilon_high,
+            "delta": args.delta,
+            "importance_sampling_level": args.importance_sampling_level,
+            "max_completion_length": args.max_completion_length,
+            "beta": args.beta,
+        }
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._buffered_inputs: dict[str, Any] | None = None
         self._step = 0
@@ -178,22 +175,116 @@ class GRPOWorldTrainer(Trainer):
             num_workers=0,
         )
 
-    def _sample_starts(self, n: int) -> dict[str, Any]:
-        """n extra start states (dynamic-sampling refills), seeded by step and rank."""
-        gen = torch.Generator().manual_seed(
-            self.args.seed + 7919 * (self.state.global_step + 1) + self.args.process_index
-        )
+    def _sample_starts(self, n: int, round_index: int = 0) -> dict[str, Any]:
+        """n fresh start states for refill round `round_index` of this step (seeded by step, round and rank)."""
+        seed = self.args.seed + 7919 * (self.state.global_step + 1) + 104_729 * round_index
+        gen = torch.Generator().manual_seed(seed + 15_485_863 * self.args.process_index)
         idx = torch.randint(len(self.train_dataset), (n,), generator=gen).tolist()
         return collate_starts([self.train_dataset[i] for i in idx])
 
     # ------------------------------------------------------------------------------------------ rollout
     def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Imagine, score and compute advantages once every `num_iterations` steps; reuse the buffer between."""
+        if "trajectories" in inputs:  # already prepared (transformers' training_step prepares once more)
+            return inputs
         if not self.model.training:
             return self._generate_and_score(inputs)
         if self._step % self.args.num_iterations == 0 or self._buffered_inputs is None:
             self._buffered_inputs = self._generate_and_score(inputs)
         return self._buffered_inputs
+
+    @torch.no_grad()
+    def _generate_and_score(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """One batch of B groups: rollout with dynamic sampling → advantages → old/reference log-probs → logging."""
+        t0 = time.perf_counter()
+        traj, rewards, counted, report = self._rollout_with_dynamic_sampling(inputs)
+        advantages, adv_stats = grpo.compute_advantages(
+            rewards.per_function,
+            rewards.weights,
+            traj.group_size,
+            self.args.multi_objective_aggregation,
+            self.args.scale_rewards,
+        )  # fmt: skip  [N]
+        if report["selected"] == 0:
+            advantages = torch.zeros_like(advantages)  # no group carried signal: nothing to learn from this batch
+        mask = traj.alive.clone()  # [N, T] the chunks that ran
+        if self.args.mask_truncated_completions:
+            mask = grpo.mask_truncated(mask, counted)
+        logps = self._old_and_ref_log_probs(traj)
+        # A step where no group survives on any process makes no update (see `training_step`).
+        has_signal = self._global_sum(float(report["selected"] > 0)) > 0
+        self._log_rollout(traj, rewards, counted, adv_stats, report, logps, has_signal, time.perf_counter() - t0)
+        return {
+            "trajectories": traj,
+            "advantages": advantages,
+            "mask": mask,
+            "success": counted,
+            "has_signal": has_signal,
+            # dapo: loss tokens of the global batch per process (DDP averages gradients over processes)
+            "num_items": self._global_sum(float(self._loss_mask(mask).sum())) / self.accelerator.num_processes,
+            **logps,
+        }
+
+    def _rollout_round(self, batch: dict[str, Any]) -> tuple[Trajectories, RewardOutput, torch.Tensor]:
+        """Imagine and score one batch of starts; returns trajectories, rewards and the successes that count [N].
+
+        Successes that `success_filter` (verification's masking) does not trust are unscored: NaN for every reward
+        function, so they get advantage 0 and stay out of their group's baseline, and they do not count as success.
+        """
+        ta = time.perf_counter()
+        traj = self._imagine(batch["observation"])
+        tb = time.perf_counter()
+        rewards = self._score(traj)
+        self._metrics["time/imagine"].append(tb - ta)
+        self._metrics["time/rewards"].append(time.perf_counter() - tb)
+        counted = traj.success.clone()
+        if self.success_filter is not None:
+            verified = self.success_filter(traj).bool()
+            unverified = counted & ~verified  # [N]
+            rewards.per_function[unverified] = float("nan")
+            counted &= verified
+            self._metrics["rollout/unverified_successes"].append(float(unverified.sum()))
+        return traj, rewards, counted
+
+    def _rollout_with_dynamic_sampling(
+        self, inputs: dict[str, Any]
+    ) -> tuple[Trajectories, RewardOutput, torch.Tensor, dict[str, int]]:
+        """Rollout rounds until B groups carry signal (DAPO dynamic sampling), each refill from new starts."""
+        G, B = self.args.num_generations, self.args.num_starts
+        lo, hi = self.args.dynamic_sampling_range
+        rounds: list[tuple[Trajectories, RewardOutput, torch.Tensor]] = []
+        keep_masks: list[torch.Tensor] = []  # per round: bool [B] groups kept
+        batch = inputs
+        while True:
+            traj, rewards, counted = self._rollout_round(batch)
+            rounds.append((traj, rewards, counted))
+            if not self.args.dynamic_sampling:
+                keep_masks.append(torch.ones(B, dtype=torch.bool))
+                break
+            # Filter on the reward the advantages come from (not on a success signal they do not use).
+            reward_N = grpo.aggregate_rewards(rewards.per_function, rewards.weights)  # [N], NaN = unscored
+            keep_masks.append(grpo.signal_groups_mask(reward_N, G, lo, hi))  # [B]
+            if sum(int(k.sum()) for k in keep_masks) >= B or len(rounds) >= self.args.max_resample_rounds:
+                break
+            batch = self._sample_starts(B, round_index=len(rounds))
+        round_K, group_K, report = grpo.refill_groups(keep_masks, B)
+        report["seen"] = sum(k.numel() for k in keep_masks)
+        if report["selected"] == 0:
+            # Nothing to learn from; keep the first round for logging (its advantages are set to 0).
+            round_K, group_K = torch.zeros(B, dtype=torch.long), torch.arange(B)
+        parts = []
+        for r, (traj_r, rewards_r, counted_r) in enumerate(rounds):
+            groups = group_K[round_K == r]
+            if groups.numel():
+                rows = grpo.group_row_indices(groups, G)
+                parts.append((traj_r.index(rows), self._index_rewards(rewards_r, rows), counted_r[rows]))
+        traj = Trajectories.cat([p[0] for p in parts])
+        rewards = RewardOutput(
+            per_function=torch.cat([p[1].per_function for p in parts]),
+            names=parts[0][1].names,
+            weights=parts[0][1].weights,
+        )
+        return traj, rewards, torch.cat([p[2] for p in parts]), report
 
     def _imagine(self, starts: Observation) -> Trajectories:
         policy = self.accelerator.unwrap_model(self.model)
@@ -217,76 +308,52 @@ class GRPOWorldTrainer(Trainer):
             raise TypeError(f"reward_scorer must return a RewardOutput, got {type(out).__name__}")
         return out
 
-    @torch.no_grad()
-    def _generate_and_score(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        G, B = self.args.num_generations, self.args.num_starts
-        t0 = time.perf_counter()
-        # --- imagine (with dynamic sampling: keep groups with success rate in [lo, hi], refill by oversampling)
-        rounds: list[tuple[Trajectories, RewardOutput, torch.Tensor]] = []  # per round: trajectories, rewards, success
-        keep_masks: list[torch.Tensor] = []  # per round: bool [B] groups kept
-        t_imagine = t_reward = 0.0
-        batch = inputs
-        while True:
-            ta = time.perf_counter()
-            traj = self._imagine(batch_to_observation(batch))
-            tb = time.perf_counter()
-            rewards = self._score(traj)
-            t_imagine += tb - ta
-            t_reward += time.perf_counter() - tb
-            success = traj.success.clone()
-            if self.success_filter is not None:
-                success &= self.success_filter(traj).bool()
-            rounds.append((traj, rewards, success))
-            if not self.args.dynamic_sampling:
-                keep_masks.append(torch.ones(B, dtype=torch.bool))
-                break
-            lo, hi = self.args.dynamic_sampling_range
-            keep_masks.append(grpo.dynamic_sampling_mask(success, G, lo, hi))  # [B] bool
-            if sum(int(k.sum()) for k in keep_masks) >= B or len(rounds) >= self.args.max_resample_rounds:
-                break
-            batch = self._sample_starts(B)
-        round_K, group_K, report = grpo.refill_groups(keep_masks, B)
-        if report["selected"] == 0:  # no group carried signal: train on the first round (its advantages are all zero)
-            round_K, group_K = torch.zeros(B, dtype=torch.long), torch.arange(B)
-        parts = []
-        for r, (traj_r, rewards_r, success_r) in enumerate(rounds):
-            groups = group_K[round_K == r]
-            if groups.numel():
-                rows = grpo.group_row_indices(groups, G)
-                parts.append((traj_r.index(rows), self._index_rewards(rewards_r, rows), success_r[rows]))
-        traj = Trajectories.cat([p[0] for p in parts])
-        rewards = RewardOutput(
-            per_function=torch.cat([p[1].per_function for p in parts]),
-            names=parts[0][1].names,
-            weights=parts[0][1].weights,
-        )
-        success = torch.cat([p[2] for p in parts])
-        n_seen = sum(k.numel() for k in keep_masks)
+    def _old_and_ref_log_probs(self, traj: Trajectories) -> dict[str, torch.Tensor | None]:
+        """Per chunk [N, T]: the sampling policy's action and subtask log-probs; the reference's and its mean chunk."""
         N, T = traj.num_rows, traj.horizon
+        out: dict[str, torch.Tensor | None] = {
+            "old_logp": torch.stack([s.log_prob for s in traj.samples], dim=1),  # [N, T]
+            "old_subtask_logp": torch.stack(
+                [(s.subtask_log_probs * s.subtask_mask).sum(-1) for s in traj.samples], dim=1
+            ),  # [N, T]
+            "ref_logp": None,
+            "ref_subtask_logp": None,
+            "ref_mean": None,
+        }
+        ref = self._flat_log_prob(self.ref_model if self.ref_model is not None else self.imagination.world, traj)
+        out["ref_logp"] = ref["action"].view(T, N).T  # [N, T]
+        out["ref_subtask_logp"] = ref["subtask"].view(T, N).T  # [N, T]
+        if "action_mean" in ref:
+            out["ref_mean"] = ref["action_mean"].view(T, N, *ref["action_mean"].shape[1:]).transpose(0, 1)
+        return out
 
-        # --- advantages: per-trajectory reward → group advantage (TRL's path), broadcast to every chunk that counts
-        advantages, adv_stats = grpo.compute_advantages(
-            rewards.per_function, rewards.weights, G, self.args.multi_objective_aggregation, self.args.scale_rewards
-        )  # [N]
-        mask = traj.alive.clone()  # [N, T]
-        if self.args.mask_truncated_completions:
-            mask = grpo.mask_truncated(mask, success)
+    def _global_sum(self, value: float) -> float:
+        """`value` summed over processes (every process calls this at the same point of the step)."""
+        if self.accelerator.num_processes == 1:
+            return float(value)
+        t = torch.tensor([float(value)], device=self.accelerator.device)
+        return float(self.accelerator.reduce(t, reduction="sum").item())
 
-        # --- log-probs of the sampling policy (old) and of the frozen reference
-        old_logp = torch.stack([s.log_prob for s in traj.samples], dim=1)  # [N, T]
-        old_sub = torch.stack([(s.subtask_log_probs * s.subtask_mask).sum(-1) for s in traj.samples], dim=1)  # [N, T]
-        ref_logp = ref_sub = None
-        if self.args.beta > 0:
-            ref = self._flat_log_prob(self.ref_model if self.ref_model is not None else self.imagination.world, traj)
-            ref_logp = ref["action"].view(T, N).T  # [N, T]
-            ref_sub = ref["subtask"].view(T, N).T  # [N, T]
-
-        # --- metrics
+    def _log_rollout(
+        self,
+        traj: Trajectories,
+        rewards: RewardOutput,
+        counted: torch.Tensor,
+        adv_stats: dict[str, torch.Tensor],
+        report: dict[str, int],
+        logps: dict[str, torch.Tensor | None],
+        has_signal: bool,
+        seconds: float,
+    ) -> None:
         m = self._metrics
+        N, T = traj.num_rows, traj.horizon
+        alive = traj.alive.bool()
         m["rollout/imagined_success"].append(traj.success.float().mean().item())
-        m["rollout/counted_success"].append(success.float().mean().item())
+        m["rollout/counted_success"].append(counted.float().mean().item())
         m["rollout/episode_length"].append(traj.lengths.float().mean().item())
         m["rollout/action_abs_mean"].append(traj.actions.abs().mean().item())
+        # share of sampled action elements outside the bounds (executed clipped, as in reality)
+        m["rollout/action_clip_frac"].append((traj.sampled_actions.abs() > 1.0).float().mean().item())
         m["reward/total"].append(adv_stats["reward_mean"].item())
         m["reward/total_std"].append(adv_stats["reward_std"].item())
         m["reward/frac_zero_std_groups"].append(adv_stats["frac_reward_zero_std"].item())
@@ -294,27 +361,24 @@ class GRPOWorldTrainer(Trainer):
             col = rewards.per_function[:, f]
             valid = col[~torch.isnan(col)]
             m[f"reward/{name}"].append(valid.mean().item() if valid.numel() else float("nan"))
-        m["rollout/kept_groups"].append(float(traj.num_rows // G))
+        m["rollout/kept_groups"].append(float(report["selected"]))
+        m["rollout/no_signal_step"].append(0.0 if has_signal else 1.0)
         if self.args.dynamic_sampling:
-            m["rollout/groups_seen"].append(float(n_seen))
-            m["rollout/resample_rounds"].append(float(len(rounds)))
-        m["time/imagine"].append(t_imagine)
-        m["time/rewards"].append(t_reward)
-        m["time/rollout_total"].append(time.perf_counter() - t0)
+            m["rollout/groups_seen"].append(float(report["seen"]))
+            m["rollout/resample_rounds"].append(float(report["rounds"]))
+        means = traj.action_means  # [N, T, H, A] or None
+        if means is not None and logps["ref_mean"] is not None:
+            shift = (torch.stack([s.extras["mean"] for s in traj.samples], 1) - logps["ref_mean"].cpu()).abs()
+            m["policy/mean_shift"].append(shift.mean(dim=(-1, -2))[alive].mean().item())  # env units, vs reference
+        std = getattr(getattr(self.accelerator.unwrap_model(self.model), "action_expert", None), "std", None)
+        if callable(std):
+            m["policy/action_std"].append(float(std().mean()))
+        m["time/rollout_total"].append(seconds)
+        t_imagine = sum(m["time/imagine"][-report["rounds"] :]) if m["time/imagine"] else 0.0
         m["time/imagined_env_steps_per_s"].append(
             float(N * T * traj.samples[0].actions.shape[1]) / max(t_imagine, 1e-9)
         )
         self._maybe_log_images(traj, rewards)
-        return {
-            "trajectories": traj,
-            "advantages": advantages,
-            "mask": mask,
-            "success": success,
-            "old_logp": old_logp,
-            "old_subtask_logp": old_sub,
-            "ref_logp": ref_logp,
-            "ref_subtask_logp": ref_sub,
-        }
 
     # ------------------------------------------------------------------------------------------ loss
     def _flat_log_prob(self, model: torch.nn.Module, traj: Trajectories) -> dict[str, torch.Tensor]:
@@ -323,43 +387,46 @@ class GRPOWorldTrainer(Trainer):
         sample = ActionSample.cat(traj.samples)  # [T·N]
         return model(obs=obs, sample=sample, temperature=self.args.temperature)
 
+    def _loss_mask(self, mask_NT: torch.Tensor) -> torch.Tensor:
+        """The loss tokens of a row: its action chunks [N, T], followed by their subtasks when subtask_coef > 0."""
+        return torch.cat([mask_NT, mask_NT], dim=1) if self.args.subtask_coef > 0 else mask_NT
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Clipped policy loss on action (and subtask) tokens + subtask KL anchor + NLL + world auxiliary loss.
+
+        `num_items_in_batch` of transformers counts label tokens, which this model has none of; dapo's normaliser is
+        the loss-token count of the rollout (`inputs["num_items"]`).
+        """
         traj: Trajectories = inputs["trajectories"]
         N, T = traj.num_rows, traj.horizon
         t0 = time.perf_counter()
         out = self._flat_log_prob(model, traj)
         logp = out["action"].view(T, N).T  # [N, T]
-        mask = inputs["mask"]
+        sub = out["subtask"].view(T, N).T  # [N, T]
+        mask = inputs["mask"]  # [N, T]
         adv_NT = grpo.broadcast_advantages(inputs["advantages"], mask)  # [N, T]
-        new_lp, old_lp, tok_mask, tok_adv, ref_lp = logp, inputs["old_logp"], mask, adv_NT, inputs["ref_logp"]
-        weights = None
+        new_lp, old_lp, tok_adv, ref_lp, weights = logp, inputs["old_logp"], adv_NT, inputs["ref_logp"], None
         if self.args.subtask_coef > 0:
-            # Subtask tokens are extra tokens of the same trajectory with the same advantage, weighted by subtask_coef.
-            sub = out["subtask"].view(T, N).T  # [N, T]
+            # A chunk's subtask is one more token of the same trajectory with the same advantage (subtask_coef).
             new_lp = torch.cat([logp, sub], dim=1)  # [N, 2T]
             old_lp = torch.cat([inputs["old_logp"], inputs["old_subtask_logp"]], dim=1)
-            tok_mask = torch.cat([mask, mask], dim=1)
             tok_adv = torch.cat([adv_NT, adv_NT], dim=1)
             weights = torch.cat([torch.ones_like(logp), torch.full_like(sub, self.args.subtask_coef)], dim=1).detach()
-            if ref_lp is not None:
-                ref_lp = torch.cat([ref_lp, inputs["ref_subtask_logp"]], dim=1)
+            ref_lp = torch.cat([ref_lp, inputs["ref_subtask_logp"]], dim=1)
         loss, stats = grpo.policy_loss(
-            new_lp,
-            old_lp.detach(),
-            tok_adv,
-            tok_mask,
-            loss_type=self.args.loss_type,
-            epsilon_low=self.args.epsilon,
-            epsilon_high=self.args.epsilon_high,
-            logp_ref=ref_lp,
-            beta=self.args.beta,
-            token_weights=weights,
-        )
+            new_lp, old_lp.detach(), tok_adv, self._loss_mask(mask), logp_ref=ref_lp, token_weights=weights,
+            num_items=inputs["num_items"], **self._loss_kwargs,
+        )  # fmt: skip
         m = self._metrics
         m["loss/policy"].append(stats.get("policy_loss", loss).item())
         for k, v in stats.items():
             if k != "policy_loss":
                 m[f"policy/{k}"].append(float(v))
+        if self.args.subtask_beta > 0:
+            kl = grpo.kl_k3(sub, inputs["ref_subtask_logp"])  # [N, T] per chunk's subtask
+            kl = torch.where(mask.bool(), kl, torch.zeros_like(kl)).sum() / mask.sum().clamp(min=1)
+            loss = loss + self.args.subtask_beta * kl
+            m["loss/subtask_kl"].append(kl.item())
         if self.args.nll_coef > 0:
             nll = grpo.nll_anchor_loss(logp, mask, inputs["success"])
             loss = loss + self.args.nll_coef * nll
@@ -372,12 +439,12 @@ class GRPOWorldTrainer(Trainer):
         return loss
 
     def _world_aux_loss(self, model) -> torch.Tensor:
-        """World-modelling losses on a batch of real SFT windows, so the World Expert keeps modelling reality."""
+        """World-modelling losses on a batch of real SFT windows, weighted as in SFT (the World Expert keeps
+        modelling reality while the backbone it reads moves)."""
         if self._world_aux_iter is None:
             self._world_aux_iter = self._cycle_world_aux()
-        batch = next(self._world_aux_iter)
-        losses = model(sft_batch=batch)
-        return sum(v for k, v in losses.items() if k.startswith("loss/world"))
+        losses = model(sft_batch=next(self._world_aux_iter))
+        return self.accelerator.unwrap_model(model).world_loss(losses)
 
     def _cycle_world_aux(self):
         gen = torch.Generator().manual_seed(self.args.seed + 31 * self.args.process_index)
@@ -404,7 +471,13 @@ class GRPOWorldTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         t0 = time.perf_counter()
-        out = super().training_step(model, inputs, num_items_in_batch)
+        inputs = self._prepare_inputs(inputs)
+        if not inputs["has_signal"]:
+            # No group on any process carried signal: no backward, so every gradient stays None and the optimizer
+            # leaves the weights alone (AdamW skips parameters without a gradient; no momentum, no weight decay).
+            out = torch.zeros((), device=self.args.device)
+        else:
+            out = super().training_step(model, inputs, num_items_in_batch)
         self._step += 1
         self._metrics["time/step"].append(time.perf_counter() - t0)
         return out

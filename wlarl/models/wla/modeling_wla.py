@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModel, DynamicCache, PreTrainedModel
 
 from wlarl.models.wla.configuration_wla import WLAConfig
@@ -36,6 +37,16 @@ from wlarl.models.wla.processing_wla import (
 from wlarl.types import ActionSample, LazyImages, Observation, WorldPrediction
 
 SEG_INSTRUCTION, SEG_LATENT, SEG_STATE, SEG_SUBTASK, SEG_META = range(5)
+
+
+def _culprit(path: Path, err: Exception) -> str:
+    """The checkpoint file a load error most likely comes from (for the error message)."""
+    if isinstance(err, SafetensorError) or "safetensors" in str(err).lower() or "deserializ" in str(err).lower():
+        names = sorted(p.name for p in path.glob("*.safetensors"))
+        return f"weights file {path / names[0]}" if names else f"weights file (no *.safetensors in {path})"
+    if "json" in str(err).lower() or "config" in str(err).lower():
+        return f"config file {path / 'config.json'}"
+    return f"file in {path}"
 PAD_ID, BOS_ID, EOS_ID = WLAProcessor.pad_id, WLAProcessor.bos_id, WLAProcessor.eos_id
 
 
@@ -105,8 +116,15 @@ class WLAPolicy(WLAPreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs) -> WLAPolicy:
         """Load weights and config; the processor is loaded from the same folder unless `processor=` is given."""
         processor = kwargs.pop("processor", None)
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         path = Path(pretrained_model_name_or_path)
+        try:
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+            files = sorted(p.name for p in path.glob("*")) if path.is_dir() else []
+            raise ValueError(
+                f"WLAPolicy.from_pretrained: cannot load the checkpoint in {path} (files: {files}): a truncated or "
+                f"corrupt {_culprit(path, err)}? {type(err).__name__}: {err}"
+            ) from err
         if processor is None and (path / TOKENIZER_FILE).is_file() and (path / PROCESSOR_CONFIG).is_file():
             processor = WLAProcessor.from_pretrained(path)
         model.processor = processor
@@ -314,7 +332,8 @@ class WLAPolicy(WLAPreTrainedModel):
             std = self.action_expert.std() * temperature  # [H, A]
             eps = torch.randn(shape, generator=generator, device=meta.device) if sample else torch.zeros(shape)
             actions = mean + std * eps.to(meta.device)
-            return actions, gaussian_log_prob(actions, mean, std), {}
+            # The mean chunk travels with the sample: what greedy evaluation would execute from this observation.
+            return actions, gaussian_log_prob(actions, mean, std), {"mean": mean}
         # flow: stochastic Euler chain from x_0 ~ N(0, I) (x_0 = 0 and no noise when sample=False)
         ctx = self.action_expert.context_of(meta)
         sigma, k = self._flow_sigma(temperature), c.flow_steps
@@ -330,14 +349,17 @@ class WLAPolicy(WLAPreTrainedModel):
         actions = chain_t[:, -1] * self.action_std + self.action_mean
         return actions, self._flow_terms(meta, chain_t, temperature), {"chain": chain_t}
 
-    def _action_terms(self, meta: torch.Tensor, sample: ActionSample, temperature: float) -> torch.Tensor:
+    def _action_terms(
+        self, meta: torch.Tensor, sample: ActionSample, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-element log-prob terms of `sample` and the mean chunk [N, H, A] (gaussian; None for flow)."""
         if self.config.action_head == "gaussian":
             mean = self.action_expert(meta) * self.action_std + self.action_mean
             std = self.action_expert.std() * temperature
-            return gaussian_log_prob(sample.actions.to(meta.device), mean, std)
+            return gaussian_log_prob(sample.actions.to(meta.device), mean, std), mean
         if "chain" not in sample.extras:
             raise KeyError("ActionSample.extras['chain'] [N, K+1, H, A] is needed to rescore a flow-head sample")
-        return self._flow_terms(meta, sample.extras["chain"].to(meta.device), temperature)
+        return self._flow_terms(meta, sample.extras["chain"].to(meta.device), temperature), None
 
     # ------------------------------------------------------------------ world expert
     def _world(self, meta, latents, states, actions) -> WorldPrediction:
@@ -443,7 +465,7 @@ class WLAPolicy(WLAPreTrainedModel):
 
         Returns:
             {"action": [N], "subtask": [N] (summed over tokens), "subtask_tokens": [N, L],
-             "action_terms": [N, H, A] or [N, K, H, A]}.
+             "action_terms": [N, H, A] or [N, K, H, A]} and, for the gaussian head, "action_mean" [N, H, A].
         """
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -454,13 +476,16 @@ class WLAPolicy(WLAPreTrainedModel):
         emb, mask = self._prefix(obs, latents)
         ids, sub_mask = sample.subtask_ids.to(self.device), sample.subtask_mask.to(self.device)
         meta, sub_logp, _ = self._teacher_forced(emb, mask, ids, sub_mask, temperature)
-        terms = self._action_terms(meta, sample, temperature)
-        return {
+        terms, mean = self._action_terms(meta, sample, temperature)
+        out = {
             "action": terms.flatten(1).sum(1),
             "subtask": sub_logp.sum(1),
             "subtask_tokens": sub_logp,
             "action_terms": terms,
         }
+        if mean is not None:
+            out["action_mean"] = mean
+        return out
 
     @torch.no_grad()
     def imagine(
@@ -621,10 +646,21 @@ class WLAPolicy(WLAPreTrainedModel):
 
         out["loss"] = (
             c.action_loss_weight * out["loss/action"]
-            + c.world_latent_weight * out["loss/world_latent"]
-            + c.world_state_weight * out["loss/world_state"]
-            + c.world_success_weight * out["loss/world_success"]
+            + self.world_loss(out)
             + c.subtask_weight * out["loss/subtask"]
             + c.recon_weight * out["loss/recon"]
         )
         return out
+
+    def world_loss(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The World Expert's part of the SFT loss: its terms of `sft_losses` weighted as in SFT.
+
+        Every caller that trains the World Expert (SFT, GRPO's `world_aux_coef`, a simulator refresh) uses this, so
+        that the latent, state and success terms keep the weights they were trained with.
+        """
+        c = self.config
+        return (
+            c.world_latent_weight * losses["loss/world_latent"]
+            + c.world_state_weight * losses["loss/world_state"]
+            + c.world_success_weight * losses["loss/world_success"]
+        )

@@ -79,6 +79,106 @@ def test_engine_terminates_on_predicted_success(world):
     assert not hi.success.any() and (hi.lengths == 3).all()
 
 
+class SpyWorld(torch.nn.Module):
+    """Wraps a frozen snapshot and records what imagination hands its World Expert."""
+
+    def __init__(self, world):
+        super().__init__()
+        self.inner = world
+        self.config = world.config
+        self.calls: list[dict] = []
+
+    def imagine(self, obs, actions, decode=True, sample=None):
+        self.calls.append({"actions": actions.clone(), "sample": sample, "obs": obs})
+        return self.inner.imagine(obs, actions, decode=decode, sample=sample)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.inner, name)
+
+
+def test_imagination_executes_bounded_actions_and_keeps_the_unclipped_log_prob(world):
+    policy = tiny_policy("gaussian", seed=1)
+    with torch.no_grad():
+        policy.action_expert.log_std.fill_(0.5)  # std 1.6: most draws leave [-1, 1]
+    spy = SpyWorld(world)
+    traj = ImaginationEngine(spy, horizon=2).rollout(policy, tiny_obs(2), group_size=4)
+    raw = traj.sampled_actions  # [N, T, H, A]
+    assert (raw.abs() > 1).any(), "the test needs draws outside the bounds"
+    for t, call in enumerate(spy.calls):
+        assert call["actions"].abs().max() <= 1.0
+        torch.testing.assert_close(call["actions"], raw[:, t].clamp(-1, 1))
+    torch.testing.assert_close(traj.actions, raw.clamp(-1, 1))  # what rewards read: the executed actions
+    for t in range(2):  # the log-prob is the unclipped draw's, so the update rescores the same sample exactly
+        lp = policy.log_prob(traj.observations[t], traj.samples[t])["action"]
+        torch.testing.assert_close(lp, traj.samples[t].log_prob, atol=1e-4, rtol=1e-5)
+
+
+def test_the_simulator_ignores_the_subtask_the_policy_wrote(world):
+    """The World Expert conditions on its own greedy subtask: the policy's text cannot steer its predictions."""
+    policy = tiny_policy("gaussian", seed=1)
+    world = freeze_snapshot(tiny_policy("gaussian", seed=2))
+    with torch.no_grad():  # a World Expert whose predictions depend on the meta-queries (it reads the subtask there)
+        for p in world.world_expert.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    spy = SpyWorld(world)
+    ImaginationEngine(spy, horizon=2).rollout(policy, tiny_obs(2), group_size=2)
+    assert all(call["sample"] is None for call in spy.calls)
+    obs = tiny_obs(2)
+    acts = torch.zeros(2, policy.config.chunk_size, policy.config.action_dim)
+    sample = policy.act(obs)
+    forged = sample.index([0, 1])
+    forged.subtask_ids = torch.flip(forged.subtask_ids, dims=[0])  # another row's words
+    greedy = world.imagine(obs, acts, decode=False)
+    assert not torch.allclose(world.imagine(obs, acts, decode=False, sample=forged).latents, greedy.latents)
+    engine_pred = ImaginationEngine(world, horizon=1)
+    traj = engine_pred.rollout(policy, obs, group_size=1, sample=False)  # greedy actions: chunk = policy mean
+    want = world.imagine(traj.observations[0], traj.actions[:, 0], decode=False)  # the world's own greedy subtask
+    torch.testing.assert_close(traj.subgoal_latents[:, 0], want.latents)
+
+
+def test_reencode_feeds_the_policy_encoder_latents_of_predicted_frames(world):
+    policy = tiny_policy("gaussian", seed=1)
+    traj = ImaginationEngine(world, horizon=3, reencode=True).rollout(policy, tiny_obs(2), group_size=2)
+    for t in range(1, 3):
+        obs = traj.observations[t]
+        frames = traj.subgoal_images[:, t - 1]  # the decoded prediction after chunk t-1
+        assert torch.equal(obs.images, frames)
+        torch.testing.assert_close(obs.latents, world.encode_images(frames))
+        assert not torch.allclose(obs.latents, traj.subgoal_latents[:, t - 1])  # not the raw World-Expert latent
+    raw = ImaginationEngine(world, horizon=2).rollout(policy, tiny_obs(2), group_size=2)
+    torch.testing.assert_close(raw.observations[1].latents, raw.subgoal_latents[:, 0])
+    # rescoring all chunks at once still sees the inputs of sampling
+    lp = policy.log_prob(Observation.cat(traj.observations), ActionSample.cat(traj.samples))["action"]
+    torch.testing.assert_close(lp, torch.cat([s.log_prob for s in traj.samples]), atol=1e-4, rtol=1e-5)
+
+
+def test_success_is_decided_by_the_configured_signal(world):
+    policy = tiny_policy("gaussian", seed=1)
+    calls = []
+
+    def classifier(images, task_names):  # says success for push rows only
+        calls.append(images.shape)
+        return torch.tensor([0.9 if t == "push-v3" else 0.1 for t in task_names])
+
+    obs = tiny_obs(2)  # row 0 reach, row 1 push
+    by_cls = ImaginationEngine(world, horizon=3, success_signal="classifier", success_classifier=classifier,
+                               success_threshold=1 - 1e-6).rollout(policy, obs, group_size=2)  # fmt: skip
+    assert by_cls.success.tolist() == [False, False, True, True]  # the head never fires here; the classifier decides
+    assert by_cls.lengths.tolist() == [3, 3, 1, 1]
+    assert by_cls.classifier_probs.shape == (4, 3) and calls[0] == (4, 16, 16, 3)
+    both = ImaginationEngine(world, horizon=3, success_signal="both", success_classifier=classifier,
+                             success_threshold=1 - 1e-6).rollout(policy, obs, group_size=2)  # fmt: skip
+    assert not both.success.any()  # the head disagrees
+    both_lo = ImaginationEngine(world, horizon=3, success_signal="both", success_classifier=classifier,
+                                success_threshold=1e-6).rollout(policy, obs, group_size=2)  # fmt: skip
+    assert both_lo.success.tolist() == [False, False, True, True]
+    with pytest.raises(ValueError, match="success_classifier"):
+        ImaginationEngine(world, success_signal="classifier")
+
+
 def test_engine_rejects_bad_settings(world):
     with pytest.raises(ValueError, match="horizon"):
         ImaginationEngine(world, horizon=0)

@@ -96,6 +96,18 @@ def test_scale_rewards_accepts_trl_booleans(out, given, expected):
         ({"mask_unverified": True, "verify_steps": 0}, "mask_unverified", "verify_steps > 0"),
         ({"per_device_train_batch_size": 7}, "per_device_train_batch_size", "set num_starts instead"),
         ({"steps_per_generation": 3}, "steps_per_generation", "gradient_accumulation_steps"),
+        ({"start_states": "keyframes", "keyframe_stride": 0}, "keyframe_stride", "≥ 1"),
+        ({"num_reset_starts": 0}, "num_reset_starts", "≥ 1"),
+        ({"success_signal": "oracle"}, "success_signal", "'classifier'"),
+        ({"subtask_beta": -0.1}, "subtask_beta", "≥ 0"),
+        ({"reward_kwargs": "{not json"}, "reward_kwargs", "not valid JSON"),
+        ({"reward_kwargs": '{"f": 3}'}, "reward_kwargs", "{function name: {option: value}}"),
+        # TRL's generation options do nothing in wlarl: setting one is an error, not a silent no-op
+        ({"use_vllm": True}, "use_vllm", "leave it at False"),
+        ({"vllm_mode": "server"}, "vllm_mode", "does not use TRL's"),
+        ({"top_p": 0.9}, "top_p", "leave it at 1.0"),
+        ({"generation_kwargs": {"top_k": 5}}, "generation_kwargs", "does not use TRL's"),
+        ({"repetition_penalty": 1.1}, "repetition_penalty", "does not use TRL's"),
     ],
 )
 def test_bad_settings_raise_naming_the_field(out, kwargs, field_name, hint):
@@ -191,3 +203,9 @@ def test_shipped_presets_parse(preset, tmp_path):
         pytest.skip(f"{preset.name} has no grpo_world section")
     cfg = parse_config(GRPOWorldConfig, "grpo_world", argv=["--config", str(preset), "--output_dir", str(tmp_path)])
     assert cfg.per_device_train_batch_size == cfg.num_starts * cfg.num_generations
+
+
+def test_reward_kwargs_from_a_json_string(out):
+    cfg = GRPOWorldConfig(output_dir=out, reward_kwargs='{"get_repetition_penalty_reward": {"ngram_size": 3}}')
+    assert cfg.reward_kwargs == {"get_repetition_penalty_reward": {"ngram_size": 3}}
+    assert GRPOWorldConfig(output_dir=out).reward_kwargs is None

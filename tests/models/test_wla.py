@@ -111,6 +111,21 @@ def test_save_load_round_trip(policy, obs, tmp_path):
     assert torch.equal(pa.latents, pb.latents) and torch.equal(pa.images, pb.images)
 
 
+@pytest.mark.parametrize("damage", ["truncate_weights", "corrupt_config"])
+def test_a_damaged_checkpoint_error_names_the_file(policy, tmp_path, damage):
+    policy.save_pretrained(tmp_path)
+    if damage == "truncate_weights":
+        weights = tmp_path / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        culprit = f"corrupt weights file {tmp_path / 'model.safetensors'}"
+    else:
+        (tmp_path / "config.json").write_text('{"model_type": "wla", ')
+        culprit = f"corrupt config file {tmp_path / 'config.json'}"
+    with pytest.raises(ValueError, match="cannot load the checkpoint") as err:
+        WLAPolicy.from_pretrained(tmp_path)
+    assert culprit in str(err.value), str(err.value)
+
+
 def test_imagine_closed_loop(policy, obs):
     c = policy.config
     o = obs

@@ -127,9 +127,7 @@ class RealRolloutResult:
         """Flat metrics: ``{prefix}/real_success`` (+ ``_ci_low``/``_ci_high``), ``{prefix}/<task>/success``, …"""
         s = self.summary()
         m = {
-            f"{prefix}/real_success": s["success"],
-            f"{prefix}/real_success_ci_low": s["ci_low"],
-            f"{prefix}/real_success_ci_high": s["ci_high"],
+            **self.success_metrics(prefix),
             f"{prefix}/episode_length": s["episode_length"],
             f"{prefix}/episodes": float(s["episodes"]),
             f"{prefix}/lost_episodes": float(s["lost"]),
@@ -138,10 +136,21 @@ class RealRolloutResult:
             f"{prefix}/wall_s": s["wall_s"],
             f"{prefix}/env_steps_per_s": self.env_steps / max(self.wall_s, 1e-9),
         }
+        return m
+
+    def success_metrics(self, prefix: str = "eval", suffix: str = "") -> dict[str, float]:
+        """Success with 95 % Wilson intervals: ``{prefix}/real_success{suffix}`` (+ ``_ci_low``/``_ci_high``) and
+        ``{prefix}/<task>/success{suffix}`` (+ intervals); e.g. suffix "_sampled" for the sampled policy."""
+        s = self.summary()
+        m = {
+            f"{prefix}/real_success{suffix}": s["success"],
+            f"{prefix}/real_success{suffix}_ci_low": s["ci_low"],
+            f"{prefix}/real_success{suffix}_ci_high": s["ci_high"],
+        }
         for task, ts in s["per_task"].items():
-            m[f"{prefix}/{task}/success"] = ts["success"]
-            m[f"{prefix}/{task}/success_ci_low"] = ts["ci_low"]
-            m[f"{prefix}/{task}/success_ci_high"] = ts["ci_high"]
+            m[f"{prefix}/{task}/success{suffix}"] = ts["success"]
+            m[f"{prefix}/{task}/success{suffix}_ci_low"] = ts["ci_low"]
+            m[f"{prefix}/{task}/success{suffix}_ci_high"] = ts["ci_high"]
         return m
 
 
@@ -405,26 +414,32 @@ class EnvWorkerPool:
 
 # ----------------------------------------------------------------------------------------------- policy
 def _policy_actions(
-    policy: PolicyLike, obs_rows: list[dict[str, Any]], tasks: list[str]
+    policy: PolicyLike,
+    obs_rows: list[dict[str, Any]],
+    tasks: list[str],
+    sample: bool = False,
+    temperature: float = 1.0,
 ) -> tuple[np.ndarray, list[str]]:
-    """Query the policy on N rows: returns actions float32 [N, H, A] and N subtask strings."""
+    """Query the policy on N rows: returns actions float32 [N, H, A] and N subtask strings.
+
+    A `WLAPolicy` acts greedily (`sample` False) or samples at `temperature`; a callable policy is deterministic.
+    """
     import torch
 
     from wlarl.types import Observation
 
-    obs = Observation(
-        images=torch.from_numpy(np.stack([o["image"] for o in obs_rows])),  # [N, H, W, 3]
-        states=torch.from_numpy(np.stack([o["state"] for o in obs_rows])),  # [N, S]
-        instructions=[o["instruction"] for o in obs_rows],
-        task_names=list(tasks),
-    )
+    obs = Observation.from_dicts({**o, "task_name": t} for o, t in zip(obs_rows, tasks))
     subtasks = [""] * len(obs_rows)
     if hasattr(policy, "act") and isinstance(policy, torch.nn.Module):
         device = next(policy.parameters()).device
         with torch.no_grad():
-            sample = policy.act(obs.to(device), sample=False)
-        actions = sample.actions
-        subtasks = list(sample.subtask_text)
+            action = policy.act(obs.to(device), sample=sample, temperature=temperature)
+        actions = action.actions
+        subtasks = list(action.subtask_text)
+    elif sample:
+        raise TypeError(
+            f"policy: sampled rollouts need a WLAPolicy (act(obs, sample=True)); got a {type(policy).__name__}"
+        )
     elif callable(policy):
         with torch.no_grad():
             actions = policy(obs)
@@ -485,6 +500,49 @@ def episode_seeds(episodes_per_task: int, seeds: int | Sequence[int] = 0) -> lis
     return seeds
 
 
+RESET_START_SEED = 100_000  # seeds of reset start states: far from evaluation (0 + e) and verification (10 000 + e)
+
+
+def reset_start_states(
+    tasks: Sequence[str],
+    num_starts: int,
+    seed: int = RESET_START_SEED,
+    *,
+    env_fn: EnvFn | str | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Start states from seeded resets of the real simulator, made once in this process.
+
+    For every task, `num_starts` resets with seeds ``seed + i`` (i < num_starts): the same seed gives the same
+    start, and each start can be rebuilt in the real simulator from its task and seed.
+
+    Args:
+        tasks: simulator task names.
+        num_starts: resets per task.
+        seed: seed of the first reset of every task.
+        env_fn, env_kwargs: how to build the env of a task (see `rollout_policy`; the camera and image size of
+            training should be passed here).
+
+    Returns:
+        len(tasks) · num_starts dicts: `image` uint8 [H, W, 3], `state` float32 [S], `full_state` float32 [F],
+        `instruction`, `task_name`, `seed`, `step_index` (0).
+    """
+    if num_starts < 1:
+        raise ValueError(f"reset_start_states: num_starts must be ≥ 1, got {num_starts}")
+    if not tasks:
+        raise ValueError("reset_start_states: expected at least one task")
+    runner = _EnvRunner(env_fn, dict(env_kwargs or {}), None, True)
+    starts = []
+    try:
+        for task in tasks:
+            for i in range(int(num_starts)):
+                obs = runner.reset(str(task), int(seed) + i)["obs"]
+                starts.append({**obs, "task_name": str(task), "seed": int(seed) + i, "step_index": 0})
+    finally:
+        runner.close()
+    return starts
+
+
 # ----------------------------------------------------------------------------------------------- main entry
 def rollout_policy(
     policy: PolicyLike,
@@ -504,11 +562,13 @@ def rollout_policy(
     worker_timeout_s: float = 300.0,
     start_method: str = "spawn",
     pool: EnvWorkerPool | None = None,
+    sample: bool = False,
+    temperature: float = 1.0,
 ) -> RealRolloutResult:
     """Run `policy` in the real simulator for `episodes_per_task` seeded episodes of every task.
 
     Args:
-        policy: a `WLAPolicy` (queried with ``act(obs, sample=False)``, deterministic) or a callable
+        policy: a `WLAPolicy` (queried with ``act(obs, sample=sample, temperature=temperature)``) or a callable
             ``Observation [N] -> actions [N, H, A]`` (tensor or array; [N, A] is read as H = 1).
         tasks: task names passed to `env_fn`.
         episodes_per_task: E episodes per task.
@@ -527,6 +587,8 @@ def rollout_policy(
         start_method: multiprocessing start method ("spawn" is safe with MuJoCo/EGL and threads).
         pool: run on these persistent workers instead of starting `num_workers` new ones (`num_workers` is then
             ignored; the pool must have been built with the same `env_fn` and `env_kwargs`).
+        sample: the `WLAPolicy` samples its subtasks and action chunks (what GRPO trains) instead of acting greedily.
+        temperature: sampling temperature (with `sample`).
 
     Returns:
         A `RealRolloutResult`.
@@ -659,7 +721,7 @@ def rollout_policy(
             if not active:
                 continue
             actions, subtasks = _policy_actions(
-                policy, [w.job["obs"] for w in active], [w.job["task"] for w in active]
+                policy, [w.job["obs"] for w in active], [w.job["task"] for w in active], sample, temperature
             )
             chunk_size = chunk_size or actions.shape[1]
             for w, a, sub in zip(active, actions, subtasks):
@@ -727,27 +789,31 @@ def make_real_evaluator(
     num_videos: int = 1,
     timeout_s: float = 1800.0,
     prefix: str = "eval",
+    sampled_temperature: float | None = None,
     **rollout_kwargs: Any,
 ) -> Callable[[PolicyLike, int], dict[str, Any]]:
     """An evaluator for `wlarl.trainer.callbacks.RealEvalCallback`: ``evaluator(policy, step) -> dict``.
 
-    The dict holds the float metrics of `RealRolloutResult.metrics(prefix)` and ``"videos"``: name → uint8
-    [T, H, W, 3] for the first `num_videos` episodes of every task. Seeds are the same at every call.
+    The dict holds the float metrics of `RealRolloutResult.metrics(prefix)` of the greedy policy and ``"videos"``:
+    name → uint8 [T, H, W, 3] for the first `num_videos` episodes of every task. Seeds are the same at every call.
+    With `sampled_temperature`, the same seeded episodes are run again with the policy sampling at that temperature
+    (what GRPO optimises), logged as ``{prefix}/real_success_sampled`` and ``{prefix}/<task>/success_sampled`` with
+    their Wilson intervals.
     """
 
+    def run(policy: PolicyLike, **kwargs: Any) -> RealRolloutResult:
+        return rollout_policy(
+            policy, tasks, episodes_per_task, seeds=seed, num_workers=num_workers, max_episode_steps=max_episode_steps,
+            timeout_s=timeout_s, keep_episodes=False, **kwargs, **rollout_kwargs,
+        )  # fmt: skip
+
     def evaluator(policy: PolicyLike, step: int) -> dict[str, Any]:
-        result = rollout_policy(
-            policy,
-            tasks,
-            episodes_per_task,
-            seeds=seed,
-            num_workers=num_workers,
-            max_episode_steps=max_episode_steps,
-            record_video=num_videos,
-            timeout_s=timeout_s,
-            keep_episodes=False,
-            **rollout_kwargs,
-        )
-        return {**result.metrics(prefix), "videos": result.videos}
+        greedy = run(policy, record_video=num_videos)
+        out = {**greedy.metrics(prefix), "videos": greedy.videos}
+        if sampled_temperature is not None:
+            sampled = run(policy, record_video=0, sample=True, temperature=sampled_temperature)
+            out.update(sampled.success_metrics(prefix, suffix="_sampled"))
+            out[f"{prefix}/timed_out_sampled"] = float(sampled.timed_out)
+        return out
 
     return evaluator

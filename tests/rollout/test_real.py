@@ -2,6 +2,7 @@
 
 import os
 import time
+from types import SimpleNamespace
 
 import gymnasium as gym
 import numpy as np
@@ -189,3 +190,36 @@ def test_make_real_evaluator():
     ev = make_real_evaluator(["a"], 2, seed=0, num_workers=0, num_videos=1, **COMMON)
     out = ev(steer, 5)
     assert out["eval/real_success"] == 1.0 and "a_ep0" in out["videos"]
+
+
+class SteerWhenGreedy(torch.nn.Module):
+    """A policy with `act`: the steering chunk when greedy, a zero chunk when sampling (records the temperatures)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.temperatures = []
+
+    def act(self, obs, sample=True, temperature=1.0):
+        if sample:
+            self.temperatures.append(temperature)
+        actions = zero(obs) if sample else steer(obs)
+        return SimpleNamespace(actions=actions, subtask_text=["sampled" if sample else "greedy"] * len(obs))
+
+
+def test_evaluator_reports_greedy_and_sampled_success():
+    policy = SteerWhenGreedy()
+    only_greedy = make_real_evaluator(["a", "b"], 2, seed=0, num_workers=0, **COMMON)(policy, 0)
+    assert "eval/real_success_sampled" not in only_greedy and policy.temperatures == []
+    ev = make_real_evaluator(["a", "b"], 2, seed=0, num_workers=0, sampled_temperature=0.7, **COMMON)
+    out = ev(policy, 3)
+    assert out["eval/real_success"] == 1.0 and out["eval/a/success"] == 1.0  # the greedy policy steers home
+    assert out["eval/real_success_sampled"] == 0.0 and out["eval/b/success_sampled"] == 0.0  # the sampled one not
+    assert out["eval/real_success_sampled_ci_low"] == 0.0 < out["eval/real_success_sampled_ci_high"] < 1.0
+    assert {"eval/a/success_sampled_ci_low", "eval/a/success_sampled_ci_high"} <= set(out)
+    assert set(policy.temperatures) == {0.7}
+
+
+def test_sampling_needs_a_policy_that_samples():
+    with pytest.raises(TypeError, match="sampled rollouts need a WLAPolicy"):
+        rollout_policy(steer, ["a"], 1, num_workers=0, sample=True, **COMMON)

@@ -9,12 +9,14 @@ from wlarl.data.episodes import (
     start_states,
     write_episodes,
 )
+from wlarl.data.starts import keyframe_states
 
 __all__ = [
     "META_FILE",
     "EpisodeDataset",
     "SFTWindows",
     "collate_windows",
+    "keyframe_states",
     "load_episodes",
     "start_states",
     "write_episodes",

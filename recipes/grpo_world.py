@@ -35,12 +35,30 @@ if not torch.cuda.is_available():
 from accelerate import PartialState  # noqa: E402
 
 from rewards import build_reward_scorer  # noqa: E402
+from rollout.experts import SUBTASK_RULES  # noqa: E402
 from rollout.imagined import ImaginationEngine, freeze_snapshot  # noqa: E402
+from rollout.real import EnvWorkerPool, make_real_evaluator, reset_start_states  # noqa: E402
+from rollout.refresh import WorldRefresh  # noqa: E402
+from rollout.verify import Verifier, _find_success_scorer, make_imagine_fn  # noqa: E402
 from wlarl.cli import load_section, parse_config, resolve_preset, save_config  # noqa: E402
 from wlarl.configs import GRPOWorldConfig  # noqa: E402
-from wlarl.data import SFTWindows, collate_windows, load_episodes, start_states  # noqa: E402
+from wlarl.data import (  # noqa: E402
+    EpisodeDataset,
+    SFTWindows,
+    collate_windows,
+    keyframe_states,
+    load_episodes,
+    start_states,
+)
 from wlarl.models.wla import WLAPolicy, WLAProcessor  # noqa: E402
 from wlarl.trainer import GRPOWorldTrainer  # noqa: E402
+from wlarl.trainer.callbacks import (  # noqa: E402
+    KeepBestRealCallback,
+    RealEvalCallback,
+    RefreshWorldCallback,
+    VerifyCallback,
+    period_steps,
+)
 
 logger = logging.getLogger("wlarl.grpo_world")
 RECIPES = Path(__file__).resolve().parent
@@ -139,14 +157,34 @@ def bootstrap(preset: str) -> dict[str, str]:
     return paths
 
 
+def load_start_states(cfg: GRPOWorldConfig, episodes: EpisodeDataset, env_kwargs: dict) -> list[dict]:
+    """The start states `cfg.start_states` names: dataset first frames, seeded real resets, or keyframes."""
+    if cfg.start_states == "reset":
+        return reset_start_states(cfg.tasks, cfg.num_reset_starts, env_kwargs=env_kwargs)
+    starts = (
+        keyframe_states(episodes, cfg.keyframe_stride) if cfg.start_states == "keyframes" else start_states(episodes)
+    )
+    if cfg.tasks:
+        starts = [s for s in starts if s["task_name"] in set(cfg.tasks)]
+    if not starts:
+        raise ValueError(
+            f"grpo_world: the dataset {cfg.dataset_path} has no {cfg.start_states} starts of tasks {cfg.tasks}"
+        )
+    return starts
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     preset_given = "--config" in sys.argv
     cfg = parse_config(GRPOWorldConfig, "grpo_world", default_preset="default")
     preset = sys.argv[sys.argv.index("--config") + 1] if preset_given else "default"
     state = PartialState()
+    if cfg.refresh_world_steps and not cfg.verify_steps:
+        raise ValueError(
+            "grpo_world: refresh_world_steps needs verification to gather real episodes: set verify_steps"
+        )
 
-    # --- policy, reward model and start states: given, or bootstrapped once (main process first) ----------------
+    # --- policy, reward model and dataset: given, or bootstrapped once (main process first) ---------------------
     if cfg.policy_path is None:
         with state.main_process_first():
             paths = bootstrap(preset)
@@ -154,42 +192,80 @@ def main() -> None:
         cfg.reward_model_path = cfg.reward_model_path or paths["reward_model_path"]
         cfg.dataset_path = cfg.dataset_path or paths["dataset_path"]
     if cfg.dataset_path is None:
-        raise ValueError("grpo_world: set --dataset_path (episodes whose first frames are the start states)")
+        raise ValueError("grpo_world: set --dataset_path (episodes whose frames are the start states)")
     if state.is_main_process:
         save_config(cfg, cfg.output_dir)
 
     policy = WLAPolicy.from_pretrained(cfg.policy_path)
     processor = WLAProcessor.from_pretrained(cfg.policy_path)
     episodes = load_episodes(cfg.dataset_path)
-    starts = start_states(episodes)
-    if cfg.tasks:
-        starts = [s for s in starts if s["task_name"] in set(cfg.tasks)]
-        if not starts:
-            raise ValueError(f"grpo_world: the dataset {cfg.dataset_path} has no episodes of tasks {cfg.tasks}")
-    logger.info("start states: %d from %s", len(starts), cfg.dataset_path)
+    tasks = cfg.tasks or sorted(set(episodes.dataset["task_name"]))
+    # The real simulator renders with the camera the policy was trained on.
+    env_kwargs = {
+        "image_size": cfg.image_size,
+        **({"camera": episodes.meta["camera"]} if "camera" in episodes.meta else {}),
+    }
+    starts = load_start_states(cfg, episodes, env_kwargs)
+    logger.info("start states: %d (%s)", len(starts), cfg.start_states)
 
-    # --- the frozen World Expert (simulator + KL reference) and the reward functions ---------------------------
+    # --- rewards, and imagination in a frozen World Expert whose success is decided by cfg.success_signal --------
     snapshot = freeze_snapshot(policy)
-    engine = ImaginationEngine(snapshot, horizon=cfg.horizon, success_threshold=cfg.success_threshold)
     scorer = build_reward_scorer(
-        cfg.reward_funcs,
-        cfg.reward_weights,
-        reward_model_path=cfg.reward_model_path,
-        dataset_path=cfg.dataset_path,
-        policy=snapshot,
-    )
+        cfg.reward_funcs, cfg.reward_weights, reward_model_path=cfg.reward_model_path, dataset_path=cfg.dataset_path,
+        policy=snapshot, reward_kwargs=cfg.reward_kwargs, subtask_rules=SUBTASK_RULES,
+    )  # fmt: skip
+    classifier, classifier_threshold = _find_success_scorer(scorer)
+    if classifier is None and cfg.success_signal != "head":
+        raise ValueError(
+            f"grpo_world: success_signal={cfg.success_signal!r} decides imagined success with the success classifier, "
+            f"but reward_funcs {cfg.reward_funcs} hold none: add subgoal_success, or pass --success_signal head"
+        )
+    engine = ImaginationEngine(
+        snapshot, horizon=cfg.horizon, success_threshold=cfg.success_threshold, success_signal=cfg.success_signal,
+        success_classifier=classifier, classifier_threshold=classifier_threshold, reencode=cfg.reencode_predictions,
+    )  # fmt: skip
     world_aux = SFTWindows(episodes, horizon=policy.config.chunk_size) if cfg.world_aux_coef > 0 else None
-    # A refresh fine-tunes the simulator on real episodes; the KL reference must stay the starting policy.
-    ref_model = freeze_snapshot(policy) if cfg.beta > 0 and cfg.refresh_world_steps > 0 else None
+    # A refresh fine-tunes the simulator on real episodes; the KL / anchor reference must stay the starting policy.
+    ref_model = freeze_snapshot(policy) if cfg.refresh_world_steps > 0 else None
 
-    # --- real-simulator evaluation and verification callbacks --------------------------------------------------
+    # --- the real simulator (one worker pool): evaluation, paired verification, refresh, keep-best ---------------
+    pool = EnvWorkerPool(cfg.num_env_workers, env_kwargs=env_kwargs) if cfg.num_env_workers > 0 else None
+    real = {
+        "num_workers": cfg.num_env_workers,
+        "env_kwargs": env_kwargs,
+        "pool": pool,
+        "timeout_s": cfg.eval_timeout_s,
+    }
+    eval_steps = period_steps(cfg.eval_steps, cfg.max_steps)
     callbacks = []
-    try:
-        from rollout.verify import build_callbacks  # noqa: PLC0415
-    except ImportError as err:  # the evaluation loop is optional only when the simulator extra is missing
-        logger.warning("real-simulator evaluation disabled: %s", err)
-    else:
-        callbacks = build_callbacks(cfg, engine=engine, scorer=scorer, episodes=episodes)
+    if eval_steps:
+        evaluator = make_real_evaluator(
+            tasks, cfg.eval_episodes_per_task, seed=cfg.seed, max_episode_steps=cfg.eval_max_episode_steps,
+            sampled_temperature=cfg.temperature if cfg.eval_sampled else None, **real,
+        )  # fmt: skip
+        callbacks.append(RealEvalCallback(evaluator, eval_steps))
+    if cfg.verify_steps:
+        verifier = Verifier(
+            make_imagine_fn(engine, horizon=cfg.horizon), tasks, cfg.verify_episodes, seed=10_000 + cfg.seed,
+            seed_stride=1000 if cfg.refresh_world_steps else 0,  # fresh starts to refresh on, else comparable ones
+            world=snapshot, success_scorer=classifier, scorer_threshold=classifier_threshold,
+            max_episode_steps=cfg.horizon * policy.config.chunk_size, **real,  # an imagined episode's step budget
+        )  # fmt: skip
+        callbacks.append(
+            VerifyCallback(
+                verifier,
+                cfg.verify_steps,
+                mask_unverified=cfg.mask_unverified,
+                mask_gap_threshold=cfg.mask_gap_threshold,
+                success_signal=cfg.success_signal,
+                success_classifier=classifier,
+            )
+        )
+    if cfg.refresh_world_steps:
+        refresh = WorldRefresh(snapshot, verifier, steps=cfg.refresh_grad_steps, lr=cfg.refresh_lr)
+        callbacks.append(RefreshWorldCallback(refresh, cfg.refresh_world_steps))
+    if cfg.keep_best_real and eval_steps:
+        callbacks.append(KeepBestRealCallback(margin=cfg.keep_best_margin, save_best=True))
 
     trainer = GRPOWorldTrainer(
         model=policy,
@@ -203,7 +279,11 @@ def main() -> None:
         ref_model=ref_model,
         callbacks=callbacks,
     )
-    trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
+    try:
+        trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
+    finally:
+        if pool is not None:
+            pool.close()
     trainer.save_model(os.path.join(cfg.output_dir, "final"))
     if state.is_main_process:
         logger.info(

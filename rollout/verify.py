@@ -1,4 +1,4 @@
-"""Paired verification of imagination against the real simulator, World-Expert fidelity, and acting on it.
+"""Paired verification of imagination against the real simulator, and World-Expert fidelity.
 
 - `paired_verification`: the same seeded start states are run by the policy in the real simulator and in
   imagination. Logged: the confusion matrix of imagined vs real success (``verify/tp|fp|fn|tn``,
@@ -9,9 +9,10 @@
   recorded real action chunks, compare the prediction after chunk k with the real frame at t = kH: PSNR
   (full frame and changed pixels only), latent MSE and state MSE per chunk, next to the baseline that copies
   the last observed frame (the first frame: in open loop nothing later is observed).
-- `refresh_world_model`: fine-tune the simulator snapshot's World Expert (world losses only) on real episodes.
-- `Verifier`: the object a `VerifyCallback` calls; it buffers the real episodes it gathers for refreshes.
-- `build_callbacks(cfg, engine, scorer, episodes)`: the evaluation/verification callbacks for `grpo_world`.
+- `Verifier`: the object a `VerifyCallback` calls; it buffers the real episodes it gathers, which a
+  `rollout.refresh.WorldRefresh` trains the simulator on.
+
+The `grpo_world` recipe wires these into its callbacks; the refresh training loop lives in `rollout/refresh.py`.
 
 Contracts of the injected callables:
 
@@ -26,12 +27,9 @@ Contracts of the injected callables:
 
 from __future__ import annotations
 
-import atexit
 import logging
 import math
-import tempfile
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,11 +78,14 @@ def as_episode_list(episodes: Any) -> list[dict[str, Any]]:
 
 def start_observation(episodes: Sequence[dict[str, Any]]) -> Observation:
     """Observation [N] of the first frame of each episode."""
-    return Observation(
-        images=torch.from_numpy(np.stack([np.asarray(ep["image"][0]) for ep in episodes])),  # [N, H, W, 3]
-        states=torch.from_numpy(np.stack([np.asarray(ep["state"][0], np.float32) for ep in episodes])),  # [N, S]
-        instructions=[str(ep["instruction"]) for ep in episodes],
-        task_names=[str(ep["task_name"]) for ep in episodes],
+    return Observation.from_dicts(
+        {
+            "image": ep["image"][0],
+            "state": ep["state"][0],
+            "instruction": ep["instruction"],
+            "task_name": ep["task_name"],
+        }
+        for ep in episodes
     )
 
 
@@ -337,120 +338,9 @@ def make_imagine_fn(engine: Any, horizon: int | None = None, sample: bool = Fals
     return imagine_fn
 
 
-# ----------------------------------------------------------------------------------------------- refresh
-def _world_loss(out: dict[str, torch.Tensor]) -> torch.Tensor:
-    if "loss/world" in out:
-        return out["loss/world"]
-    parts = [v for k, v in out.items() if k.startswith("loss/world")]
-    if not parts:
-        raise KeyError(f"refresh_world_model: sft_losses returned no 'loss/world*' term (keys {sorted(out)})")
-    return sum(parts)
-
-
-def refresh_world_model(
-    policy_snapshot: torch.nn.Module,
-    episodes: Any,
-    steps: int,
-    lr: float = 1e-4,
-    batch_size: int = 16,
-    num_chunks: int = 4,
-    eval_episodes: Any | None = None,
-    reward_refresh_fn: Callable[[list[dict[str, Any]]], dict[str, float]] | None = None,
-    seed: int = 0,
-    max_grad_norm: float = 1.0,
-) -> dict[str, Any]:
-    """Fine-tune the World Expert of the simulator snapshot on real episodes (world losses only).
-
-    Only ``loss/world`` of `sft_losses` (latent + state + success terms) is minimised; the image tokenizer stays
-    fixed (the live policy reads the snapshot's latents, so they must keep their meaning). Everything else the
-    world loss reaches is trained. The snapshot is re-frozen afterwards. It also serves as the KL reference, so a
-    refresh moves that reference too.
-
-    Args:
-        policy_snapshot: the frozen WLA copy behind the imagination engine (modified in place).
-        episodes: real episodes (`as_episode_list` input), e.g. those gathered by verification.
-        steps: optimizer steps.
-        lr: AdamW learning rate.
-        batch_size: SFT windows per step.
-        num_chunks: chunks of the open-loop fidelity measured before and after.
-        eval_episodes: episodes to measure fidelity on (default: `episodes`, i.e. in-sample).
-        reward_refresh_fn: optional ``fn(episodes) -> dict`` that refreshes the success reward model too.
-        seed: sampling seed of the windows.
-        max_grad_norm: gradient clipping.
-
-    Returns:
-        {"before": fidelity, "after": fidelity, "loss_first", "loss_last", "steps", "windows", "reward": dict}.
-    """
-    from wlarl.data import SFTWindows, collate_windows, load_episodes, write_episodes
-
-    eps = [ep for ep in as_episode_list(episodes) if len(ep["action"]) > 0]
-    if not eps:
-        raise ValueError("refresh_world_model: no real episode with at least one step to train on")
-    if steps < 1:
-        raise ValueError(f"refresh_world_model: steps must be >= 1, got {steps}")
-    eval_eps = as_episode_list(eval_episodes) if eval_episodes is not None else eps
-    H = int(policy_snapshot.config.chunk_size)
-    before = world_fidelity(policy_snapshot, eval_eps, num_chunks=num_chunks, chunk_size=H)
-
-    with tempfile.TemporaryDirectory(prefix="wlarl-refresh-") as tmp:
-        write_episodes(eps, Path(tmp) / "episodes", {"source": "refresh_world_model"})
-        windows = SFTWindows(load_episodes(Path(tmp) / "episodes"), horizon=H)
-        gen = torch.Generator().manual_seed(seed)
-        frozen = {id(p) for p in getattr(policy_snapshot, "image_tokenizer", torch.nn.Module()).parameters()}
-        params = [p for p in policy_snapshot.parameters() if id(p) not in frozen]
-        for p in params:
-            p.requires_grad_(True)
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-        policy_snapshot.train()
-        losses = []
-        try:
-            with torch.enable_grad():  # callers may run under no_grad (e.g. a trainer callback)
-                for _ in range(steps):
-                    idx = torch.randint(len(windows), (min(batch_size, len(windows)),), generator=gen).tolist()
-                    batch = collate_windows([windows[i] for i in idx])
-                    loss = _world_loss(policy_snapshot.sft_losses(batch))
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-                    opt.step()
-                    losses.append(float(loss.detach()))
-        finally:
-            policy_snapshot.eval()
-            for p in policy_snapshot.parameters():
-                p.requires_grad_(False)
-            opt.zero_grad(set_to_none=True)
-        n_windows = len(windows)
-
-    after = world_fidelity(policy_snapshot, eval_eps, num_chunks=num_chunks, chunk_size=H)
-    reward = reward_refresh_fn(eps) if reward_refresh_fn is not None else {}
-    return {
-        "before": before,
-        "after": after,
-        "loss_first": losses[0],
-        "loss_last": float(np.mean(losses[-max(1, len(losses) // 10) :])),
-        "steps": steps,
-        "windows": n_windows,
-        "reward": reward,
-    }
-
-
-def refresh_metrics(res: dict[str, Any], prefix: str = "verify") -> dict[str, float]:
-    """Flat ``{prefix}/refresh_*`` metrics of a `refresh_world_model` result."""
-    m = {
-        f"{prefix}/refresh_loss_first": res["loss_first"],
-        f"{prefix}/refresh_loss_last": res["loss_last"],
-        f"{prefix}/refresh_windows": float(res["windows"]),
-    }
-    for when in ("before", "after"):
-        for key in ("world_psnr", "world_psnr_changed", "world_latent_mse", "world_state_mse"):
-            m[f"{prefix}/refresh_{key}_{when}"] = nanmean(res[when][key])
-    m.update({f"{prefix}/refresh_reward_{k}": float(v) for k, v in res.get("reward", {}).items()})
-    return m
-
-
 # ----------------------------------------------------------------------------------------------- the verifier
 class Verifier:
-    """Paired verification as a callable for `VerifyCallback`; keeps the real episodes for `refresh`.
+    """Paired verification as a callable for `VerifyCallback`; keeps the real episodes in `buffer` for refreshes.
 
     Args:
         imagine_fn: see `paired_verification`.
@@ -512,16 +402,6 @@ class Verifier:
         self.buffer = self.buffer[-self.max_buffer :]
         return {k: v for k, v in out.items() if k not in ("real", "imagined_success", "real_success")}
 
-    def refresh(
-        self, snapshot: torch.nn.Module | None = None, steps: int = 50, lr: float = 1e-4, **kwargs: Any
-    ) -> dict[str, float]:
-        """Fine-tune `snapshot` (default: `world`) on the buffered real episodes; returns ``verify/refresh_*`` metrics."""
-        snapshot = snapshot if snapshot is not None else self.world
-        if snapshot is None or not self.buffer:
-            return {}
-        res = refresh_world_model(snapshot, self.buffer, steps=steps, lr=lr, **kwargs)
-        return refresh_metrics(res)
-
 
 # ----------------------------------------------------------------------------------------------- wiring
 def _find_success_scorer(scorer: Any) -> tuple[SuccessScorer | None, float]:
@@ -532,93 +412,3 @@ def _find_success_scorer(scorer: Any) -> tuple[SuccessScorer | None, float]:
             threshold = getattr(fn, "threshold", 0.5)
             return model.predict_proba, float(threshold() if callable(threshold) else threshold)
     return None, 0.5
-
-
-def _period(value: float | int | None, max_steps: int) -> int:
-    """Steps between runs: an int, or a float in (0, 1) read as a ratio of max_steps (TrainingArguments style)."""
-    if not value:
-        return 0
-    if 0 < value < 1:
-        return max(1, math.ceil(value * max_steps))
-    return int(value)
-
-
-def build_callbacks(cfg: Any, engine: Any, scorer: Any = None, episodes: Any = None) -> list[Any]:
-    """The real-evaluation, verification, refresh and keep-best callbacks configured by a `GRPOWorldConfig`.
-
-    Args:
-        cfg: `GRPOWorldConfig` (eval_steps, eval_episodes_per_task, num_env_workers, image_size, tasks, horizon,
-            verify_steps, verify_episodes, refresh_world_steps, mask_unverified, mask_gap_threshold,
-            keep_best_real, keep_best_margin, output_dir, max_steps, seed).
-        engine: the `ImaginationEngine`; its `.world` is the simulator snapshot.
-        scorer: the reward scorer; a success classifier inside it is checked against real outcomes.
-        episodes: the training `EpisodeDataset` (task names when `cfg.tasks` is empty).
-
-    Returns:
-        Callbacks in the order they should run at a step: eval, verify, refresh, keep-best.
-    """
-    from rollout.real import EnvWorkerPool, make_real_evaluator
-    from wlarl.trainer.callbacks import KeepBestRealCallback, RealEvalCallback, RefreshWorldCallback, VerifyCallback
-
-    tasks = list(getattr(cfg, "tasks", None) or [])
-    if not tasks and episodes is not None:
-        tasks = sorted(set(episodes.dataset["task_name"])) if hasattr(episodes, "dataset") else []
-    if not tasks:
-        raise ValueError("build_callbacks: no tasks to evaluate: set --tasks (e.g. reach-v3)")
-    max_steps = int(getattr(cfg, "max_steps", 0) or 0)
-    world = engine.world
-    chunk = int(world.config.chunk_size)
-    env_kwargs = {"image_size": int(getattr(cfg, "image_size", 64))}
-    camera = (getattr(episodes, "meta", None) or {}).get("camera")
-    if camera:
-        env_kwargs["camera"] = camera  # evaluate with the camera the policy was trained on
-    num_workers = int(getattr(cfg, "num_env_workers", 1))
-    common: dict[str, Any] = {"num_workers": num_workers, "env_kwargs": env_kwargs}
-    if num_workers > 0:
-        # One set of simulator processes serves every evaluation and verification of the run (started on first use).
-        pool = EnvWorkerPool(num_workers, env_kwargs=env_kwargs)
-        atexit.register(pool.close)
-        common["pool"] = pool
-    eval_steps = _period(getattr(cfg, "eval_steps", 0), max_steps)
-    verify_steps = _period(getattr(cfg, "verify_steps", 0), max_steps)
-    refresh_steps = _period(getattr(cfg, "refresh_world_steps", 0), max_steps)
-    callbacks: list[Any] = []
-    if eval_steps:
-        evaluator = make_real_evaluator(
-            tasks, int(cfg.eval_episodes_per_task), seed=int(getattr(cfg, "seed", 0)), num_videos=1,
-            max_episode_steps=getattr(cfg, "eval_max_episode_steps", None),  # None: the simulator's limit
-            timeout_s=float(getattr(cfg, "eval_timeout_s", 1800.0)), **common,
-        )  # fmt: skip
-        callbacks.append(RealEvalCallback(evaluator, eval_steps, output_dir=cfg.output_dir))
-    verifier = None
-    if verify_steps:
-        success_scorer, threshold = _find_success_scorer(scorer)
-        verifier = Verifier(
-            make_imagine_fn(engine, horizon=int(cfg.horizon)), tasks, int(cfg.verify_episodes),
-            seed=10_000 + int(getattr(cfg, "seed", 0)), seed_stride=1000 if refresh_steps else 0, world=world,
-            success_scorer=success_scorer, scorer_threshold=threshold,
-            max_episode_steps=int(cfg.horizon) * chunk,  # the same step budget as an imagined episode
-            timeout_s=float(getattr(cfg, "eval_timeout_s", 1800.0)), **common,
-        )  # fmt: skip
-        callbacks.append(
-            VerifyCallback(
-                verifier,
-                verify_steps,
-                output_dir=cfg.output_dir,
-                mask_unverified=bool(cfg.mask_unverified),
-                mask_gap_threshold=float(cfg.mask_gap_threshold),
-            )  # fmt: skip
-        )
-    if refresh_steps:
-        if verifier is None:
-            raise ValueError("refresh_world_steps needs verification to gather real episodes: set verify_steps > 0")
-        grad_steps = int(getattr(cfg, "refresh_grad_steps", 50))
-        lr = float(getattr(cfg, "refresh_lr", 1e-4))
-        callbacks.append(
-            RefreshWorldCallback(lambda policy, step: verifier.refresh(world, grad_steps, lr), refresh_steps)
-        )
-    if getattr(cfg, "keep_best_real", False) and eval_steps:
-        callbacks.append(
-            KeepBestRealCallback(margin=float(cfg.keep_best_margin), output_dir=cfg.output_dir, save_best=True)
-        )
-    return callbacks

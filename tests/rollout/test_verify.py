@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from rollout.refresh import WorldRefresh, refresh_world_model
 from rollout.verify import (
     Verifier,
     as_episode_list,
     fidelity_metrics,
     paired_verification,
-    refresh_world_model,
+    start_observation,
     world_fidelity,
 )
 from wlarl.types import WorldPrediction
@@ -214,6 +215,45 @@ def test_refresh_lowers_world_error():
     # Re-frozen, and the image tokenizer untouched (the live policy reads the snapshot's latents).
     assert not any(p.requires_grad for p in snapshot.parameters()) and not snapshot.training
     assert all(torch.equal(tok_before[k], v) for k, v in snapshot.image_tokenizer.state_dict().items())
+
+
+def test_refresh_trains_the_sft_weighted_world_loss():
+    """The refresh minimises `WLAPolicy.world_loss` (SFT weights), not an unweighted sum of the world terms."""
+    from rollout.imagined import freeze_snapshot
+
+    snapshot = freeze_snapshot(_tiny_policy())
+    c = snapshot.config
+    c.world_latent_weight, c.world_state_weight, c.world_success_weight = 0.0, 2.0, 0.0
+    batch = None
+
+    def spy(losses):
+        nonlocal batch
+        batch = losses
+        return type(snapshot).world_loss(snapshot, losses)
+
+    snapshot.world_loss = spy
+    res = refresh_world_model(snapshot, _blob_episodes(n=2, steps=8), steps=1, lr=0.0, batch_size=4, num_chunks=1)
+    assert batch is not None and float(batch["loss/world_latent"].detach()) > 0  # a term the weights switch off
+    assert res["loss_first"] == pytest.approx(2.0 * float(batch["loss/world_state"].detach()), rel=1e-5)
+
+
+def test_world_refresh_trains_on_the_verifier_buffer():
+    from rollout.imagined import freeze_snapshot
+
+    snapshot = freeze_snapshot(_tiny_policy())
+    verifier = Verifier(fake_imagine([True]), ["a"], episodes=1, **COMMON)
+    refresh = WorldRefresh(snapshot, verifier, steps=2, lr=1e-3, batch_size=4, num_chunks=1)
+    assert refresh(None, 0) == {}  # nothing gathered yet
+    verifier.buffer = _blob_episodes(n=2, steps=8)
+    m = refresh(None, 1)
+    assert m["verify/refresh_windows"] == 16.0 and math.isfinite(m["verify/refresh_loss_last"])
+
+
+def test_start_observation_is_the_first_frame():
+    eps = _blob_episodes(n=2, steps=4)
+    obs = start_observation(eps)
+    assert obs.images.shape == (2, SIZE, SIZE, 3) and obs.images.dtype == torch.uint8
+    assert torch.equal(obs.images[1], torch.from_numpy(eps[1]["image"][0])) and obs.task_names == ["reach-v3"] * 2
 
 
 def test_as_episode_list_reads_dataset(tmp_path):

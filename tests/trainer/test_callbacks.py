@@ -14,11 +14,15 @@ from wlarl.trainer.callbacks import (
     RealEvalCallback,
     RefreshWorldCallback,
     VerifyCallback,
+    classifier_success_probs,
     fires_at,
     mask_unverified,
+    period_steps,
+    success_confidence,
     trajectory_success_probs,
 )
 from wlarl.trainer.grpo_world_trainer import MetricsJsonlCallback
+from wlarl.types import Trajectories
 
 
 class Tiny(nn.Module):
@@ -55,6 +59,11 @@ def _trainer(tmp_path, callbacks, max_steps=5):
 def test_fires_at():
     assert [s for s in range(0, 11) if fires_at(s, 3)] == [3, 6, 9]
     assert not any(fires_at(s, 0) for s in range(10))
+
+
+def test_period_steps():
+    assert period_steps(0, 100) == 0 and period_steps(None, 100) == 0
+    assert period_steps(20, 100) == 20 and period_steps(0.25, 10) == 3 and period_steps(0.001, 10) == 1
 
 
 def test_eval_schedule_and_metrics_reach_jsonl(tmp_path):
@@ -286,11 +295,13 @@ def test_wired_into_grpo_world_trainer(tmp_path):
         output_dir=str(tmp_path), max_steps=2, num_starts=2, num_generations=2, horizon=2, logging_steps=1,
         report_to="none", reward_funcs=["r"], use_cpu=True, save_strategy="no", dynamic_sampling=False,
         # a threshold of 0.5 on a success probability of ~0.5 makes many imagined successes; confidence 0.9 masks them
-        success_threshold=0.01,
+        success_threshold=0.01, success_signal="head", world_aux_coef=0.0,
     )  # fmt: skip
     ev = RealEvalCallback(lambda p, s: {"eval/real_success": 0.5, "eval/timed_out": 0.0}, eval_steps=1)
+    # the head decides success in this engine, so the classifier (here: unsure of every frame) is what confirms it
     ver = VerifyCallback(lambda p, s: {"verify/imagination_gap": 0.9}, verify_steps=1, mask_unverified=True,
-                         mask_gap_threshold=0.2, at_start=True)  # fmt: skip
+                         mask_gap_threshold=0.2, at_start=True, success_signal="head",
+                         success_classifier=lambda images, names: torch.full((len(images),), 0.5))  # fmt: skip
     keep = KeepBestRealCallback(margin=0.1)
     trainer = GRPOWorldTrainer(
         model=policy, args=cfg, train_dataset=starts,
@@ -305,3 +316,68 @@ def test_wired_into_grpo_world_trainer(tmp_path):
     train_rows = [r for r in rows if r.get("rollout/imagined_success") is not None]
     assert train_rows and all(r["rollout/counted_success"] <= r["rollout/imagined_success"] for r in train_rows)
     assert any(r["rollout/counted_success"] < r["rollout/imagined_success"] for r in train_rows)
+
+
+# ------------------------------------------------------------------------------------------- masking signals
+def _hallucinated(with_classifier_probs=True):
+    """3 hand-built imagined episodes (T = 3): row 0 "succeeds" at chunk 1 by the head only (the classifier says 0.1
+    of that frame), row 1 at chunk 2 by both, row 2 never. Frame (n, t) has pixel value 10·n + t."""
+    alive = torch.tensor([[True, True, False], [True, True, True], [True, True, True]])
+    logits = torch.tensor([[-5.0, 5.0, 5.0], [-5.0, -5.0, 5.0], [-5.0, -5.0, -5.0]])
+    probs = torch.tensor([[0.0, 0.1, 0.9], [0.0, 0.2, 0.95], [0.0, 0.1, 0.3]])
+    images = torch.stack([torch.stack([torch.full((4, 4, 3), 10 * n + t, dtype=torch.uint8) for t in range(3)])
+                          for n in range(3)])  # fmt: skip
+    return Trajectories(
+        observations=[], samples=[], subgoal_images=images, subgoal_latents=torch.zeros(3, 3, 1, 1, 1),
+        states=torch.zeros(3, 3, 2), success_logits=logits, alive=alive, success=torch.tensor([True, True, False]),
+        instructions=["i"] * 3, task_names=["reach-v3", "push-v3", "reach-v3"], group_size=3,
+        classifier_probs=probs if with_classifier_probs else None,
+    )  # fmt: skip
+
+
+def test_confidence_comes_from_the_signal_that_did_not_decide_success():
+    traj = _hallucinated()
+    head = trajectory_success_probs(traj)
+    assert head[0] > 0.99 and head[1] > 0.99 and head[2] < 0.01  # the last counted chunks: 1, 2, 2
+    assert torch.allclose(success_confidence(traj, "head"), torch.tensor([0.1, 0.95, 0.3]))
+    assert torch.allclose(success_confidence(traj, "classifier"), head)
+    assert torch.allclose(success_confidence(traj, "both"), torch.minimum(head, torch.tensor([0.1, 0.95, 0.3])))
+    with pytest.raises(ValueError, match="success_signal"):
+        success_confidence(traj, "oracle")
+
+
+def test_classifier_runs_on_the_last_counted_frame_when_the_engine_did_not():
+    seen = []
+
+    def classifier(images, task_names):
+        seen.append((images.clone(), list(task_names)))
+        return images[:, 0, 0, 0].float() / 100  # frame (n, t) → (10·n + t) / 100
+
+    traj = _hallucinated(with_classifier_probs=False)
+    probs = classifier_success_probs(traj, classifier)
+    assert torch.allclose(probs, torch.tensor([0.01, 0.12, 0.22]))  # frames (0, 1), (1, 2), (2, 2)
+    assert seen[0][0].shape == (3, 4, 4, 3) and seen[0][1] == ["reach-v3", "push-v3", "reach-v3"]
+    with pytest.raises(ValueError, match="no classifier_probs"):
+        classifier_success_probs(traj)
+
+
+def test_masking_does_not_ask_the_head_that_hallucinated():
+    """Success decided by the head: while the gap is large, a success counts only if the classifier confirms it."""
+    calls = []
+
+    def classifier(images, task_names):
+        calls.append(len(images))
+        return torch.tensor([0.1, 0.95, 0.3])
+
+    vcb = VerifyCallback(lambda p, s: {}, 1, mask_unverified=True, mask_gap_threshold=0.2, success_signal="head",
+                         success_classifier=classifier)  # fmt: skip
+    traj = _hallucinated(with_classifier_probs=False)
+    assert vcb.success_filter(traj).tolist() == [True, True, False] and calls == []  # gap unknown: nothing asked
+    vcb.imagination_gap = 0.5
+    # The head is confident about both successes (> 0.99); the classifier rejects row 0's.
+    assert vcb.success_filter(traj).tolist() == [False, True, False] and calls == [3]
+    by_classifier = VerifyCallback(lambda p, s: {}, 1, mask_unverified=True, success_signal="classifier")
+    by_classifier.imagination_gap = 0.5
+    assert by_classifier.success_filter(traj).tolist() == [True, True, False]  # the head confirms both
+    with pytest.raises(ValueError, match="success classifier"):
+        VerifyCallback(lambda p, s: {}, 1, mask_unverified=True, success_signal="head")

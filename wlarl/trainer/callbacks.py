@@ -1,12 +1,13 @@
 """Trainer callbacks for real-simulator evaluation, paired verification and keeping the best real checkpoint.
 
-`wlarl/` never imports `rollout/`, so the callbacks receive what they run by injection; the recipe builds
-those callables (see `rollout.real.make_real_evaluator`, `rollout.verify.Verifier`,
-`rollout.verify.build_callbacks`):
+`wlarl/` never imports `rollout/`, so the callbacks receive what they run by injection; the `grpo_world` recipe
+builds those callables and the callbacks (`rollout.real.make_real_evaluator`, `rollout.verify.Verifier`,
+`rollout.refresh.WorldRefresh`):
 
 - ``evaluator(policy, step) -> dict``: float metrics (``eval/real_success``, …) and optionally ``"videos"``:
   name → uint8 [T, H, W, 3].
 - ``verifier(policy, step) -> dict``: the same for ``verify/…`` metrics.
+- ``refresh(policy, step) -> dict``: ``verify/refresh_*`` metrics of a simulator refresh.
 
 How metrics reach ``metrics.jsonl``: `GRPOWorldTrainer` calls ``callback.bind(trainer)`` on every callback
 that has `bind`; the callbacks then log with ``trainer.log(metrics)``, which appends to
@@ -37,11 +38,22 @@ from transformers import TrainerCallback
 logger = logging.getLogger(__name__)
 
 Evaluator = Callable[[torch.nn.Module, int], dict[str, Any]]
+SuccessClassifier = Callable[[torch.Tensor, list[str]], torch.Tensor]
 
 
 def fires_at(step: int, every_steps: int) -> bool:
     """Whether a periodic callback fires after optimizer step `step` (1-based global step): every `every_steps`."""
     return every_steps > 0 and step > 0 and step % every_steps == 0
+
+
+def period_steps(value: float | int | None, max_steps: int) -> int:
+    """Steps between runs: an int, or a float in (0, 1) read as a ratio of `max_steps` (TrainingArguments style);
+    0 or None: never."""
+    if not value:
+        return 0
+    if 0 < value < 1:
+        return max(1, math.ceil(value * max_steps))
+    return int(value)
 
 
 def mask_unverified(
@@ -54,12 +66,13 @@ def mask_unverified(
     """Imagined successes that count, given the last measured imagination gap (WoVR-style masking).
 
     When verification measured imagined success exceeding real success by more than `gap_threshold`, the
-    World Expert is hallucinating successes: an imagined success then only counts if the reward model is
+    simulator is hallucinating successes: an imagined success then only counts if a second, independent signal is
     confident about it (probability >= `confidence`). Otherwise (gap unknown, NaN or small) nothing changes.
 
     Args:
         success: bool [N] imagined success per trajectory.
-        success_probs: float [N] reward-model success probability of each trajectory.
+        success_probs: float [N] success probability of each trajectory by a signal that did not decide `success`
+            (see `success_confidence`).
         imagination_gap: last measured imagined − real success rate (None before the first verification).
         gap_threshold: gap above which unconfident successes are masked.
         confidence: probability an imagined success needs while masking is active.
@@ -73,22 +86,81 @@ def mask_unverified(
         raise ValueError(
             f"mask_unverified: success_probs must have the shape of success {tuple(success.shape)}, got {tuple(probs.shape)}"
         )
-    if imagination_gap is None or not math.isfinite(imagination_gap) or imagination_gap <= gap_threshold:
+    if not masking_active(imagination_gap, gap_threshold):
         return success.clone()
     return success & (probs >= confidence)
 
 
+def masking_active(imagination_gap: float | None, gap_threshold: float) -> bool:
+    """Whether the last measured imagination gap is known and above `gap_threshold`."""
+    return imagination_gap is not None and math.isfinite(imagination_gap) and imagination_gap > gap_threshold
+
+
+def _last_alive(alive: torch.Tensor) -> torch.Tensor:
+    """long [N]: the last chunk that counts of each row (alive bool [N, T]; 0 for a row with none)."""
+    alive = alive.bool()
+    t = torch.arange(alive.shape[1], device=alive.device)[None].expand_as(alive)  # [N, T]
+    return torch.where(alive, t, torch.zeros_like(t)).max(dim=1).values  # [N]
+
+
 def trajectory_success_probs(traj: Any) -> torch.Tensor:
-    """float [N]: sigmoid of the predicted success logit at each trajectory's last counted chunk.
+    """float [N]: the World Expert's success head, sigmoid of its logit at each trajectory's last counted chunk.
 
     Args:
         traj: `Trajectories` with success_logits [N, T] and alive [N, T].
     """
-    alive = traj.alive.bool()  # [N, T]
-    t = torch.arange(alive.shape[1], device=alive.device)[None].expand_as(alive)  # [N, T]
-    last = torch.where(alive, t, torch.zeros_like(t)).max(dim=1).values  # [N]
-    logits = traj.success_logits.gather(1, last[:, None])[:, 0]  # [N]
-    return torch.sigmoid(logits.float())
+    last = _last_alive(traj.alive)  # [N]
+    logits = traj.success_logits.gather(1, last[:, None].to(traj.success_logits.device))[:, 0]  # [N]
+    return torch.sigmoid(logits.float()).cpu()
+
+
+def classifier_success_probs(traj: Any, success_classifier: SuccessClassifier | None = None) -> torch.Tensor:
+    """float [N]: the success classifier's probability of each trajectory's last counted predicted frame.
+
+    Reads `traj.classifier_probs` [N, T] when the imagination engine filled it (it ran the classifier), else runs
+    `success_classifier` on ``traj.subgoal_images[n, last alive chunk]``.
+    """
+    last = _last_alive(traj.alive)  # [N]
+    probs = getattr(traj, "classifier_probs", None)  # a newer Trajectories field; hand-built ones may lack it
+    if probs is not None:
+        return probs.float().cpu().gather(1, last.cpu()[:, None])[:, 0]
+    if success_classifier is None:
+        raise ValueError(
+            "classifier_success_probs: the trajectories carry no classifier_probs and no success_classifier was given "
+            "(the success reward model's predict_proba)"
+        )
+    rows = torch.arange(len(last))
+    images = traj.subgoal_images[rows, last.cpu()]  # uint8 [N, H, W, 3] (lazy images decode just these frames)
+    out = torch.as_tensor(success_classifier(images, list(traj.task_names)), dtype=torch.float32).cpu().reshape(-1)
+    if out.shape != (len(last),):
+        raise ValueError(f"success_classifier: expected {len(last)} probabilities, got shape {tuple(out.shape)}")
+    return out
+
+
+def success_confidence(
+    traj: Any, success_signal: str, success_classifier: SuccessClassifier | None = None
+) -> torch.Tensor:
+    """float [N]: how sure a signal that did NOT decide imagined success is that each trajectory succeeded.
+
+    A success the World Expert's head hallucinated must not be confirmed by that head: with ``success_signal``
+    "head" the check is the success classifier on the last counted predicted frame; with "classifier" it is the
+    head; with "both" (both had to agree) it is the smaller of the two.
+
+    Args:
+        traj: `Trajectories` (alive [N, T], success_logits [N, T], classifier_probs [N, T] or None, subgoal_images).
+        success_signal: what decided success in imagination: "classifier", "head" or "both".
+        success_classifier: ``fn(images uint8 [n, H, W, 3], task_names) -> probs [n]``, used when
+            `traj.classifier_probs` is missing.
+    """
+    if success_signal == "classifier":
+        return trajectory_success_probs(traj)
+    if success_signal == "head":
+        return classifier_success_probs(traj, success_classifier)
+    if success_signal == "both":
+        return torch.minimum(trajectory_success_probs(traj), classifier_success_probs(traj, success_classifier))
+    raise ValueError(
+        f"success_confidence: success_signal must be 'classifier', 'head' or 'both', got {success_signal!r}"
+    )
 
 
 # --------------------------------------------------------------------------------------------------- base
@@ -267,7 +339,7 @@ class RealEvalCallback(_PeriodicCallback):
 
 
 class VerifyCallback(_PeriodicCallback):
-    """Paired verification every `verify_steps`; optionally refreshes the World Expert and masks unverified successes.
+    """Paired verification every `verify_steps`; optionally masks imagined successes it cannot confirm.
 
     Args:
         verifier: ``verifier(policy, step) -> dict`` with ``verify/imagination_gap`` among its metrics
@@ -276,11 +348,16 @@ class VerifyCallback(_PeriodicCallback):
         output_dir: side-by-side videos go to ``output_dir/videos/verify_step<step>_<name>``.
         refresh_fn: optional ``refresh_fn(policy, step) -> dict`` run after each verification (e.g. fine-tune the
             simulator snapshot on the real episodes gathered so far); its metrics are logged with the rest.
-        mask_unverified: when bound, install ``trainer.success_filter`` so that imagined successes whose
-            reward-model probability is below `mask_confidence` do not count while the measured gap exceeds
-            `mask_gap_threshold` (see `mask_unverified`).
-        success_prob_fn: ``fn(trajectories) -> float [N]`` reward-model probabilities used for masking
-            (default: sigmoid of the World Expert's success logit at the last counted chunk).
+        mask_unverified: when bound, install ``trainer.success_filter(traj) -> bool [N]``: while the measured gap
+            exceeds `mask_gap_threshold`, an imagined success counts only if a signal independent of the one that
+            decided it (`success_confidence`) gives it at least `mask_confidence`. The trainer leaves the rows it
+            rejects unscored and counts them as failures.
+        mask_gap_threshold: imagination gap above which masking acts.
+        mask_confidence: probability an imagined success needs while masking is active.
+        success_signal: what decided success in imagination ("classifier", "head" or "both"; the engine's).
+        success_classifier: ``fn(images uint8 [n, H, W, 3], task_names) -> probs [n]`` (the success reward model);
+            needed by masking with ``success_signal="head"``, and with "both" when trajectories lack
+            `classifier_probs`.
         at_start: verify at train begin too (default False: the first verification comes after `verify_steps`).
     """
 
@@ -295,17 +372,29 @@ class VerifyCallback(_PeriodicCallback):
         mask_unverified: bool = False,
         mask_gap_threshold: float = 0.2,
         mask_confidence: float = 0.9,
-        success_prob_fn: Callable[[Any], torch.Tensor] | None = None,
+        success_signal: str = "classifier",
+        success_classifier: SuccessClassifier | None = None,
         at_start: bool = False,
         at_end: bool = True,
         **kwargs: Any,
     ):
         super().__init__(verifier, verify_steps, output_dir, at_start=at_start, at_end=at_end, **kwargs)
+        if success_signal not in ("classifier", "head", "both"):
+            raise ValueError(
+                f"VerifyCallback: success_signal must be 'classifier', 'head' or 'both', got {success_signal!r}"
+            )
+        if mask_unverified and success_signal == "head" and success_classifier is None:
+            raise ValueError(
+                "VerifyCallback: mask_unverified with success_signal='head' checks the head's successes with the "
+                "success classifier, but none was given: add a success reward model (reward_funcs subgoal_success) "
+                "or set mask_unverified False"
+            )
         self.refresh_fn = refresh_fn
         self.mask_unverified = mask_unverified
         self.mask_gap_threshold = mask_gap_threshold
         self.mask_confidence = mask_confidence
-        self.success_prob_fn = success_prob_fn or trajectory_success_probs
+        self.success_signal = success_signal
+        self.success_classifier = success_classifier
         self.imagination_gap: float | None = None
 
     def bind(self, trainer: Any) -> None:
@@ -314,13 +403,13 @@ class VerifyCallback(_PeriodicCallback):
             trainer.success_filter = self.success_filter
 
     def success_filter(self, traj: Any) -> torch.Tensor:
-        """bool [N]: which imagined successes count (the trainer ANDs this with `traj.success`)."""
+        """bool [N]: which imagined successes count (the trainer leaves ``traj.success & ~filter`` rows unscored)."""
+        success = torch.as_tensor(traj.success).bool().cpu()
+        if not masking_active(self.imagination_gap, self.mask_gap_threshold):
+            return success.clone()  # no second opinion is computed while the gap is small
+        confidence = success_confidence(traj, self.success_signal, self.success_classifier)
         return mask_unverified(
-            traj.success,
-            self.success_prob_fn(traj),
-            self.imagination_gap,
-            self.mask_gap_threshold,
-            self.mask_confidence,
+            success, confidence, self.imagination_gap, self.mask_gap_threshold, self.mask_confidence
         )
 
     def _extra_metrics(self, model: torch.nn.Module, step: int, out: dict[str, Any]) -> dict[str, float]:
@@ -329,8 +418,7 @@ class VerifyCallback(_PeriodicCallback):
             self.imagination_gap = float(gap)
         extra: dict[str, float] = {}
         if self.mask_unverified:
-            active = self.imagination_gap is not None and self.imagination_gap > self.mask_gap_threshold
-            extra["verify/masking_active"] = float(active)
+            extra["verify/masking_active"] = float(masking_active(self.imagination_gap, self.mask_gap_threshold))
         if self.refresh_fn is not None and "verify/error" not in out:
             refreshed = self.refresh_fn(model, step)
             extra.update({k: float(v) for k, v in refreshed.items() if isinstance(v, (int, float, np.number, bool))})
@@ -347,7 +435,7 @@ class VerifyCallback(_PeriodicCallback):
 
 class RefreshWorldCallback(_PeriodicCallback):
     """Every `refresh_steps`, runs ``refresh_fn(policy, step) -> dict`` (e.g. fine-tune the simulator snapshot's
-    World Expert on the real episodes gathered so far, `rollout.verify.Verifier.refresh`) and logs its metrics
+    World Expert on the real episodes gathered so far, `rollout.refresh.WorldRefresh`) and logs its metrics
     (``verify/refresh_*``). Never at train begin or end."""
 
     prefix = "verify"
@@ -531,7 +619,11 @@ __all__ = [
     "RealEvalCallback",
     "RefreshWorldCallback",
     "VerifyCallback",
+    "classifier_success_probs",
     "fires_at",
     "mask_unverified",
+    "masking_active",
+    "period_steps",
+    "success_confidence",
     "trajectory_success_probs",
 ]

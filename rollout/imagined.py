@@ -114,6 +114,9 @@ class ImaginationEngine:
         classifier_threshold: the classifier's decision threshold (its calibrated one).
         reencode: feed the policy encode(decode(prediction)) instead of the raw predicted latent.
         action_low, action_high: the bounds actions are clipped to before the World Expert executes them.
+        clip_actions, simulator_subtask: ablations only, to measure what the rules above are worth:
+            `clip_actions=False` hands the raw draws to the World Expert; `simulator_subtask="policy"` conditions it
+            on the subtask the policy sampled (the text channel the default "own" closes).
     """
 
     def __init__(
@@ -128,6 +131,8 @@ class ImaginationEngine:
         reencode: bool = False,
         action_low: float = -1.0,
         action_high: float = 1.0,
+        clip_actions: bool = True,
+        simulator_subtask: str = "own",
     ):
         if decode_images not in ("lazy", "eager"):
             raise ValueError(f"ImaginationEngine: decode_images must be 'lazy' or 'eager', got {decode_images!r}")
@@ -144,6 +149,10 @@ class ImaginationEngine:
                 f"ImaginationEngine: success_signal={success_signal!r} needs a success_classifier (the success reward "
                 "model's predict_proba); pass one or use success_signal='head'"
             )
+        if simulator_subtask not in ("own", "policy"):
+            raise ValueError(
+                f"ImaginationEngine: simulator_subtask must be 'own' or 'policy', got {simulator_subtask!r}"
+            )
         if not action_low < action_high:
             raise ValueError(f"ImaginationEngine: need action_low < action_high, got {action_low}, {action_high}")
         self.world = world
@@ -155,6 +164,8 @@ class ImaginationEngine:
         self.classifier_threshold = float(classifier_threshold)
         self.reencode = bool(reencode)
         self.action_bounds = (float(action_low), float(action_high))
+        self.clip_actions = bool(clip_actions)
+        self.simulator_subtask = simulator_subtask
 
     def _decode_each_chunk(self) -> bool:
         return self.decode_images == "eager" or self.reencode or self.success_signal != "head"
@@ -214,9 +225,10 @@ class ImaginationEngine:
             if generator is not None:
                 act_kwargs["generator"] = generator
             action = policy.act(obs, **act_kwargs).detach()
-            executed = bound_actions(action.actions, *self.action_bounds)  # [N, H, A]
+            executed = bound_actions(action.actions, *self.action_bounds) if self.clip_actions else action.actions
             # sample=None: the simulator generates its own greedy subtask (the policy's text cannot steer it).
-            pred = self.world.imagine(obs, executed, decode=decode, sample=None)
+            conditioning = action if self.simulator_subtask == "policy" else None
+            pred = self.world.imagine(obs, executed, decode=decode, sample=conditioning)  # [N] predictions
             observations.append(obs)
             samples.append(action)
             preds.append(pred)
@@ -245,7 +257,7 @@ class ImaginationEngine:
             task_names=list(obs.task_names),
             group_size=group_size,
             classifier_probs=torch.stack(probs_t, dim=1) if probs_t else None,  # [N, T]
-            action_bounds=self.action_bounds,
+            action_bounds=self.action_bounds if self.clip_actions else None,
         )
 
 

@@ -185,6 +185,20 @@ class GRPOWorldConfig(GRPOConfig):
             "'head' (the World Expert's success head) or 'both' (both must agree)."
         },
     )
+    clip_imagined_actions: bool = field(
+        default=True,
+        metadata={
+            "help": "The World Expert executes sampled chunks clipped to [-1, 1], as the real simulator does. False "
+            "is an ablation only (the raw Gaussian draw is imagined)."
+        },
+    )
+    imagine_with_policy_subtask: bool = field(
+        default=False,
+        metadata={
+            "help": "Ablation only: condition the simulator on the subtask the policy sampled, the text channel a "
+            "policy can steer its simulator through. Default False: the simulator uses its own greedy subtask."
+        },
+    )
     reencode_predictions: bool = field(
         default=True,
         metadata={

@@ -29,9 +29,10 @@ from rewards import RewardScorer  # noqa: E402
 from rewards.goal_similarity import GoalSimilarityReward  # noqa: E402
 from rewards.progress import ProgressReward  # noqa: E402
 from rewards.shaping import ShapingReward  # noqa: E402
-from rewards.subgoal_success import (  # noqa: E402
+from rewards.subgoal_success import SubgoalSuccessReward  # noqa: E402
+from rewards.subtask_text import SubtaskTextReward  # noqa: E402
+from rewards.success_classifier import (  # noqa: E402
     FrameSet,
-    SubgoalSuccessReward,
     SuccessClassifier,
     SuccessClassifierConfig,
     auroc,
@@ -42,7 +43,6 @@ from rewards.subgoal_success import (  # noqa: E402
     predicted_frames,
     split_by_episode,
 )
-from rewards.subtask_text import SubtaskTextReward  # noqa: E402
 from wlarl.types import ActionSample, Observation, Trajectories  # noqa: E402
 
 TASKS = ["reach-v3", "push-v3", "drawer-open-v3", "button-press-topdown-v3"]

@@ -11,7 +11,7 @@ reliability table) and the hard-negative false-positive rate are reported on the
 `--policy_path`, on World-Expert-predicted frames labelled with the real outcome.
 
 Writes to output_dir: config.json (this config), final/ (the model, save_pretrained; load with
-`rewards.subgoal_success.load_success_classifier(output_dir)` or use `--reward_model_path output_dir` in
+`rewards.success_classifier.load_success_classifier(output_dir)` or use `--reward_model_path output_dir` in
 grpo_world), metrics.jsonl, results.json (final metrics with reliability tables).
 """
 
@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
 
-from rewards.subgoal_success import (  # noqa: E402
+from rewards.success_classifier import (  # noqa: E402
     FrameSet,
     SuccessClassifier,
     SuccessClassifierConfig,

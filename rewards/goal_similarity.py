@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from rewards.base import last_alive_index, reward_factory
+from rewards.success_classifier.labels import frame_labels
 
 
 class GoalSimilarityReward:
@@ -121,8 +122,6 @@ def goal_latents_from_dataset(
     Returns:
         ({task: [K, C, h, w]}, {task: [C, h, w]}).
     """
-    from rewards.subgoal_success import frame_labels
-
     if isinstance(dataset, (str, Path)):
         from datasets import load_from_disk
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 from reward_fixtures import make_episode_dataset, make_trajectories
 
 from rewards import RewardLoadError, build_reward_scorer, resolve_reward_func
-from rewards.subgoal_success import (
-    SubgoalSuccessReward,
+from rewards.subgoal_success import SubgoalSuccessReward
+from rewards.success_classifier import (
     SuccessClassifier,
     SuccessClassifierConfig,
     augment_images,
@@ -101,6 +103,28 @@ def test_unknown_task_and_save_load_round_trip(tmp_path):
     assert torch.allclose(loaded.predict_proba(imgs, ["reach-v3"] * 3), model.predict_proba(imgs, ["reach-v3"] * 3))
     with pytest.raises(FileNotFoundError, match="train one with"):
         load_success_classifier(tmp_path / "nothing")
+
+
+def test_truncated_or_corrupt_checkpoint_names_the_file(tmp_path):
+    tiny_model().save_pretrained(tmp_path / "final")
+    weights, config = tmp_path / "final" / "model.safetensors", tmp_path / "final" / "config.json"
+    good_weights, good_config = weights.read_bytes(), config.read_text()
+    weights.write_bytes(good_weights[: len(good_weights) // 2])  # cut in half
+    with pytest.raises(ValueError, match=re.escape(f"cannot load the weights in {weights}")):
+        load_success_classifier(tmp_path)
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{weights} is missing")):
+        load_success_classifier(tmp_path)
+    weights.write_bytes(good_weights)
+    config.write_text(good_config[: len(good_config) // 2])
+    with pytest.raises(ValueError, match=re.escape(f"cannot read {config}")):
+        load_success_classifier(tmp_path)
+    config.write_text(good_config.replace('"hidden_size": 32', '"hidden_size": 64'))  # weights of another config
+    with pytest.raises(ValueError, match=re.escape(str(weights))):
+        load_success_classifier(tmp_path)
+    config.unlink()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_success_classifier(tmp_path)
 
 
 def test_training_separates_success_from_hard_negatives():

@@ -253,6 +253,37 @@ def load_episodes(path: str | os.PathLike) -> EpisodeDataset:
     )
 
 
+def window_rows(start: int, end: int, horizon: int, stride: int = 1) -> dict[str, np.ndarray]:
+    """Dataset rows of the H-step windows of one episode occupying rows [start, end) (row end-1 is the final
+    observation, with no action): the one windowing rule of SFT, World-Expert fidelity and predicted frames.
+
+    A window starts at every `stride`-th observation that has an action (never the final observation). Its action
+    rows t..t+H-1 are padded past the last real action row (end-2) by repeating that row; its target observation is
+    row t+H clamped to the final observation.
+
+    Args:
+        start, end: the episode's dataset rows [start, end), end - start >= 2 for one window.
+        horizon: H, actions per chunk.
+        stride: spacing of window starts.
+
+    Returns:
+        `t` int64 [W] window start rows, `actions` int64 [W, H] action rows, `next` int64 [W] target observation
+        rows, `valid` bool [W, H] (False on padded action rows).
+    """
+    if horizon < 1 or stride < 1:
+        raise ValueError(f"window_rows: horizon={horizon} and stride={stride} must both be >= 1")
+    last = int(end) - 1  # final observation row
+    t = np.arange(int(start), last, int(stride), dtype=np.int64)  # [W]
+    rows = t[:, None] + np.arange(horizon, dtype=np.int64)[None]  # [W, H]
+    valid = rows < last
+    return {
+        "t": t,
+        "actions": np.minimum(rows, last - 1),  # [W, H]; padding repeats the last real action row
+        "next": np.minimum(t + horizon, last),  # [W]
+        "valid": valid,  # [W, H]
+    }
+
+
 class SFTWindows(torch.utils.data.Dataset):
     """SFT windows: observation at t, action chunk t..t+H-1, observation at t+H, subtask at t.
 
@@ -274,28 +305,20 @@ class SFTWindows(torch.utils.data.Dataset):
         self.horizon = int(horizon)
         self.stride = int(stride)
         self._data = ep_ds.dataset.with_format("arrow")
-        ends, rows = [], []
-        for s, e in ep_ds.episode_ranges:
-            t_rows = np.arange(s, e - 1, self.stride)  # window starts: never the is_last row
-            rows.append(t_rows)
-            ends.append(np.full(len(t_rows), e))
-        self._row = np.concatenate(rows).astype(np.int64)
-        self._ep_end = np.concatenate(ends).astype(np.int64)  # exclusive; row end-1 is the final observation
+        windows = [window_rows(s, e, self.horizon, self.stride) for s, e in ep_ds.episode_ranges]
+        self._row = np.concatenate([w["t"] for w in windows])  # [W] window start rows
+        self._actions = np.concatenate([w["actions"] for w in windows])  # [W, H] action rows
+        self._next = np.concatenate([w["next"] for w in windows])  # [W] target observation rows
+        self._valid = np.concatenate([w["valid"] for w in windows])  # [W, H]
 
     def __len__(self) -> int:
         return len(self._row)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        r, end = int(self._row[i]), int(self._ep_end[i])
-        h = self.horizon
-        last = end - 1  # final observation row
-        nxt = min(r + h, last)
-        chunk = _read(self._data, slice(r, nxt + 1), _WINDOW_COLUMNS)
-        n_valid = min(h, last - r)  # action rows r..r+n_valid-1 are real actions
-        actions = np.asarray(chunk["action"][:n_valid], dtype=np.float32)  # [n_valid, A]
-        if n_valid < h:
-            actions = np.concatenate([actions, np.repeat(actions[-1:], h - n_valid, axis=0)])
-        mask = np.arange(h) < n_valid
+        r, nxt = int(self._row[i]), int(self._next[i])
+        chunk = _read(self._data, slice(r, nxt + 1), _WINDOW_COLUMNS)  # rows r..t+H (clamped), nxt > r always
+        actions = np.asarray(chunk["action"], dtype=np.float32)[self._actions[i] - r]  # [H, A]
+        mask = self._valid[i].copy()  # [H]
         return {
             "image": np.asarray(chunk["image"][0], dtype=np.uint8),
             "state": np.asarray(chunk["state"][0], dtype=np.float32),

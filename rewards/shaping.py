@@ -4,6 +4,12 @@ r_n = -(smoothness_weight · mean_k ||a_{k+1} - a_k||² + bound_weight · mean_k
 
 over the actions of the chunks row n ran (alive), in execution order (chunk by chunk, H actions each).
 A row whose actions are constant and inside the bounds gets 0; every penalty makes it negative.
+
+The actions scored are the policy's greedy mean chunks (`action_means`) when the trainer hands them, else the
+executed actions (`actions`, clipped to the bounds as the simulator does). On the sampled actions the penalty
+would reward a policy for shrinking its std (less sampling noise, less jerk) and for pulling means that sit at ±1
+inward (fewer draws outside the bounds): neither makes the executed behaviour better. On the means, two rows with
+the same means score the same whatever their noise, and a mean at exactly ±1 pays no bound penalty.
 """
 
 from __future__ import annotations
@@ -42,11 +48,20 @@ class ShapingReward:
         self.smoothness_weight = float(smoothness_weight)
         self.bound_weight = float(bound_weight)
 
-    def __call__(self, *, actions: torch.Tensor, alive: torch.Tensor | None = None, **kwargs: Any) -> list[float]:
-        """Args: actions float [N, T, H, A]; alive bool [N, T]. Returns N penalties (≤ 0)."""
-        actions = torch.as_tensor(actions).float()
+    def __call__(
+        self,
+        *,
+        actions: torch.Tensor,
+        action_means: torch.Tensor | None = None,
+        alive: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> list[float]:
+        """Args: actions float [N, T, H, A] executed; action_means float [N, T, H, A] greedy means or None;
+        alive bool [N, T]. Returns N penalties (≤ 0) on `action_means` when given, else on `actions`."""
+        actions = torch.as_tensor(actions if action_means is None else action_means).float()  # [N, T, H, A] scored
         if actions.ndim != 4:
-            raise ValueError(f"shaping: expected actions [N, T, H, A], got shape {tuple(actions.shape)}")
+            name = "actions" if action_means is None else "action_means"
+            raise ValueError(f"shaping: expected {name} [N, T, H, A], got shape {tuple(actions.shape)}")
         n, t, h, a = actions.shape
         if alive is None:
             alive = torch.ones(n, t, dtype=torch.bool)

@@ -6,14 +6,15 @@ task's phases *and* its phase index is not below the highest phase seen earlier 
 order); the reward is the mean over chunks, in [0, 1]. Texts are compared after lower-casing, collapsing spaces and
 dropping a trailing period. Rows of a task without rules are skipped (None).
 
-The rule table comes from the caller (`subtask_rules={task: [phase, ...]}`), else from `rollout.experts` when it
-exposes `SUBTASK_RULES` (a mapping) or `subtask_phases(task_name) -> list[str]`.
+The rule table reaches the reward only through the reward context: ``build_reward_scorer(...,
+subtask_rules={task_name: [phase, ...]})`` (the recipe passes `rollout.experts.SUBTASK_RULES`; `rewards/` never
+imports `rollout/`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -26,54 +27,32 @@ def normalize_subtask(text: str) -> str:
     return re.sub(r"\s+", " ", text.strip().lower()).rstrip(".").strip()
 
 
-def _rules_from_rollout() -> Callable[[str], Sequence[str] | None] | None:
-    try:
-        from rollout import experts  # noqa: PLC0415 - optional source of the rule table
-    except ImportError:
-        return None
-    table = getattr(experts, "SUBTASK_RULES", None)
-    if isinstance(table, Mapping):
-        return lambda task: table.get(task)
-    fn = getattr(experts, "subtask_phases", None)
-    if callable(fn):
-
-        def lookup(task: str) -> Sequence[str] | None:
-            try:
-                return fn(task)
-            except (KeyError, ValueError):
-                return None
-
-        return lookup
-    return None
-
-
 class SubtaskTextReward:
     """Fraction of executed chunks whose subtask is a valid phase of the task, in order.
 
     Args:
-        subtask_rules: {task_name: ordered phases}; when None, read from `rollout.experts`.
+        subtask_rules: {task_name: ordered phases} (e.g. `rollout.experts.SUBTASK_RULES`).
     """
 
     __name__ = "subtask_text"
 
     def __init__(self, subtask_rules: Mapping[str, Sequence[str]] | None = None) -> None:
-        if subtask_rules is not None:
-            table = {k: list(v) for k, v in subtask_rules.items()}
-            self._lookup: Callable[[str], Sequence[str] | None] = table.get
-        else:
-            lookup = _rules_from_rollout()
-            if lookup is None:
-                raise ValueError(
-                    "subtask_text: no rule table; pass subtask_rules={task_name: [phase, ...]} in the reward context "
-                    "(rollout.experts exposes neither SUBTASK_RULES nor subtask_phases)"
-                )
-            self._lookup = lookup
+        if subtask_rules is None:
+            raise ValueError(
+                "subtask_text: no rule table; pass subtask_rules={task_name: [phase, ...]} in the reward context, "
+                "e.g. build_reward_scorer(..., subtask_rules=rollout.experts.SUBTASK_RULES)"
+            )
+        if not isinstance(subtask_rules, Mapping):
+            raise TypeError(
+                f"subtask_text: subtask_rules must map task names to lists of phases, got {type(subtask_rules).__name__}"
+            )
+        self._table = {str(k): [str(p) for p in v] for k, v in subtask_rules.items()}
         self._cache: dict[str, dict[str, int] | None] = {}
 
     def phases(self, task_name: str) -> dict[str, int] | None:
         """{normalised phase text: index} for a task, or None when the task has no rules."""
         if task_name not in self._cache:
-            phases = self._lookup(task_name)
+            phases = self._table.get(task_name)
             self._cache[task_name] = (
                 None if phases is None else {normalize_subtask(p): i for i, p in enumerate(phases)}
             )

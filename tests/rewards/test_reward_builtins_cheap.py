@@ -6,7 +6,7 @@ import pytest
 import torch
 from reward_fixtures import make_trajectories
 
-from rewards import RewardScorer, build_reward_scorer, resolve_reward_func
+from rewards import RewardScorer, build_reward_scorer, resolve_reward_func, trajectory_reward_kwargs
 from rewards.progress import ProgressReward
 from rewards.shaping import ShapingReward
 from rewards.subtask_text import SubtaskTextReward, normalize_subtask
@@ -43,6 +43,42 @@ def test_shaping_by_name_with_options():
     assert out.per_function[:, 0].tolist() == [0.0] * 4
     out = RewardScorer(["shaping"])(traj)  # default bounds [-1, 1]: excess 1 on 4 dims
     assert out.per_function[:, 0].tolist() == [-4.0] * 4
+
+
+def test_shaping_scores_the_means_not_the_noise():
+    # two rows with the same greedy means; row 1 was sampled with much more noise (a larger std)
+    means = torch.linspace(-0.5, 0.5, 3 * 2 * 4).reshape(1, 3, 2, 4).repeat(2, 1, 1, 1)  # [N=2, T, H, A]
+    noise = (
+        torch.randn(2, 3, 2, 4, generator=torch.Generator().manual_seed(0))
+        * torch.tensor([0.05, 0.8])[:, None, None, None]
+    )
+    executed = (means + noise).clamp(-1, 1)
+    out = ShapingReward()(actions=executed, action_means=means)
+    assert out[0] == pytest.approx(out[1]) and out[0] == pytest.approx(ShapingReward()(actions=means)[0])
+    # without means (flow heads) the executed actions are scored
+    assert ShapingReward()(actions=executed) != pytest.approx(out)
+
+
+def test_shaping_no_bound_penalty_for_a_mean_at_the_bound():
+    means = torch.zeros(2, 2, 2, 4)
+    means[0, ..., 0], means[1, ..., 1] = 1.0, -1.0  # saturated at exactly +1 / -1, constant
+    sampled = means + torch.randn(2, 2, 2, 4, generator=torch.Generator().manual_seed(1)) * 0.4  # draws beyond ±1
+    assert ShapingReward(smoothness_weight=0.0)(actions=sampled, action_means=means) == [0.0, 0.0]
+    assert ShapingReward()(actions=sampled.clamp(-1, 1), action_means=means) == [0.0, 0.0]
+
+
+def test_shaping_reads_action_means_from_trajectories():
+    means = torch.zeros(4, 3, 2, 4)
+    means[:, 1] = 0.5  # one step change between chunks 0 and 1, and back between 1 and 2
+    traj = make_trajectories(actions=means + torch.randn(4, 3, 2, 4, generator=torch.Generator().manual_seed(2)))
+    for t, sample in enumerate(traj.samples):
+        sample.extras["mean"] = means[:, t]
+    if not hasattr(traj, "action_means"):
+        pytest.skip("Trajectories has no action_means yet")
+    assert torch.equal(trajectory_reward_kwargs(traj)["action_means"], means)
+    out = build_reward_scorer(["shaping"])(traj).per_function[:, 0]
+    # jerk 4 · 0.25 = 1 at two of the 5 consecutive pairs of executed actions
+    assert out.tolist() == pytest.approx([-2 / 5] * 4)
 
 
 # ---------------------------------------------------------------- subtask_text
@@ -160,11 +196,11 @@ def test_progress_success_from_logits_and_validation():
         ProgressReward(1.0)
 
 
-def test_subtask_text_reads_rules_from_rollout_experts():
-    experts = pytest.importorskip("rollout.experts")
-    if not hasattr(experts, "SUBTASK_RULES") and not hasattr(experts, "subtask_phases"):
-        pytest.skip("rollout.experts exposes no subtask rule table")
-    fn = resolve_reward_func("subtask_text")  # no rules given: read from rollout.experts
-    task = sorted(experts.SUBTASK_RULES)[0] if hasattr(experts, "SUBTASK_RULES") else "push-v3"
-    phases = list(fn._lookup(task))
-    assert fn(task_names=[task, "not-a-task-v3"], subtasks=[phases, ["x"]]) == [1.0, None]
+def test_subtask_text_needs_rules_from_the_context():
+    with pytest.raises(ValueError, match=r"subtask_rules=.*rollout\.experts\.SUBTASK_RULES"):
+        resolve_reward_func("subtask_text")  # rewards/ never reads the table from rollout/ itself
+    from rollout.experts import SUBTASK_RULES  # what the recipe passes
+
+    fn = build_reward_scorer(["subtask_text"], subtask_rules=SUBTASK_RULES).funcs[0]
+    task = sorted(SUBTASK_RULES)[0]
+    assert fn(task_names=[task, "not-a-task-v3"], subtasks=[list(SUBTASK_RULES[task]), ["x"]]) == [1.0, None]

@@ -69,26 +69,33 @@ def make_trajectories(
 def make_episode_dataset(
     n_episodes: int = 24, steps: int = 12, size: int = 32, tasks: tuple[str, ...] = ("push-v3",), seed: int = 0
 ):
-    """A synthetic episode dataset (docs/internals.md schema) whose success is visible only in the object.
+    """A synthetic episode dataset (written by `wlarl.data.write_episodes`) whose success is visible only in the
+    object.
 
     Scene: grey background, a green goal patch on the right, a red object and a blue arm. In successful episodes the
     arm pushes the object onto the goal (success once the object is there). In failed episodes the arm goes to the
     same final pose but the object stays where it was: those frames are hard negatives (arm in the success pose).
-    Half the episodes succeed. Hand xyz (state[:3]) is the arm's pixel position / 100.
+    Half the episodes succeed. Hand xyz (state[:3]) is the arm's pixel position / 100. Returns the in-memory
+    `datasets.Dataset`.
     """
+    import shutil
+    import tempfile
+
     import numpy as np
-    from datasets import Array3D, Dataset, Features, Sequence, Value
+    from datasets import load_from_disk
+
+    from wlarl.data import write_episodes
 
     rng = np.random.default_rng(seed)
-    rows: dict[str, list] = {k: [] for k in _COLUMNS}
     goal = np.array([0.75, 0.5]) * size
-    for ep in range(n_episodes):
+
+    def episode(ep: int) -> dict:
         task = tasks[ep % len(tasks)]
         ok = ep % 2 == 0
         obj0 = np.array([0.3 + 0.1 * rng.random(), 0.3 + 0.4 * rng.random()]) * size
         arm0 = np.array([0.1, 0.1 + 0.8 * rng.random()]) * size
-        first_success = None
-        for t in range(steps + 1):
+        images, states, success = [], [], []
+        for t in range(steps + 1):  # observations 0..T
             frac = min(t / (steps * 0.75), 1.0)
             arm = arm0 + (goal - np.array([size * 0.12, 0]) - arm0) * frac
             obj = obj0 + (goal - obj0) * max(0.0, (frac - 0.4) / 0.6) if ok else obj0
@@ -99,62 +106,27 @@ def make_episode_dataset(
             img[o[1] - 2 : o[1] + 2, o[0] - 2 : o[0] + 2] = (200, 40, 40)
             a = arm.astype(int)
             img[max(a[1] - 3, 0) : a[1] + 3, max(a[0] - 3, 0) : a[0] + 3] = (40, 40, 200)
-            success_now = bool(np.linalg.norm(obj - goal) < 1.0)
-            if success_now and first_success is None:
-                first_success = t
-            rows["image"].append(img)
-            rows["state"].append([arm[0] / 100, arm[1] / 100, 0.1, 0.0])
-            rows["full_state"].append([0.0] * 39)
-            rows["action"].append([0.0] * 4 if t == steps else [0.1, 0.0, 0.0, 0.0])
-            rows["reward"].append(0.0)
-            rows["success"].append(False)  # filled below: success after the action at t = state at t+1
-            rows["episode_success"].append(ok)
-            rows["subtask"].append("push the puck")
-            rows["instruction"].append(f"do {task}")
-            rows["task_name"].append(task)
-            rows["episode_index"].append(ep)
-            rows["step_index"].append(t)
-            rows["seed"].append(ep)
-            rows["noise_mode"].append("clean")
-            rows["is_last"].append(t == steps)
-            if t > 0:
-                rows["success"][-2] = success_now
-    features = Features(
-        {
-            "image": Array3D((size, size, 3), "uint8"),
-            "state": Sequence(Value("float32")),
-            "full_state": Sequence(Value("float32")),
-            "action": Sequence(Value("float32")),
-            "reward": Value("float32"),
-            "success": Value("bool"),
-            "episode_success": Value("bool"),
-            "subtask": Value("string"),
-            "instruction": Value("string"),
-            "task_name": Value("string"),
-            "episode_index": Value("int64"),
-            "step_index": Value("int64"),
-            "seed": Value("int64"),
-            "noise_mode": Value("string"),
-            "is_last": Value("bool"),
+            images.append(img)
+            states.append([arm[0] / 100, arm[1] / 100, 0.1, 0.0])
+            if t > 0:  # success after the action at t-1 = the object is on the goal in observation t
+                success.append(bool(np.linalg.norm(obj - goal) < 1.0))
+        return {
+            "image": np.stack(images),
+            "state": np.asarray(states, dtype=np.float32),
+            "full_state": np.zeros((steps + 1, 39), np.float32),
+            "action": np.tile(np.array([0.1, 0.0, 0.0, 0.0], np.float32), (steps, 1)),
+            "reward": np.zeros(steps, np.float32),
+            "success": np.asarray(success),
+            "subtask": ["push the puck"] * steps,
+            "instruction": f"do {task}",
+            "task_name": task,
+            "seed": ep,
+            "noise_mode": "clean",
         }
-    )
-    return Dataset.from_dict(rows, features=features)
 
-
-_COLUMNS = (
-    "image",
-    "state",
-    "full_state",
-    "action",
-    "reward",
-    "success",
-    "episode_success",
-    "subtask",
-    "instruction",
-    "task_name",
-    "episode_index",
-    "step_index",
-    "seed",
-    "noise_mode",
-    "is_last",
-)
+    tmp = tempfile.mkdtemp(prefix="wlarl-reward-fixture-")
+    try:
+        write_episodes((episode(ep) for ep in range(n_episodes)), f"{tmp}/ds", {"image_size": [size, size]})
+        return load_from_disk(f"{tmp}/ds", keep_in_memory=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

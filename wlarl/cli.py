@@ -57,7 +57,8 @@ def load_section(path_or_name: str, section: str) -> dict[str, Any]:
 def parse_config(cls: type[T], section: str, argv: list[str] | None = None, default_preset: str | None = None) -> T:
     """Build `cls` (a dataclass) from `--config` (a preset file or name) plus command-line overrides.
 
-    Unknown keys in the preset or on the command line raise an error naming them.
+    Unknown keys in the preset or on the command line raise an error naming them. Overriding ``--reward_funcs``
+    without ``--reward_weights`` drops the preset's weights (each listed function gets weight 1.0).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     config_path = default_preset
@@ -70,6 +71,9 @@ def parse_config(cls: type[T], section: str, argv: list[str] | None = None, defa
     parser = HfArgumentParser(cls)
     if config_path is not None:
         values = load_section(config_path, section)
+        if _given(argv, "reward_funcs") and not _given(argv, "reward_weights"):
+            # The preset's weights belong to the preset's functions: other functions get 1.0 each.
+            values.pop("reward_weights", None)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -82,6 +86,12 @@ def parse_config(cls: type[T], section: str, argv: list[str] | None = None, defa
     if extra:
         raise ValueError(f"unknown command-line argument(s) {extra} for {cls.__name__}")
     return cfg
+
+
+def _given(argv: list[str], name: str) -> bool:
+    """Whether option `--name` is on the command line (as `--name value …` or `--name=value`)."""
+    flag = f"--{name}"
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
 
 
 def save_config(cfg: Any, output_dir: str | os.PathLike) -> Path:

@@ -54,3 +54,21 @@ def test_grpo_world_config_accepts_the_example_by_dotted_path():
     )  # fmt: skip
     assert cfg.reward_funcs == ["subgoal_success", "examples.my_reward:stay_in_workspace"]
     assert list(cfg.reward_weights) == [1.0, 0.5]
+
+
+def test_reward_funcs_on_the_command_line_drop_the_preset_weights():
+    from wlarl.cli import load_section, parse_config
+    from wlarl.configs import GRPOWorldConfig
+
+    assert load_section("debug", "grpo_world")["reward_weights"] == [1.0, 0.1]  # the preset has weights
+    base = ["--config", "debug", "--output_dir", "/tmp/x"]
+    one = parse_config(GRPOWorldConfig, "grpo_world", [*base, "--reward_funcs", "predicted_success"])
+    assert one.reward_funcs == ["predicted_success"] and one.reward_weights is None  # 1.0 each
+    two = parse_config(GRPOWorldConfig, "grpo_world", [*base, "--reward_funcs", "predicted_success", "shaping"])
+    assert two.reward_weights is None  # same count as the preset: still not the preset's weights
+    given = parse_config(
+        GRPOWorldConfig, "grpo_world", [*base, "--reward_funcs", "predicted_success", "--reward_weights", "2.0"]
+    )
+    assert list(given.reward_weights) == [2.0]
+    preset = parse_config(GRPOWorldConfig, "grpo_world", base)
+    assert list(preset.reward_weights) == [1.0, 0.1]

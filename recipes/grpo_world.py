@@ -223,6 +223,8 @@ def main() -> None:
     engine = ImaginationEngine(
         snapshot, horizon=cfg.horizon, success_threshold=cfg.success_threshold, success_signal=cfg.success_signal,
         success_classifier=classifier, classifier_threshold=classifier_threshold, reencode=cfg.reencode_predictions,
+        clip_actions=cfg.clip_imagined_actions,
+        simulator_subtask="policy" if cfg.imagine_with_policy_subtask else "own",
     )  # fmt: skip
     world_aux = SFTWindows(episodes, horizon=policy.config.chunk_size) if cfg.world_aux_coef > 0 else None
     # A refresh fine-tunes the simulator on real episodes; the KL / anchor reference must stay the starting policy.

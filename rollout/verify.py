@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from rollout.real import PolicyLike, RealRolloutResult, episode_seeds, rollout_policy
+from wlarl.data import window_rows
 from wlarl.types import Observation
 from wlarl.utils.stats import binary_confusion, changed_pixel_mask, nanmean, precision_recall, psnr
 from wlarl.utils.video import side_by_side
@@ -147,24 +148,30 @@ def world_fidelity(
     if not eps:
         return out
     size = int(getattr(getattr(world, "config", None), "image_size", np.asarray(eps[0]["image"]).shape[1]))
-    N, A = len(eps), np.asarray(eps[0]["action"]).shape[-1]
+    N = len(eps)
     lengths = np.array([len(ep["action"]) for ep in eps])  # [N] steps T_i
+    # Chunk k of episode i is its k-th H-step window, by the windowing rule of SFT (`window_rows`, stride H): action
+    # rows [N, K, H] (padded by repeating the last action), target frame rows [N, K] (kH clamped to the episode's
+    # end), and whether the whole chunk was executed [N, K]. Past an episode's windows it holds still at its end.
+    act_rows = np.zeros((N, K, H), np.int64)
+    next_rows = np.zeros((N, K), np.int64)
+    executed = np.zeros((N, K), bool)
+    for i, T_i in enumerate(lengths):
+        w = window_rows(0, int(T_i) + 1, H, stride=H)  # the episode's rows: T_i + 1 observations
+        n = min(K, len(w["t"]))
+        act_rows[i, :n], next_rows[i, :n], executed[i, :n] = w["actions"][:n], w["next"][:n], w["valid"][:n].all(1)
+        act_rows[i, n:], next_rows[i, n:] = T_i - 1, T_i
     obs = start_observation(eps)
     first = _resize_uint8(obs.images.numpy(), size)  # [N, s, s, 3] the last observed real frame
     obs.latents = world.encode_images(obs.images)
     frames_real = [first[:return_frames]]
     frames_pred = [first[:return_frames]]
     for k in range(1, K + 1):
-        valid = lengths >= k * H  # [N] episodes that executed the whole chunk k
-        actions = np.zeros((N, H, A), np.float32)
-        for i, ep in enumerate(eps):
-            chunk = np.asarray(ep["action"][(k - 1) * H : k * H], np.float32)
-            if len(chunk):
-                actions[i, : len(chunk)] = chunk
-                actions[i, len(chunk) :] = chunk[-1]  # past the end: repeat (ignored, the row is not valid)
-        pred = world.imagine(obs, torch.from_numpy(actions).to(obs.states.device), decode=True)
+        valid = executed[:, k - 1]  # [N] episodes that executed the whole chunk k
+        actions = np.stack([np.asarray(ep["action"], np.float32)[act_rows[i, k - 1]] for i, ep in enumerate(eps)])
+        pred = world.imagine(obs, torch.from_numpy(actions).to(obs.states.device), decode=True)  # actions [N, H, A]
         obs = world.next_observation(obs, pred)
-        real_idx = np.minimum(lengths, k * H)  # [N] frame index kH (clamped for invalid rows)
+        real_idx = next_rows[:, k - 1]  # [N] frame index kH (clamped for invalid rows)
         real = _resize_uint8(np.stack([np.asarray(ep["image"][j]) for ep, j in zip(eps, real_idx)]), size)
         real_state = np.stack([np.asarray(ep["state"][j], np.float32) for ep, j in zip(eps, real_idx)])  # [N, S]
         pred_img = pred.images.cpu().numpy()  # [N, s, s, 3]

@@ -7,6 +7,7 @@ from wlarl.data.episodes import (
     collate_windows,
     load_episodes,
     start_states,
+    window_rows,
     write_episodes,
 )
 from wlarl.data.starts import keyframe_states
@@ -19,5 +20,6 @@ __all__ = [
     "keyframe_states",
     "load_episodes",
     "start_states",
+    "window_rows",
     "write_episodes",
 ]

@@ -57,11 +57,34 @@ def test_debug_one_process_bootstraps_trains_evaluates_and_checkpoints(tmp_path,
     assert all("reward/subgoal_success" in r and "rollout/imagined_success" in r for r in train)
     evals = [r for r in rows if "eval/real_success" in r]
     assert evals and 0.0 <= evals[-1]["eval/real_success"] <= 1.0
+    # greedy and sampled real success at every evaluation
+    assert all(0.0 <= r["eval/real_success_sampled"] <= 1.0 and "eval/reach-v3/success_sampled" in r for r in evals)
     assert any("verify/imagination_gap" in r for r in rows)
     assert (out / "checkpoint-2" / "model.safetensors").is_file()
     assert (out / "final" / "model.safetensors").is_file()
     assert json.loads((out / "config.json").read_text())["max_steps"] == 2
     assert list((out / "imagined").glob("*.png"))
+
+
+@requires_metaworld
+@pytest.mark.parametrize(
+    "source, extra, logged",
+    [
+        ("keyframes", ["--keyframe_stride", "4"], "(keyframes)"),
+        ("reset", ["--tasks", "reach-v3", "--num_reset_starts", "2"], "start states: 2 (reset)"),
+    ],
+)
+def test_debug_start_state_sources_and_head_signal(tmp_path, cache, source, extra, logged):
+    out = tmp_path / source
+    proc = launch(
+        "cpu_1proc.yaml", "--output_dir", str(out), "--max_steps", "1", "--eval_steps", "0", "--verify_steps", "0",
+        "--save_strategy", "no", "--log_image_steps", "0", "--success_signal", "head", "--start_states", source,
+        *extra, cache=cache,
+    )  # fmt: skip
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-6000:]
+    assert logged in text
+    assert len([r for r in read_metrics(out) if "loss/policy" in r]) == 1
 
 
 @requires_metaworld

@@ -5,12 +5,14 @@ See `rewards.base` for the contract and docs/rewards.md for writing your own.
 
 from rewards.base import (
     BUILTIN_REWARDS,
+    REWARD_KWARGS,
     SUBTASK_JOIN,
     RewardFunctionError,
     RewardLoadError,
     RewardScorer,
     build_reward_funcs,
     build_reward_scorer,
+    check_reward_signature,
     predicted_success,
     resolve_reward_func,
     reward_factory,
@@ -22,12 +24,14 @@ from rewards.base import (
 
 __all__ = [
     "BUILTIN_REWARDS",
+    "REWARD_KWARGS",
     "SUBTASK_JOIN",
     "RewardFunctionError",
     "RewardLoadError",
     "RewardScorer",
     "build_reward_funcs",
     "build_reward_scorer",
+    "check_reward_signature",
     "predicted_success",
     "resolve_reward_func",
     "reward_factory",

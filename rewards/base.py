@@ -34,7 +34,7 @@ import numbers
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,27 @@ import torch
 from wlarl.types import RewardOutput, Trajectories
 
 SUBTASK_JOIN = "\n"
+
+# The keyword arguments every reward function is called with (`trajectory_reward_kwargs`; README "Arguments").
+REWARD_KWARGS: tuple[str, ...] = (
+    "subgoal_images",
+    "subgoal_latents",
+    "states",
+    "actions",
+    "action_means",
+    "alive",
+    "instructions",
+    "task_names",
+    "subtasks",
+    "success_logits",
+    "success",
+    "group_size",
+    "start_latents",
+    "trainer_state",
+    "prompts",
+    "completions",
+    "completion_ids",
+)
 
 # name -> "module:attribute". Attributes marked with @reward_factory are built with options from the context.
 BUILTIN_REWARDS: dict[str, str] = {
@@ -155,65 +176,137 @@ def _import_attr(path: str) -> Any:
     return obj
 
 
-def resolve_reward_func(name_or_path: str | Callable, **options: Any) -> Callable:
-    """A reward callable from a built-in name, a dotted path ``pkg.module:callable``, or a callable (returned as is).
+def resolve_reward_func(
+    name_or_path: str | Callable, func_kwargs: Mapping[str, Any] | None = None, **options: Any
+) -> Callable:
+    """A reward callable from a built-in name, a dotted path ``pkg.module:callable``, or a callable.
 
     Factories (marked with :func:`reward_factory`) and classes are called with the `options` their signature
-    accepts; a missing required option raises an error naming it.
+    accepts plus `func_kwargs` (which win over the context); a missing required option raises an error naming it.
+    A callable given `func_kwargs` that is not a factory (TRL's ``get_soft_overlong_punishment``,
+    ``get_repetition_penalty_reward``) is called with them to build the reward function.
 
     Args:
         name_or_path: e.g. ``"shaping"``, ``"examples.my_reward:keep_gripper_open"``.
+        func_kwargs: this function's own options (``--reward_kwargs '{"<name>": {...}}'``).
         **options: context such as ``reward_model_path``, ``dataset_path``, ``policy``, ``subtask_rules``.
 
     Returns:
         The reward function (sync or async callable).
     """
-    if callable(name_or_path):
-        return name_or_path
-    if not isinstance(name_or_path, str):
+    if not callable(name_or_path) and not isinstance(name_or_path, str):
         raise TypeError(f"reward: expected a name, a dotted path or a callable, got {type(name_or_path).__name__}")
-    path = BUILTIN_REWARDS.get(name_or_path, name_or_path)
-    obj = _import_attr(path)
-    if getattr(obj, "__wlarl_reward_factory__", False) or inspect.isclass(obj):
-        kwargs, missing = _accepted(obj, options)
+    path = name_or_path if callable(name_or_path) else BUILTIN_REWARDS.get(name_or_path, name_or_path)
+    obj = name_or_path if callable(name_or_path) else _import_attr(path)
+    label = name_or_path if isinstance(name_or_path, str) else reward_name(name_or_path)
+    own = dict(func_kwargs or {})
+    if getattr(obj, "__wlarl_reward_factory__", False) or (inspect.isclass(obj) and isinstance(name_or_path, str)):
+        kwargs, missing = _accepted(obj, {**options, **own})
+        ignored = sorted(set(own) - set(kwargs))
+        if ignored:
+            raise RewardLoadError(
+                f"reward {label!r}: reward_kwargs option(s) {ignored} are not parameters of {path}; it takes "
+                f"{sorted(inspect.signature(obj).parameters)}"
+            )
         if missing:
             raise RewardLoadError(
-                f"reward {name_or_path!r} needs option(s) {missing} to be built (pass them in the context, e.g. "
-                f"--{missing[0]} on the command line); got {sorted(options)}"
+                f"reward {label!r} needs option(s) {missing} to be built (pass them in the context, e.g. "
+                f"--{missing[0]} on the command line, or in --reward_kwargs); got {sorted({**options, **own})}"
             )
         obj = obj(**kwargs)
+    elif own:
+        try:
+            obj = obj(**own)
+        except TypeError as e:
+            raise RewardLoadError(f"reward {label!r}: building it with reward_kwargs {own} failed: {e}") from e
     if not callable(obj):
-        raise RewardLoadError(f"reward {name_or_path!r}: {path} is a {type(obj).__name__}, not a callable")
+        raise RewardLoadError(f"reward {label!r}: {path} is a {type(obj).__name__}, not a callable")
     return obj
 
 
-def _display_name(spec: str | Callable, fn: Callable) -> str:
+def check_reward_signature(name: str, fn: Callable) -> None:
+    """Raise `RewardLoadError` when `fn` cannot be called with the reward keyword arguments.
+
+    A reward function is called as ``fn(**kwargs)`` with every name in `REWARD_KWARGS` (plus extras), so it must
+    take ``**kwargs`` and may require no positional-only parameter and no keyword outside `REWARD_KWARGS`. Checked
+    when the function is loaded, not after the first rollout.
+    """
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (some builtins): the first call will tell
+        return
+    hint = "reward functions are called with keyword arguments only, e.g. `def my_reward(*, states, **kwargs)`"
+    for p in params:
+        required = p.default is p.empty
+        if p.kind is p.POSITIONAL_ONLY and required:
+            raise RewardLoadError(f"reward function {name!r}: parameter {p.name!r} is positional-only; {hint}")
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and required and p.name not in REWARD_KWARGS:
+            factory_hint = (
+                f"; if {name!r} builds the reward function, give its options with "
+                f'--reward_kwargs \'{{"{name}": {{"{p.name}": ...}}}}\''
+            )
+            raise RewardLoadError(
+                f"reward function {name!r}: required parameter {p.name!r} is not a reward keyword argument "
+                f"({', '.join(REWARD_KWARGS)}){factory_hint}"
+            )
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        raise RewardLoadError(
+            f"reward function {name!r} takes no **kwargs, but it is called with every reward keyword argument; {hint}"
+        )
+
+
+def _display_name(spec: str | Callable) -> str:
+    """Metric name of a reward spec: a built-in's name, a dotted path's attribute, a callable's `__name__`."""
     if isinstance(spec, str):
         return spec if spec in BUILTIN_REWARDS else spec.rpartition(":")[2].rpartition(".")[2]
-    return reward_name(fn)
+    return reward_name(spec)
 
 
-def build_reward_funcs(names: Sequence[str | Callable], **context: Any) -> tuple[list[Callable], list[str]]:
-    """Resolve every name (built-in, dotted path or callable), building factories with `context`.
+def build_reward_funcs(
+    names: Sequence[str | Callable], reward_kwargs: Mapping[str, Mapping[str, Any]] | None = None, **context: Any
+) -> tuple[list[Callable], list[str]]:
+    """Resolve every name (built-in, dotted path or callable), building factories with `context`, and check that
+    each function can take the reward keyword arguments (`check_reward_signature`).
+
+    Args:
+        names: F reward functions.
+        reward_kwargs: ``{function name: {option: value}}``, a function named by its display name (the attribute of a
+            dotted path, e.g. ``get_soft_overlong_punishment``) or as written in `names`.
+        **context: options every factory may take (``reward_model_path``, ``policy``, ``subtask_rules``, …).
 
     Returns:
         (functions, display names) — built-ins keep their name, dotted paths use the attribute name.
     """
-    if isinstance(names, str):
+    if isinstance(names, str) or callable(names):
         names = [names]
+    reward_kwargs = dict(reward_kwargs or {})
+    keys = [(spec, _display_name(spec)) for spec in names]
+    known = {k for pair in keys for k in pair if isinstance(k, str)}
+    unknown = sorted(set(reward_kwargs) - known)
+    if unknown:
+        raise RewardLoadError(
+            f"reward_kwargs names {unknown}, which are not among the reward functions {[d for _, d in keys]}"
+        )
     funcs, display = [], []
-    for spec in names:
-        fn = resolve_reward_func(spec, **context)
+    for spec, shown in keys:
+        own = reward_kwargs.get(spec) if isinstance(spec, str) and spec in reward_kwargs else reward_kwargs.get(shown)
+        if own is not None and not isinstance(own, Mapping):
+            raise RewardLoadError(f"reward_kwargs[{shown!r}]: expected a mapping of options, got {own!r}")
+        fn = resolve_reward_func(spec, own, **context)
+        check_reward_signature(shown, fn)
         funcs.append(fn)
-        display.append(_display_name(spec, fn))
+        display.append(shown)
     return funcs, display
 
 
 def build_reward_scorer(
-    names: Sequence[str | Callable], weights: Sequence[float] | None = None, **context: Any
+    names: Sequence[str | Callable],
+    weights: Sequence[float] | None = None,
+    reward_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    **context: Any,
 ) -> RewardScorer:
-    """`RewardScorer` over `build_reward_funcs(names, **context)` with `weights` (default 1 each)."""
-    funcs, display = build_reward_funcs(names, **context)
+    """`RewardScorer` over `build_reward_funcs(names, reward_kwargs, **context)` with `weights` (default 1 each)."""
+    funcs, display = build_reward_funcs(names, reward_kwargs, **context)
     return RewardScorer(funcs, weights, display)
 
 
@@ -408,6 +501,20 @@ class RewardScorer:
 
     def __repr__(self) -> str:
         return f"RewardScorer({dict(zip(self.names, [round(w, 6) for w in self.weights.tolist()]))})"
+
+    def find_success_classifier(self) -> tuple[Callable[[torch.Tensor, list[str]], torch.Tensor], float] | None:
+        """The success classifier among the functions, as ``(predict_proba, threshold)``, or None.
+
+        A function qualifies when it has ``.model.predict_proba`` and a ``.threshold`` (e.g. `subgoal_success`);
+        the first one is returned. ``predict_proba(images uint8 [N, H, W, 3], task_names N strings) -> float [N]``
+        gives calibrated success probabilities; success is ``p >= threshold``.
+        """
+        for fn in self.funcs:
+            predict = getattr(getattr(fn, "model", None), "predict_proba", None)
+            threshold = getattr(fn, "threshold", None)
+            if callable(predict) and threshold is not None:
+                return predict, float(threshold() if callable(threshold) else threshold)
+        return None
 
     def __call__(self, trajectories: Trajectories, trainer_state: Any = None, **extra: Any) -> RewardOutput:
         """Score N trajectories: per_function [N, F] (NaN where a function skipped a row)."""

@@ -46,6 +46,9 @@ def user_module(tmp_path, monkeypatch):
                     return [value] * len(instructions)
                 return constant
 
+            def needs_solution(*, completions, solution, **kwargs):
+                return [float(c == s) for c, s in zip(completions, solution)]
+
             NOT_CALLABLE = 3
             """
         )
@@ -258,3 +261,87 @@ def test_validate_accepts_numpy_scalars():
 def test_unique_names(traj):
     with pytest.raises(ValueError, match="unique"):
         RewardScorer(["trajectory_success", "trajectory_success"])
+
+
+# ---------------------------------------------------------------- reward_kwargs and signatures checked at load
+
+
+def test_trl_factory_configured_from_the_command_line():
+    from wlarl.cli import parse_config
+    from wlarl.configs import GRPOWorldConfig
+
+    cfg = parse_config(
+        GRPOWorldConfig,
+        "grpo_world",
+        ["--output_dir", "/tmp/x", "--reward_funcs", "trl.rewards:get_soft_overlong_punishment", "--reward_kwargs",
+         '{"get_soft_overlong_punishment": {"max_completion_len": 20, "soft_punish_cache": 5}}'],
+    )  # fmt: skip
+    scorer = build_reward_scorer(cfg.reward_funcs, cfg.reward_weights, reward_kwargs=cfg.reward_kwargs)
+    assert scorer.names == ["get_soft_overlong_punishment"]
+    chunks_run = torch.tensor([7, 8, 10, 11])  # 2 subtask tokens per chunk: 14, 16, 20, 22 completion ids
+    traj = make_trajectories(n=4, t=11, alive=torch.arange(11)[None] < chunks_run[:, None])
+    # DAPO's soft overlong punishment: 0 up to 20 - 5 ids, then linear to -1 at 20, -1 beyond
+    assert scorer(traj).per_function[:, 0].tolist() == pytest.approx([0.0, -0.2, -1.0, -1.0])
+
+
+def test_trl_factory_without_its_kwargs_is_rejected_at_load():
+    with pytest.raises(
+        RewardLoadError, match=r"'get_soft_overlong_punishment': required parameter 'max_completion_len'"
+    ):
+        build_reward_scorer(["trl.rewards:get_soft_overlong_punishment"])
+
+
+def test_repetition_penalty_factory_by_kwargs(traj):
+    scorer = build_reward_scorer(
+        ["trl.rewards:get_repetition_penalty_reward"],
+        reward_kwargs={"get_repetition_penalty_reward": {"ngram_size": 2, "max_penalty": -1.0}},
+    )
+    assert scorer.names == ["get_repetition_penalty_reward"] and len(scorer(traj).per_function) == 4
+
+
+def test_decorated_factory_gets_context_and_its_kwargs(traj, user_module):
+    scorer = build_reward_scorer(
+        [f"{user_module}:make_constant", "shaping"],
+        reward_kwargs={"make_constant": {"value": 3.0}, "shaping": {"smoothness_weight": 0.0}},
+        value=1.0,  # context: the function's own kwargs win
+    )
+    assert scorer.funcs[1].smoothness_weight == 0.0
+    assert scorer(traj).per_function[:, 0].tolist() == [3.0] * 4
+
+
+def test_reward_kwargs_for_an_unknown_function_is_named():
+    with pytest.raises(RewardLoadError, match=r"reward_kwargs names \['get_repetition_penalty_reward'\].*'shaping'"):
+        build_reward_scorer(["shaping"], reward_kwargs={"get_repetition_penalty_reward": {"ngram_size": 3}})
+
+
+def _positional(x, /, **kwargs):
+    return [0.0]
+
+
+def _no_kwargs(*, states):
+    return [0.0] * len(states)
+
+
+@pytest.mark.parametrize(
+    "fn,message",
+    [
+        (_positional, r"'_positional': parameter 'x' is positional-only"),
+        (_no_kwargs, r"'_no_kwargs' takes no \*\*kwargs"),
+        (
+            lambda *, reward_scale, **kw: [reward_scale],
+            r"'<lambda>': required parameter 'reward_scale' is not a reward",
+        ),
+    ],
+)
+def test_signature_that_cannot_take_the_reward_kwargs_is_rejected_at_load(fn, message):
+    with pytest.raises(RewardLoadError, match=message):
+        build_reward_scorer([fn])
+    with pytest.raises(RewardLoadError, match=message):
+        RewardScorer([fn])
+
+
+def test_dotted_path_with_a_foreign_required_argument_is_rejected_at_load(user_module):
+    with pytest.raises(RewardLoadError, match=r"'needs_solution': required parameter 'solution'"):
+        build_reward_scorer([f"{user_module}:needs_solution"])
+    # optional parameters and the documented keyword arguments are fine
+    build_reward_scorer([lambda completions, prompts=None, *args, scale=1.0, **kw: [scale] * len(completions)])

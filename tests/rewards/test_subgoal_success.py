@@ -211,3 +211,16 @@ def test_predicted_frames_keep_hard_negatives_when_subsampling():
     assert len(kept) == 24 and kept.hard_negative.sum() == min(n_hard, 6) and 0 < kept.labels.sum() <= 12
     plain = predicted_frames(_CopyWorld(), ds, horizon=1, max_windows=24)
     assert len(plain) == 24
+
+
+def test_scorer_finds_its_success_classifier(tmp_path):
+    model = tiny_model()
+    model.config.threshold = 0.3
+    model.save_pretrained(tmp_path / "final")
+    scorer = build_reward_scorer(["shaping", "subgoal_success"], reward_model_path=str(tmp_path))
+    predict_proba, threshold = scorer.find_success_classifier()
+    assert threshold == pytest.approx(0.3)
+    images = torch.randint(0, 255, (3, 32, 32, 3), dtype=torch.uint8)
+    probs = predict_proba(images, ["push-v3"] * 3)  # calibrated, [N]
+    assert probs.shape == (3,) and torch.allclose(probs, scorer.funcs[1].model.predict_proba(images, ["push-v3"] * 3))
+    assert build_reward_scorer(["shaping", "predicted_success"]).find_success_classifier() is None

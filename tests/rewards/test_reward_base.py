@@ -345,3 +345,15 @@ def test_dotted_path_with_a_foreign_required_argument_is_rejected_at_load(user_m
         build_reward_scorer([f"{user_module}:needs_solution"])
     # optional parameters and the documented keyword arguments are fine
     build_reward_scorer([lambda completions, prompts=None, *args, scale=1.0, **kw: [scale] * len(completions)])
+
+
+def test_reward_kwargs_list_matches_what_functions_get_and_the_readme(traj):
+    from pathlib import Path
+
+    from rewards import REWARD_KWARGS
+
+    assert set(trajectory_reward_kwargs(traj)) == set(REWARD_KWARGS)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme[readme.index("**Arguments** your function receives") :]
+    table = table[: table.index("**Return**")]
+    assert [k for k in REWARD_KWARGS if f"`{k}`" not in table] == []

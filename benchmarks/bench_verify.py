@@ -145,7 +145,7 @@ def main() -> None:
     args.image_size = args.image_size or int(world.config.image_size)
     scorer = None
     if args.reward_model_path:
-        from rewards.subgoal_success import load_success_classifier
+        from rewards.success_classifier import load_success_classifier
 
         scorer = load_success_classifier(args.reward_model_path).predict_proba
     res: dict = {"args": vars(args), "policies": {}}

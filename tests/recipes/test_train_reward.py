@@ -39,7 +39,7 @@ def test_train_reward_debug_raises_auroc_above_chance(tmp_path):
     assert (out / "final" / "model.safetensors").is_file() and (out / "config.json").is_file()
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert "train/loss" in lines[0] and "eval/real/auroc" in lines[-1]
-    from rewards.subgoal_success import load_success_classifier
+    from rewards.success_classifier import load_success_classifier
 
     assert load_success_classifier(out).config.task_names == ["push-v3", "reach-v3"]
 

@@ -39,7 +39,7 @@ from rollout.experts import SUBTASK_RULES  # noqa: E402
 from rollout.imagined import ImaginationEngine, freeze_snapshot  # noqa: E402
 from rollout.real import EnvWorkerPool, make_real_evaluator, reset_start_states  # noqa: E402
 from rollout.refresh import WorldRefresh  # noqa: E402
-from rollout.verify import Verifier, _find_success_scorer, make_imagine_fn  # noqa: E402
+from rollout.verify import Verifier, make_imagine_fn  # noqa: E402
 from wlarl.cli import load_section, parse_config, resolve_preset, save_config  # noqa: E402
 from wlarl.configs import GRPOWorldConfig  # noqa: E402
 from wlarl.data import (  # noqa: E402
@@ -214,7 +214,7 @@ def main() -> None:
         cfg.reward_funcs, cfg.reward_weights, reward_model_path=cfg.reward_model_path, dataset_path=cfg.dataset_path,
         policy=snapshot, reward_kwargs=cfg.reward_kwargs, subtask_rules=SUBTASK_RULES,
     )  # fmt: skip
-    classifier, classifier_threshold = _find_success_scorer(scorer)
+    classifier, classifier_threshold = scorer.find_success_classifier() or (None, 0.5)
     if classifier is None and cfg.success_signal != "head":
         raise ValueError(
             f"grpo_world: success_signal={cfg.success_signal!r} decides imagined success with the success classifier, "

@@ -408,14 +408,3 @@ class Verifier:
         self.buffer.extend(out["real"].episodes)
         self.buffer = self.buffer[-self.max_buffer :]
         return {k: v for k, v in out.items() if k not in ("real", "imagined_success", "real_success")}
-
-
-# ----------------------------------------------------------------------------------------------- wiring
-def _find_success_scorer(scorer: Any) -> tuple[SuccessScorer | None, float]:
-    """The success classifier inside a reward scorer (a function with `.model.predict_proba`), if any."""
-    for fn in getattr(scorer, "funcs", []) or []:
-        model = getattr(fn, "model", None)
-        if model is not None and hasattr(model, "predict_proba"):
-            threshold = getattr(fn, "threshold", 0.5)
-            return model.predict_proba, float(threshold() if callable(threshold) else threshold)
-    return None, 0.5

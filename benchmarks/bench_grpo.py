@@ -54,11 +54,11 @@ def bench_imagined_vs_real(args, policy, starts, engine) -> dict:
     "latents only" decodes nothing (rewards on latents such as goal_similarity).
     """
     from rewards.base import last_alive_index
-    from rollout.imagined import starts_to_observation
     from rollout.sims import make_env
+    from wlarl.types import Observation
 
     B = args.num_starts
-    obs = starts_to_observation([starts[i % len(starts)] for i in range(B)])
+    obs = Observation.from_dicts([starts[i % len(starts)] for i in range(B)])
     policy.eval()
     engine.rollout(policy, obs, group_size=args.num_generations, horizon=1)  # warm-up
 

@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rollout.imagined import ImaginationEngine, freeze_snapshot  # noqa: E402
-from rollout.verify import make_imagine_fn, paired_verification, refresh_world_model  # noqa: E402
+from rollout.refresh import refresh_world_model  # noqa: E402
+from rollout.verify import make_imagine_fn, paired_verification  # noqa: E402
 from wlarl.utils.stats import nanmean  # noqa: E402
 
 KEYS = (

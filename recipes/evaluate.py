@@ -53,7 +53,26 @@ class EvaluateConfig:
     simulator_path: str | None = field(
         default=None, metadata={"help": "Checkpoint whose World Expert imagines (default: the checkpoint itself)."}
     )
-    success_threshold: float = field(default=0.5, metadata={"help": "Imagined success when sigmoid(logit) ≥ this."})
+    success_threshold: float = field(
+        default=0.5, metadata={"help": "The success head calls imagined success when sigmoid(logit) ≥ this."}
+    )
+    success_signal: str = field(
+        default="head",
+        metadata={
+            "help": "What decides imagined success: 'head' (World Expert), 'classifier' (reward_model_path on the "
+            "predicted frame) or 'both', as GRPOWorldConfig.success_signal."
+        },
+    )
+    reencode_predictions: bool = field(
+        default=True, metadata={"help": "Imagination feeds the policy encode(decode(prediction)), as in training."}
+    )
+    sampled_temperature: float = field(
+        default=0.0,
+        metadata={
+            "help": "> 0: also run the same seeds with the policy sampling at this temperature (what GRPO "
+            "optimises) and report that success next to the greedy one; 0: greedy only."
+        },
+    )
     reward_model_path: str | None = field(
         default=None, metadata={"help": "Success classifier to check on real frames (reward precision/recall)."}
     )
@@ -71,6 +90,16 @@ class EvaluateConfig:
             raise ValueError(f"evaluate: max_episode_steps must be ≥ 1, got {self.max_episode_steps}")
         if not 0.0 < self.success_threshold < 1.0:
             raise ValueError(f"evaluate: success_threshold must lie in (0, 1), got {self.success_threshold}")
+        if self.success_signal not in ("head", "classifier", "both"):
+            raise ValueError(f"evaluate: success_signal must be head, classifier or both, got {self.success_signal!r}")
+        if self.success_signal != "head" and not self.reward_model_path:
+            raise ValueError(
+                f"evaluate: success_signal={self.success_signal!r} needs --reward_model_path (or --success_signal head)"
+            )
+        if self.sampled_temperature < 0:
+            raise ValueError(
+                f"evaluate: sampled_temperature must be ≥ 0 (0: greedy only), got {self.sampled_temperature}"
+            )
 
 
 def _fmt(x: float) -> str:
@@ -99,6 +128,12 @@ def markdown(results: dict) -> str:
         f"| **mean** | **{_fmt(real['success'])}** | [{_fmt(real['ci_low'])}, {_fmt(real['ci_high'])}] | "
         f"{real['episodes']} | {_fmt(results.get('verify', {}).get('verify/imagined_success', float('nan')))} |"
     )
+    sampled = results.get("real_sampled")
+    if sampled:
+        lines.append(
+            f"| sampled (T={sampled['temperature']}) | {_fmt(sampled['success'])} | "
+            f"[{_fmt(sampled['ci_low'])}, {_fmt(sampled['ci_high'])}] | {sampled['episodes']} | |"
+        )
     v = results.get("verify")
     if v:
         lines += [
@@ -157,12 +192,16 @@ def main() -> None:
             world = WLAPolicy.from_pretrained(cfg.simulator_path).to(cfg.device) if cfg.simulator_path else policy
             world = freeze_snapshot(world)
             horizon = math.ceil(cfg.max_episode_steps / chunk)  # T chunks: the real step budget, in chunks
-            engine = ImaginationEngine(world, horizon=horizon, success_threshold=cfg.success_threshold)
-            scorer = None
+            scorer, threshold = None, 0.5
             if cfg.reward_model_path:
-                from rewards.subgoal_success import load_success_classifier
+                from rewards.success_classifier import load_success_classifier
 
-                scorer = load_success_classifier(cfg.reward_model_path, device=cfg.device).predict_proba
+                classifier = load_success_classifier(cfg.reward_model_path, device=cfg.device)
+                scorer, threshold = classifier.predict_proba, float(classifier.config.threshold)
+            engine = ImaginationEngine(
+                world, horizon=horizon, success_threshold=cfg.success_threshold, success_signal=cfg.success_signal,
+                success_classifier=scorer, classifier_threshold=threshold, reencode=cfg.reencode_predictions,
+            )  # fmt: skip
             paired = paired_verification(
                 policy, make_imagine_fn(engine, horizon=horizon), cfg.tasks, cfg.episodes_per_task, seed=cfg.seed,
                 world=world, success_scorer=scorer, num_chunks=cfg.world_chunks, num_videos=cfg.num_videos,
@@ -185,6 +224,12 @@ def main() -> None:
                 policy, cfg.tasks, cfg.episodes_per_task, seeds=cfg.seed, record_video=cfg.num_videos, **rollout_kwargs
             )
             videos.update({f"real_{k}": v for k, v in real.videos.items()})
+        if cfg.sampled_temperature > 0:
+            sampled = rollout_policy(
+                policy, cfg.tasks, cfg.episodes_per_task, seeds=cfg.seed, sample=True,
+                temperature=cfg.sampled_temperature, **rollout_kwargs,
+            )  # fmt: skip
+            results["real_sampled"] = {**sampled.summary(), "temperature": cfg.sampled_temperature}
     summary = real.summary()
     results["real"] = summary
     results["real"]["lost_episodes"] = real.lost

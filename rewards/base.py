@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from wlarl.types import RewardOutput, Trajectories
+from wlarl.types import RewardOutput, Trajectories, last_alive_index
 
 SUBTASK_JOIN = "\n"
 
@@ -582,13 +582,6 @@ def _infer_rows(kwargs: dict[str, Any]) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 # Cheap built-ins (no model needed)
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def last_alive_index(alive: torch.Tensor) -> torch.Tensor:
-    """long [N]: index of the last chunk each row ran (0 when none ran)."""
-    alive = alive.bool()
-    t = torch.arange(alive.shape[1], device=alive.device).expand_as(alive)
-    return torch.where(alive, t, torch.zeros_like(t)).amax(dim=1)
 
 
 def predicted_success(

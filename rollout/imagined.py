@@ -30,7 +30,6 @@ __all__ = [
     "advance",
     "bound_actions",
     "freeze_snapshot",
-    "starts_to_observation",
 ]
 
 # Characters an instruction may contain (gymnasium's Text space checks every character against a charset).
@@ -47,11 +46,6 @@ def freeze_snapshot(policy: torch.nn.Module) -> torch.nn.Module:
     for p in snapshot.parameters():
         p.requires_grad_(False)
     return snapshot
-
-
-def starts_to_observation(starts: Sequence[dict[str, Any]]) -> Observation:
-    """Stack start-state dicts (image uint8 [H,W,3], state [S], instruction, task_name) into an Observation [B]."""
-    return Observation.from_dicts(starts)
 
 
 SUCCESS_SIGNALS = ("head", "classifier", "both")
@@ -361,7 +355,7 @@ class ImaginedVectorEnv(VectorEnv):
     # -- helpers ---------------------------------------------------------------------------------------------
     def _draw_starts(self, n: int) -> Observation:
         idx = self.np_random.integers(0, len(self.start_states), size=n)
-        return starts_to_observation([self.start_states[i] for i in idx])
+        return Observation.from_dicts([self.start_states[i] for i in idx])
 
     def _to_numpy_obs(self, obs: Observation) -> dict[str, Any]:
         return {

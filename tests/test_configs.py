@@ -98,6 +98,7 @@ def test_scale_rewards_accepts_trl_booleans(out, given, expected):
         ({"steps_per_generation": 3}, "steps_per_generation", "gradient_accumulation_steps"),
         ({"start_states": "keyframes", "keyframe_stride": 0}, "keyframe_stride", "≥ 1"),
         ({"num_reset_starts": 0}, "num_reset_starts", "≥ 1"),
+        ({"refresh_world_steps": 10, "verify_steps": 0}, "refresh_world_steps", "verify_steps > 0"),
         ({"success_signal": "oracle"}, "success_signal", "'classifier'"),
         ({"subtask_beta": -0.1}, "subtask_beta", "≥ 0"),
         ({"reward_kwargs": "{not json"}, "reward_kwargs", "not valid JSON"),

@@ -463,6 +463,11 @@ class GRPOWorldConfig(GRPOConfig):
             raise bad(
                 "mask_gap_threshold", f"is a difference of success rates in [0, 1], got {self.mask_gap_threshold}"
             )
+        if self.refresh_world_steps > 0 and not self.verify_steps:
+            raise bad(
+                "refresh_world_steps",
+                "refreshes the World Expert on the real episodes verification gathers: set verify_steps > 0",
+            )
         if self.mask_unverified and self.verify_steps == 0:
             raise bad("mask_unverified", "needs verification: set verify_steps > 0 (or mask_unverified False)")
 

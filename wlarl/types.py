@@ -223,6 +223,13 @@ for _name in (
 LazyImages.__hash__ = None  # type: ignore[assignment]  # like tensors compared elementwise: not hashable by value
 
 
+def last_alive_index(alive: torch.Tensor) -> torch.Tensor:
+    """long [N]: index of the last chunk each row ran, from alive bool [N, T] (0 for a row with none)."""
+    alive = torch.as_tensor(alive).bool()
+    t = torch.arange(alive.shape[1], device=alive.device).expand_as(alive)  # [N, T]
+    return torch.where(alive, t, torch.zeros_like(t)).amax(dim=1)
+
+
 def _take_rows(images: torch.Tensor | LazyImages, rows: torch.Tensor) -> torch.Tensor | LazyImages:
     return images.select(rows) if isinstance(images, LazyImages) else images[rows]
 
@@ -289,8 +296,8 @@ class Observation:
                     f"Observation.from_dicts: item {i} lacks {missing} (expected image, state, instruction, task_name)"
                 )
         return cls(
-            images=torch.stack([torch.as_tensor(np.asarray(it["image"], dtype=np.uint8)) for it in items]),
-            states=torch.stack([torch.as_tensor(np.asarray(it["state"], dtype=np.float32)) for it in items]),
+            images=torch.from_numpy(np.stack([np.asarray(it["image"], dtype=np.uint8) for it in items])),
+            states=torch.from_numpy(np.stack([np.asarray(it["state"], dtype=np.float32) for it in items])),
             instructions=[str(it["instruction"]) for it in items],
             task_names=[str(it.get("task_name", "")) for it in items],
         )
@@ -506,6 +513,11 @@ class Trajectories:
     def subtasks(self) -> list[list[str]]:
         """N lists of T subtask strings."""
         return [[s.subtask_text[i] for s in self.samples] for i in range(self.num_rows)]
+
+    @property
+    def last_alive_index(self) -> torch.Tensor:
+        """long [N] the last chunk that counts of each row (see `last_alive_index`)."""
+        return last_alive_index(self.alive)
 
     @property
     def lengths(self) -> torch.Tensor:

@@ -43,18 +43,20 @@ def test_evaluate_debug_writes_json_and_table(tmp_path):
     ckpt = _tiny_checkpoint(tmp_path / "ckpt")
     out = tmp_path / "eval"
     proc = subprocess.run(
-        [sys.executable, "recipes/evaluate.py", "--config", "debug", "--checkpoint", str(ckpt), "--output_dir", str(out)],
+        [sys.executable, "recipes/evaluate.py", "--config", "debug", "--checkpoint", str(ckpt), "--output_dir", str(out),
+         "--sampled_temperature", "1.0"],
         cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["real"]["episodes"] == 2 and results["seeds"] == [0, 1]
     assert 0.0 <= results["real"]["ci_low"] <= results["real"]["ci_high"] <= 1.0
+    assert results["real_sampled"]["episodes"] == 2 and results["real_sampled"]["temperature"] == 1.0
     v = results["verify"]
     assert v["verify/tp"] + v["verify/fp"] + v["verify/fn"] + v["verify/tn"] == 2
     assert "verify/world_psnr_chunk1" in v and "verify/copy_psnr_chunk2" in v
     table = (out / "results.md").read_text()
-    assert "| reach-v3 |" in table and "imagination gap" in table
+    assert "| reach-v3 |" in table and "imagination gap" in table and "| sampled (T=1.0) |" in table
     assert any((out / "videos").iterdir()) and (out / "config.json").is_file()
 
 

@@ -96,20 +96,13 @@ def masking_active(imagination_gap: float | None, gap_threshold: float) -> bool:
     return imagination_gap is not None and math.isfinite(imagination_gap) and imagination_gap > gap_threshold
 
 
-def _last_alive(alive: torch.Tensor) -> torch.Tensor:
-    """long [N]: the last chunk that counts of each row (alive bool [N, T]; 0 for a row with none)."""
-    alive = alive.bool()
-    t = torch.arange(alive.shape[1], device=alive.device)[None].expand_as(alive)  # [N, T]
-    return torch.where(alive, t, torch.zeros_like(t)).max(dim=1).values  # [N]
-
-
 def trajectory_success_probs(traj: Any) -> torch.Tensor:
     """float [N]: the World Expert's success head, sigmoid of its logit at each trajectory's last counted chunk.
 
     Args:
         traj: `Trajectories` with success_logits [N, T] and alive [N, T].
     """
-    last = _last_alive(traj.alive)  # [N]
+    last = traj.last_alive_index  # [N]
     logits = traj.success_logits.gather(1, last[:, None].to(traj.success_logits.device))[:, 0]  # [N]
     return torch.sigmoid(logits.float()).cpu()
 
@@ -120,7 +113,7 @@ def classifier_success_probs(traj: Any, success_classifier: SuccessClassifier | 
     Reads `traj.classifier_probs` [N, T] when the imagination engine filled it (it ran the classifier), else runs
     `success_classifier` on ``traj.subgoal_images[n, last alive chunk]``.
     """
-    last = _last_alive(traj.alive)  # [N]
+    last = traj.last_alive_index  # [N]
     probs = getattr(traj, "classifier_probs", None)  # a newer Trajectories field; hand-built ones may lack it
     if probs is not None:
         return probs.float().cpu().gather(1, last.cpu()[:, None])[:, 0]

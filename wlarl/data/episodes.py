@@ -349,19 +349,30 @@ def collate_windows(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def start_states(ep_ds: EpisodeDataset) -> list[dict[str, Any]]:
-    """First observation of every episode: `image` uint8 [H, W, 3], `state` float32 [S], `instruction`,
-    `task_name`, `seed` (plus `episode_index`, `full_state`)."""
-    first = _read(ep_ds.dataset.with_format("arrow"), ep_ds.episode_ranges[:, 0].tolist())
+def frame_states(ep_ds: EpisodeDataset, rows: Sequence[int]) -> list[dict[str, Any]]:
+    """The observations at dataset `rows` as start-state dicts: `image` uint8 [H, W, 3], `state` float32 [S],
+    `full_state`, `instruction`, `task_name`, `seed`, `episode_index` and `step_index` (rebuildable in the real
+    simulator from task, seed and step)."""
+    rows = [int(r) for r in rows]
+    if not rows:
+        return []
+    cols = ("image", "state", "full_state", "instruction", "task_name", "seed", "episode_index", "step_index")
+    frames = _read(ep_ds.dataset.with_format("arrow"), rows, cols)
     return [
         {
-            "image": np.asarray(first["image"][i], dtype=np.uint8),
-            "state": np.asarray(first["state"][i], dtype=np.float32),
-            "full_state": np.asarray(first["full_state"][i], dtype=np.float32),
-            "instruction": str(first["instruction"][i]),
-            "task_name": str(first["task_name"][i]),
-            "seed": int(first["seed"][i]),
-            "episode_index": int(first["episode_index"][i]),
+            "image": np.asarray(frames["image"][i], dtype=np.uint8),
+            "state": np.asarray(frames["state"][i], dtype=np.float32),
+            "full_state": np.asarray(frames["full_state"][i], dtype=np.float32),
+            "instruction": str(frames["instruction"][i]),
+            "task_name": str(frames["task_name"][i]),
+            "seed": int(frames["seed"][i]),
+            "episode_index": int(frames["episode_index"][i]),
+            "step_index": int(frames["step_index"][i]),
         }
-        for i in range(ep_ds.num_episodes)
+        for i in range(len(rows))
     ]
+
+
+def start_states(ep_ds: EpisodeDataset) -> list[dict[str, Any]]:
+    """First observation of every episode (see `frame_states`)."""
+    return frame_states(ep_ds, ep_ds.episode_ranges[:, 0].tolist())

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from wlarl.data.episodes import EpisodeDataset, _read
+from wlarl.data.episodes import EpisodeDataset, _read, frame_states
 
 
 def keyframe_states(ep_ds: EpisodeDataset, stride: int) -> list[dict[str, Any]]:
@@ -38,19 +38,4 @@ def keyframe_states(ep_ds: EpisodeDataset, stride: int) -> list[dict[str, Any]]:
     for s, e in ep_ds.episode_ranges:
         solved[s + 1 : e] = np.cumsum(success[s : e - 1]) > 0
     rows = np.flatnonzero((step % stride == 0) & ~is_last & ~solved).tolist()
-    if not rows:
-        return []
-    frames = _read(arrow, rows, ("image", "state", "full_state", "instruction", "task_name", "seed", "episode_index"))
-    return [
-        {
-            "image": np.asarray(frames["image"][i], dtype=np.uint8),
-            "state": np.asarray(frames["state"][i], dtype=np.float32),
-            "full_state": np.asarray(frames["full_state"][i], dtype=np.float32),
-            "instruction": str(frames["instruction"][i]),
-            "task_name": str(frames["task_name"][i]),
-            "seed": int(frames["seed"][i]),
-            "step_index": int(step[r]),
-            "episode_index": int(frames["episode_index"][i]),
-        }
-        for i, r in enumerate(rows)
-    ]
+    return frame_states(ep_ds, rows)

@@ -179,10 +179,6 @@ def main() -> None:
     cfg = parse_config(GRPOWorldConfig, "grpo_world", default_preset="default")
     preset = sys.argv[sys.argv.index("--config") + 1] if preset_given else "default"
     state = PartialState()
-    if cfg.refresh_world_steps and not cfg.verify_steps:
-        raise ValueError(
-            "grpo_world: refresh_world_steps needs verification to gather real episodes: set verify_steps"
-        )
 
     # --- policy, reward model and dataset: given, or bootstrapped once (main process first) ---------------------
     if cfg.policy_path is None:

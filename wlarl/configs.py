@@ -178,11 +178,11 @@ class GRPOWorldConfig(GRPOConfig):
         metadata={"help": "The World Expert's success head calls success once its probability ≥ this."},
     )
     success_signal: str = field(
-        default="classifier",
+        default="both",
         metadata={
-            "help": "What ends an imagined episode and counts as its success: 'classifier' (the success reward "
-            "model on the predicted frame at its calibrated threshold; it ranked real outcomes better than the head), "
-            "'head' (the World Expert's success head) or 'both' (both must agree)."
+            "help": "What ends an imagined episode and counts as its success: 'both' (the World Expert's success head "
+            "and the success reward model on the predicted frame must agree; the smallest imagination gap in "
+            "BENCHMARKS), 'classifier' (the reward model alone, at its calibrated threshold) or 'head' (the head alone)."
         },
     )
     clip_imagined_actions: bool = field(

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from wlarl.types import last_alive_index
+
 logger = logging.getLogger(__name__)
 
 Evaluator = Callable[[torch.nn.Module, int], dict[str, Any]]
@@ -102,7 +104,7 @@ def trajectory_success_probs(traj: Any) -> torch.Tensor:
     Args:
         traj: `Trajectories` with success_logits [N, T] and alive [N, T].
     """
-    last = traj.last_alive_index  # [N]
+    last = last_alive_index(traj.alive)  # [N]
     logits = traj.success_logits.gather(1, last[:, None].to(traj.success_logits.device))[:, 0]  # [N]
     return torch.sigmoid(logits.float()).cpu()
 
@@ -113,7 +115,7 @@ def classifier_success_probs(traj: Any, success_classifier: SuccessClassifier | 
     Reads `traj.classifier_probs` [N, T] when the imagination engine filled it (it ran the classifier), else runs
     `success_classifier` on ``traj.subgoal_images[n, last alive chunk]``.
     """
-    last = traj.last_alive_index  # [N]
+    last = last_alive_index(traj.alive)  # [N]
     probs = getattr(traj, "classifier_probs", None)  # a newer Trajectories field; hand-built ones may lack it
     if probs is not None:
         return probs.float().cpu().gather(1, last.cpu()[:, None])[:, 0]

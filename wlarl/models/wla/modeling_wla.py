@@ -47,6 +47,8 @@ def _culprit(path: Path, err: Exception) -> str:
     if "json" in str(err).lower() or "config" in str(err).lower():
         return f"config file {path / 'config.json'}"
     return f"file in {path}"
+
+
 PAD_ID, BOS_ID, EOS_ID = WLAProcessor.pad_id, WLAProcessor.bos_id, WLAProcessor.eos_id
 
 

@@ -204,7 +204,7 @@ class GRPOWorldTrainer(Trainer):
             traj.group_size,
             self.args.multi_objective_aggregation,
             self.args.scale_rewards,
-        )  # fmt: skip  [N]
+        )  # [N]
         if report["selected"] == 0:
             advantages = torch.zeros_like(advantages)  # no group carried signal: nothing to learn from this batch
         mask = traj.alive.clone()  # [N, T] the chunks that ran

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -291,12 +292,4 @@ def predicted_frames(
             raise ValueError("predicted_frames: policy.imagine(..., decode=True) returned no images")
         images_out.append(pred.images.cpu().numpy().astype(np.uint8))
     target = np.array([w[2] for w in windows])
-    return FrameSet(
-        images=np.concatenate(images_out),
-        labels=real.labels[target],
-        task_names=[real.task_names[i] for i in target],
-        episode=real.episode[target],
-        hard_negative=real.hard_negative[target],
-        early_negative=real.early_negative[target],
-        boundary=real.boundary[target],
-    )
+    return replace(real.subset(target), images=np.concatenate(images_out))  # real labels, predicted frames

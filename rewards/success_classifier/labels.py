@@ -135,6 +135,13 @@ def hard_negative_mask(
     return mask
 
 
+def _first_success_steps(labels: np.ndarray, episode: np.ndarray, step: np.ndarray):
+    """For every episode with a success frame: (bool [M] its frames, step of its first success frame)."""
+    for ep in np.unique(episode[labels]):
+        in_ep = episode == ep
+        yield in_ep, step[in_ep & labels].min()
+
+
 def early_negative_mask(
     labels: np.ndarray, episode: np.ndarray, step: np.ndarray, early_fraction: float
 ) -> np.ndarray:
@@ -142,9 +149,7 @@ def early_negative_mask(
     mask = np.zeros(len(labels), dtype=bool)
     if early_fraction <= 0:
         return mask
-    for ep in np.unique(episode[labels]):
-        in_ep = episode == ep
-        first = step[in_ep & labels].min()
+    for in_ep, first in _first_success_steps(labels, episode, step):
         mask |= in_ep & (step < early_fraction * first) & ~labels
     return mask
 
@@ -154,9 +159,7 @@ def boundary_mask(labels: np.ndarray, episode: np.ndarray, step: np.ndarray, mar
     mask = np.zeros(len(labels), dtype=bool)
     if margin <= 0:
         return mask
-    for ep in np.unique(episode[labels]):
-        in_ep = episode == ep
-        first = step[in_ep & labels].min()
+    for in_ep, first in _first_success_steps(labels, episode, step):
         mask |= in_ep & (step >= first - margin) & (step < first) & ~labels
     return mask
 

@@ -29,6 +29,7 @@ import numpy as np
 from rollout.real import rollout_policy
 from rollout.verify import make_imagine_fn, paired_verification
 from wlarl.cli import parse_config, save_config
+from wlarl.configs import SUCCESS_SIGNALS
 from wlarl.utils.stats import success_summary
 from wlarl.utils.video import write_video
 
@@ -90,8 +91,8 @@ class EvaluateConfig:
             raise ValueError(f"evaluate: max_episode_steps must be ≥ 1, got {self.max_episode_steps}")
         if not 0.0 < self.success_threshold < 1.0:
             raise ValueError(f"evaluate: success_threshold must lie in (0, 1), got {self.success_threshold}")
-        if self.success_signal not in ("head", "classifier", "both"):
-            raise ValueError(f"evaluate: success_signal must be head, classifier or both, got {self.success_signal!r}")
+        if self.success_signal not in SUCCESS_SIGNALS:
+            raise ValueError(f"evaluate: success_signal must be one of {SUCCESS_SIGNALS}, got {self.success_signal!r}")
         if self.success_signal != "head" and not self.reward_model_path:
             raise ValueError(
                 f"evaluate: success_signal={self.success_signal!r} needs --reward_model_path (or --success_signal head)"

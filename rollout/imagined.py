@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 
+from wlarl.configs import SUCCESS_SIGNALS
 from wlarl.types import ActionSample, LazyImages, Observation, RewardOutput, Trajectories, WorldPrediction
 
 __all__ = [
@@ -48,7 +49,6 @@ def freeze_snapshot(policy: torch.nn.Module) -> torch.nn.Module:
     return snapshot
 
 
-SUCCESS_SIGNALS = ("head", "classifier", "both")
 SuccessClassifierFn = Callable[[torch.Tensor, list[str]], torch.Tensor]
 
 

@@ -38,6 +38,7 @@ from rewards import build_reward_scorer  # noqa: E402
 from rollout.experts import SUBTASK_RULES  # noqa: E402
 from rollout.imagined import ImaginationEngine, freeze_snapshot  # noqa: E402
 from rollout.real import EnvWorkerPool, make_real_evaluator, reset_start_states  # noqa: E402
+from rollout.real_engine import RealEngine  # noqa: E402
 from rollout.refresh import WorldRefresh  # noqa: E402
 from rollout.verify import Verifier, make_imagine_fn  # noqa: E402
 from wlarl.cli import load_section, parse_config, resolve_preset, save_config  # noqa: E402
@@ -157,10 +158,16 @@ def bootstrap(preset: str) -> dict[str, str]:
     return paths
 
 
-def load_start_states(cfg: GRPOWorldConfig, episodes: EpisodeDataset, env_kwargs: dict) -> list[dict]:
-    """The start states `cfg.start_states` names: dataset first frames, seeded real resets, or keyframes."""
+REAL_ENGINE_REWARD = "trajectory_success"  # the simulator's own success: the control inherits no learned reward
+
+
+def load_start_states(
+    cfg: GRPOWorldConfig, episodes: EpisodeDataset, env_kwargs: dict, tasks: list[str] | None = None
+) -> list[dict]:
+    """The start states `cfg.start_states` names: dataset first frames, seeded real resets (of `tasks`, default
+    `cfg.tasks`), or keyframes."""
     if cfg.start_states == "reset":
-        return reset_start_states(cfg.tasks, cfg.num_reset_starts, env_kwargs=env_kwargs)
+        return reset_start_states(tasks or cfg.tasks, cfg.num_reset_starts, env_kwargs=env_kwargs)
     starts = (
         keyframe_states(episodes, cfg.keyframe_stride) if cfg.start_states == "keyframes" else start_states(episodes)
     )
@@ -173,12 +180,25 @@ def load_start_states(cfg: GRPOWorldConfig, episodes: EpisodeDataset, env_kwargs
     return starts
 
 
+def rewards_chosen(preset: str, argv: list[str]) -> bool:
+    """Whether the reward functions were chosen for the real engine: on the command line, or in a preset section
+    that also sets ``engine: real`` (a preset's rewards for imagination do not carry over to the real engine)."""
+    if "--reward_funcs" in argv:
+        return True
+    section = load_section(preset, "grpo_world")
+    return section.get("engine") == "real" and "reward_funcs" in section
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     preset_given = "--config" in sys.argv
     cfg = parse_config(GRPOWorldConfig, "grpo_world", default_preset="default")
     preset = sys.argv[sys.argv.index("--config") + 1] if preset_given else "default"
     state = PartialState()
+    if cfg.engine == "real" and not rewards_chosen(preset, sys.argv):
+        cfg.reward_funcs, cfg.reward_weights, cfg.reward_kwargs = [REAL_ENGINE_REWARD], [1.0], None
+        logger.info("engine real: the reward is the simulator's own success (%s); --reward_funcs chooses others",
+                    REAL_ENGINE_REWARD)  # fmt: skip
 
     # --- policy, reward model and dataset: given, or bootstrapped once (main process first) ---------------------
     if cfg.policy_path is None:
@@ -201,33 +221,53 @@ def main() -> None:
         "image_size": cfg.image_size,
         **({"camera": episodes.meta["camera"]} if "camera" in episodes.meta else {}),
     }
-    starts = load_start_states(cfg, episodes, env_kwargs)
+    starts = load_start_states(cfg, episodes, env_kwargs, tasks)
     logger.info("start states: %d (%s)", len(starts), cfg.start_states)
 
-    # --- rewards, and imagination in a frozen World Expert whose success is decided by cfg.success_signal --------
+    # --- the real simulator (one worker pool): real-engine rollouts, evaluation, verification, refresh ----------
+    pool = EnvWorkerPool(cfg.num_env_workers, env_kwargs=env_kwargs) if cfg.num_env_workers > 0 else None
+
+    # --- rewards, and the engine: imagination in a frozen World Expert (success by cfg.success_signal) or reality -
     snapshot = freeze_snapshot(policy)
     scorer = build_reward_scorer(
         cfg.reward_funcs, cfg.reward_weights, reward_model_path=cfg.reward_model_path, dataset_path=cfg.dataset_path,
         policy=snapshot, reward_kwargs=cfg.reward_kwargs, subtask_rules=SUBTASK_RULES,
     )  # fmt: skip
     classifier, classifier_threshold = scorer.find_success_classifier() or (None, 0.5)
-    if classifier is None and cfg.success_signal != "head":
-        raise ValueError(
-            f"grpo_world: success_signal={cfg.success_signal!r} decides imagined success with the success classifier, "
-            f"but reward_funcs {cfg.reward_funcs} hold none: add subgoal_success, or pass --success_signal head"
-        )
-    engine = ImaginationEngine(
-        snapshot, horizon=cfg.horizon, success_threshold=cfg.success_threshold, success_signal=cfg.success_signal,
-        success_classifier=classifier, classifier_threshold=classifier_threshold, reencode=cfg.reencode_predictions,
-        clip_actions=cfg.clip_imagined_actions,
-        simulator_subtask="policy" if cfg.imagine_with_policy_subtask else "own",
-    )  # fmt: skip
+    imagines = cfg.engine == "imagined" or cfg.verify_steps > 0  # verification imagines even with the real engine
+    success_signal = cfg.success_signal
+    if classifier is None and success_signal != "head" and imagines:
+        if cfg.engine == "imagined":
+            raise ValueError(
+                f"grpo_world: success_signal={success_signal!r} decides imagined success with the success "
+                f"classifier, but reward_funcs {cfg.reward_funcs} hold none: add subgoal_success, or pass "
+                "--success_signal head"
+            )
+        logger.info("engine real: verification's imagination decides success with the World Expert's head (no "
+                    "success classifier among reward_funcs %s)", cfg.reward_funcs)  # fmt: skip
+        success_signal = "head"
+    imagination = None
+    if imagines:
+        imagination = ImaginationEngine(
+            snapshot, horizon=cfg.horizon, success_threshold=cfg.success_threshold, success_signal=success_signal,
+            success_classifier=classifier, classifier_threshold=classifier_threshold,
+            reencode=cfg.reencode_predictions, clip_actions=cfg.clip_imagined_actions,
+            simulator_subtask="policy" if cfg.imagine_with_policy_subtask else "own",
+        )  # fmt: skip
+    if cfg.engine == "real":
+        engine = RealEngine(
+            snapshot, chunk_size=policy.config.chunk_size, max_episode_steps=cfg.real_max_episode_steps, pool=pool,
+            num_workers=cfg.num_env_workers, env_kwargs=env_kwargs, timeout_s=cfg.eval_timeout_s,
+        )  # fmt: skip
+        logger.info("engine real: %d chunks × %d steps per episode, %d real episodes per process and step",
+                    engine.horizon, engine.chunk_size, cfg.num_starts * cfg.num_generations)  # fmt: skip
+    else:
+        engine = imagination
     world_aux = SFTWindows(episodes, horizon=policy.config.chunk_size) if cfg.world_aux_coef > 0 else None
     # A refresh fine-tunes the simulator on real episodes; the KL / anchor reference must stay the starting policy.
     ref_model = freeze_snapshot(policy) if cfg.refresh_world_steps > 0 else None
 
-    # --- the real simulator (one worker pool): evaluation, paired verification, refresh, keep-best ---------------
-    pool = EnvWorkerPool(cfg.num_env_workers, env_kwargs=env_kwargs) if cfg.num_env_workers > 0 else None
+    # --- evaluation, paired verification, refresh, keep-best ----------------------------------------------------
     real = {
         "num_workers": cfg.num_env_workers,
         "env_kwargs": env_kwargs,
@@ -244,7 +284,7 @@ def main() -> None:
         callbacks.append(RealEvalCallback(evaluator, eval_steps))
     if cfg.verify_steps:
         verifier = Verifier(
-            make_imagine_fn(engine, horizon=cfg.horizon), tasks, cfg.verify_episodes, seed=10_000 + cfg.seed,
+            make_imagine_fn(imagination, horizon=cfg.horizon), tasks, cfg.verify_episodes, seed=10_000 + cfg.seed,
             seed_stride=1000 if cfg.refresh_world_steps else 0,  # fresh starts to refresh on, else comparable ones
             world=snapshot, success_scorer=classifier, scorer_threshold=classifier_threshold,
             max_episode_steps=cfg.horizon * policy.config.chunk_size, **real,  # an imagined episode's step budget
@@ -255,8 +295,9 @@ def main() -> None:
                 cfg.verify_steps,
                 mask_unverified=cfg.mask_unverified,
                 mask_gap_threshold=cfg.mask_gap_threshold,
-                success_signal=cfg.success_signal,
+                success_signal=success_signal,
                 success_classifier=classifier,
+                episodes_train=cfg.refresh_world_steps > 0,  # the refresh fine-tunes on them
             )
         )
     if cfg.refresh_world_steps:

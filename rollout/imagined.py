@@ -183,6 +183,7 @@ class ImaginationEngine:
         horizon: int | None = None,
         sample: bool = True,
         generator: torch.Generator | None = None,
+        seeds: torch.Tensor | None = None,
     ) -> Trajectories:
         """Imagine G episodes from each of B starts.
 
@@ -192,6 +193,8 @@ class ImaginationEngine:
             group_size: G samples per start; rows are ordered b*G + g.
             temperature: sampling temperature of the policy.
             horizon: T (defaults to the engine's).
+            seeds: the starts' reset seeds; unused here (imagination starts from the observations themselves), taken
+                so that the trainer calls this engine and `rollout.real_engine.RealEngine` alike.
 
         Returns:
             Trajectories with N = B·G rows and T chunks. Rows keep being imagined after they terminate (so that

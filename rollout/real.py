@@ -74,6 +74,13 @@ class RealRolloutResult:
         chunk_size: H of the policy's action chunks (0 when no chunk was executed).
         env_steps: env steps executed in finished and unfinished episodes.
         wall_s: duration of the call.
+        rollouts: with `record_samples`, per finished episode (same order as `outcomes`) a dict: `chunks`, one
+            entry per executed chunk with the `observation` the policy acted on (a 1-row `Observation`, latents
+            included), its `sample` (a 1-row `ActionSample`), the observation dict `after` it, whether a step of it
+            succeeded (`success`), its env `steps` and summed `reward`; and `sim_state` (MuJoCo state at reset, or
+            None). Empty otherwise.
+        episodes_started: episodes begun in the simulator, re-runs included (what the call cost in real episodes).
+        policy_s: seconds spent in policy calls (the rest of `wall_s` is simulation, transfer and waiting).
     """
 
     outcomes: list[EpisodeOutcome]
@@ -86,6 +93,13 @@ class RealRolloutResult:
     chunk_size: int
     env_steps: int
     wall_s: float
+    rollouts: list[dict[str, Any]] = None  # type: ignore[assignment]
+    episodes_started: int = 0
+    policy_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.rollouts is None:
+            self.rollouts = []
 
     @property
     def success_by_task(self) -> dict[str, list[bool]]:
@@ -221,28 +235,53 @@ class _EnvRunner:
         spec_limit = getattr(getattr(self.env, "spec", None), "max_episode_steps", None)
         self.limit = int(self.episode_limit or spec_limit or 500)
         space = self.env.action_space
-        return {"obs": self.obs, "low": np.asarray(space.low, np.float32), "high": np.asarray(space.high, np.float32)}
+        sim_state = getattr(self.env, "sim_state", None)
+        return {
+            "obs": self.obs,
+            "low": np.asarray(space.low, np.float32),
+            "high": np.asarray(space.high, np.float32),
+            # the MuJoCo state right after the reset (when the env exposes it): equal seeds must give equal states
+            "sim_state": np.asarray(sim_state(), np.float64) if callable(sim_state) else None,
+        }
 
-    def chunk(self, actions: np.ndarray) -> dict[str, Any]:
-        """Execute up to H actions [H, A]; returns the steps taken, the new observation and whether it ended."""
+    def chunk(self, actions: np.ndarray, frames: str = "all") -> dict[str, Any]:
+        """Execute up to H actions [H, A]; returns the steps taken, the new observation and whether it ended.
+
+        With ``frames="chunk"`` only the observation after the chunk carries a rendered frame (the per-step records
+        carry none): an env that can render on demand (`render_images` and `refresh_frame`) then renders once per
+        chunk instead of once per step.
+        """
         space = self.env.action_space
         steps, done, success = [], False, False
-        for a in actions:
-            a = np.clip(np.asarray(a, dtype=np.float32), space.low, space.high)
-            obs, reward, terminated, truncated, info = self.env.step(a)
-            self.steps += 1
-            success = bool(info.get("success", False))
-            steps.append({**self.obs, "action": a, "reward": float(reward), "success": success})
-            self.obs = _pack_obs(obs, info)
-            done = bool(terminated or truncated) or self.steps >= self.limit or (self.episode_stop and success)
-            if done:
-                break
+        lazy = frames == "chunk" and hasattr(self.env, "render_images") and callable(getattr(self.env, "refresh_frame", None))
+        rendering = getattr(self.env, "render_images", None)
+        if lazy:
+            self.env.render_images = False
+        try:
+            for a in actions:
+                a = np.clip(np.asarray(a, dtype=np.float32), space.low, space.high)
+                obs, reward, terminated, truncated, info = self.env.step(a)
+                self.steps += 1
+                success = bool(info.get("success", False))
+                before = self.obs if frames == "all" else {k: v for k, v in self.obs.items() if k != "image"}
+                steps.append({**before, "action": a, "reward": float(reward), "success": success})
+                self.obs = _pack_obs(obs, info)
+                done = bool(terminated or truncated) or self.steps >= self.limit or (self.episode_stop and success)
+                if done:
+                    break
+            if lazy:
+                self.obs["image"] = np.asarray(self.env.refresh_frame(), np.uint8).copy()
+        finally:
+            if lazy:
+                self.env.render_images = rendering
         return {"steps": steps, "obs": self.obs, "done": done}
 
     def handle(self, cmd: str, payload: Any) -> Any:
         if cmd == "reset":
             return self.reset(*payload)
         if cmd == "chunk":
+            if isinstance(payload, tuple):  # (actions [H, A], frames)
+                return self.chunk(*payload)
             return self.chunk(payload)
         raise ValueError(f"real env worker: unknown command {cmd!r}")
 
@@ -419,8 +458,10 @@ def _policy_actions(
     tasks: list[str],
     sample: bool = False,
     temperature: float = 1.0,
-) -> tuple[np.ndarray, list[str]]:
-    """Query the policy on N rows: returns actions float32 [N, H, A] and N subtask strings.
+    record: bool = False,
+) -> tuple[np.ndarray, list[str], tuple[Any, Any] | None]:
+    """Query the policy on N rows: returns actions float32 [N, H, A], N subtask strings and, with `record`, the
+    (Observation with latents, ActionSample) of the call (None otherwise).
 
     A `WLAPolicy` acts greedily (`sample` False) or samples at `temperature`; a callable policy is deterministic.
     """
@@ -430,12 +471,25 @@ def _policy_actions(
 
     obs = Observation.from_dicts({**o, "task_name": t} for o, t in zip(obs_rows, tasks))
     subtasks = [""] * len(obs_rows)
-    if hasattr(policy, "act") and isinstance(policy, torch.nn.Module):
+    recorded = None
+    is_wla = hasattr(policy, "act") and isinstance(policy, torch.nn.Module)
+    if record and not is_wla:
+        raise TypeError(
+            f"policy: recording samples needs a WLAPolicy (act(obs) -> ActionSample); got a {type(policy).__name__}"
+        )
+    if is_wla:
         device = next(policy.parameters()).device
         with torch.no_grad():
-            action = policy.act(obs.to(device), sample=sample, temperature=temperature)
+            obs = obs.to(device)
+            if record:
+                # The latents travel with the observation, so the update rescores exactly the input of sampling.
+                obs = Observation(obs.images, obs.states, obs.instructions, obs.task_names,
+                                  latents=policy.encode_images(obs.images).detach())  # fmt: skip
+            action = policy.act(obs, sample=sample, temperature=temperature)
         actions = action.actions
         subtasks = list(action.subtask_text)
+        if record:
+            recorded = (obs, action.detach())
     elif sample:
         raise TypeError(
             f"policy: sampled rollouts need a WLAPolicy (act(obs, sample=True)); got a {type(policy).__name__}"
@@ -456,7 +510,7 @@ def _policy_actions(
         raise ValueError(f"policy: expected actions [N={len(obs_rows)}, H, A], got shape {actions.shape}")
     if not np.isfinite(actions).all():
         raise ValueError("policy: returned non-finite actions")
-    return actions, subtasks
+    return actions, subtasks, recorded
 
 
 # ----------------------------------------------------------------------------------------------- episodes
@@ -564,6 +618,9 @@ def rollout_policy(
     pool: EnvWorkerPool | None = None,
     sample: bool = False,
     temperature: float = 1.0,
+    jobs: Sequence[tuple[str, int]] | None = None,
+    frames: str = "all",
+    record_samples: bool = False,
 ) -> RealRolloutResult:
     """Run `policy` in the real simulator for `episodes_per_task` seeded episodes of every task.
 
@@ -589,21 +646,46 @@ def rollout_policy(
             ignored; the pool must have been built with the same `env_fn` and `env_kwargs`).
         sample: the `WLAPolicy` samples its subtasks and action chunks (what GRPO trains) instead of acting greedily.
         temperature: sampling temperature (with `sample`).
+        jobs: explicit episodes as (task, seed) pairs, run instead of `tasks` × `episodes_per_task` (`tasks`,
+            `episodes_per_task` and `seeds` are then ignored); episode j of the result is jobs[j], and results come
+            back in jobs order. A pair may repeat (G samples of one start).
+        frames: "all" renders every step's frame (episodes, videos); "chunk" renders only the frame after each
+            chunk, which the policy reads next (several times faster; needs keep_episodes=False, record_video=0).
+        record_samples: keep per episode what a policy-gradient update needs (`RealRolloutResult.rollouts`): the
+            observation (with latents) and the `ActionSample` of every chunk. Needs a `WLAPolicy`.
 
     Returns:
         A `RealRolloutResult`.
     """
     t_start = time.monotonic()
     deadline = t_start + float(timeout_s)
-    tasks = list(tasks)
-    if not tasks:
-        raise ValueError("rollout_policy: expected at least one task")
-    if episodes_per_task < 1:
-        raise ValueError(f"rollout_policy: episodes_per_task must be >= 1, got {episodes_per_task}")
-    seed_list = episode_seeds(episodes_per_task, seeds)
-    queue: deque[dict[str, Any]] = deque(
-        {"task": t, "episode": e, "seed": seed_list[e], "attempts": 0} for t in tasks for e in range(episodes_per_task)
-    )
+    if frames not in ("all", "chunk"):
+        raise ValueError(f"rollout_policy: frames must be 'all' or 'chunk', got {frames!r}")
+    if frames == "chunk" and (keep_episodes or record_video):
+        raise ValueError(
+            "rollout_policy: frames='chunk' renders only chunk boundaries; whole episodes and videos need every "
+            "frame: pass keep_episodes=False and record_video=0, or frames='all'"
+        )
+    if jobs is not None:
+        jobs = [(str(t), int(sd)) for t, sd in jobs]
+        if not jobs:
+            raise ValueError("rollout_policy: jobs is empty; expected (task, seed) pairs")
+        tasks = list(dict.fromkeys(t for t, _ in jobs))
+        queue: deque[dict[str, Any]] = deque(
+            {"task": t, "episode": j, "seed": sd, "attempts": 0} for j, (t, sd) in enumerate(jobs)
+        )
+    else:
+        tasks = list(tasks)
+        if not tasks:
+            raise ValueError("rollout_policy: expected at least one task")
+        if episodes_per_task < 1:
+            raise ValueError(f"rollout_policy: episodes_per_task must be >= 1, got {episodes_per_task}")
+        seed_list = episode_seeds(episodes_per_task, seeds)
+        queue = deque(
+            {"task": t, "episode": e, "seed": seed_list[e], "attempts": 0}
+            for t in tasks
+            for e in range(episodes_per_task)
+        )
     n_total = len(queue)
     if pool is not None:
         if not pool.matches(env_fn, env_kwargs):
@@ -624,6 +706,8 @@ def rollout_policy(
     failures: list[str] = []
     chunk_size = 0
     env_steps = 0
+    started = 0
+    policy_s = 0.0
     timed_out = False
 
     def fail_worker(w: _Worker, reason: str, kill: bool) -> None:
@@ -653,8 +737,9 @@ def rollout_policy(
             for w in alive:
                 if w.job is None and queue:
                     job = queue.popleft()
-                    w.job = {**job, "steps": [], "subtasks": [], "obs": None, "done": False, "low": None}
+                    w.job = {**job, "steps": [], "subtasks": [], "obs": None, "done": False, "low": None, "chunks": []}
                     w.send("reset", (job["task"], job["seed"], max_episode_steps, stop_on_success))
+                    started += 1
             # --- collect every outstanding reply (resets and chunks), watching for deaths, hangs and the deadline
             pending = {w.conn: w for w in alive if w.proc is not None and w.waiting_since is not None}
             replies: dict[int, tuple[str, Any]] = {
@@ -701,8 +786,19 @@ def rollout_policy(
                     job["subtasks"].extend([job["pending_subtask"]] * len(payload["steps"]))
                     env_steps += len(payload["steps"])
                     job["obs"], job["done"] = payload["obs"], payload["done"]
+                    if record_samples:
+                        job["chunks"].append(
+                            {
+                                **job.pop("pending_record"),
+                                "after": payload["obs"],
+                                "success": any(st["success"] for st in payload["steps"]),
+                                "steps": len(payload["steps"]),
+                                "reward": float(sum(st["reward"] for st in payload["steps"])),
+                            }
+                        )
                 else:  # reset reply
                     job["obs"], job["low"] = payload["obs"], payload["low"]
+                    job["sim_state"] = payload.get("sim_state")
                 if job["done"]:
                     steps = job["steps"]
                     outcome = EpisodeOutcome(
@@ -720,13 +816,19 @@ def rollout_policy(
             active = [w for w in workers if w.alive and w.job is not None and w.job["obs"] is not None]
             if not active:
                 continue
-            actions, subtasks = _policy_actions(
-                policy, [w.job["obs"] for w in active], [w.job["task"] for w in active], sample, temperature
-            )
+            t_policy = time.monotonic()
+            actions, subtasks, record = _policy_actions(
+                policy, [w.job["obs"] for w in active], [w.job["task"] for w in active], sample, temperature,
+                record=record_samples,
+            )  # fmt: skip
+            policy_s += time.monotonic() - t_policy
             chunk_size = chunk_size or actions.shape[1]
-            for w, a, sub in zip(active, actions, subtasks):
+            for i, (w, a, sub) in enumerate(zip(active, actions, subtasks)):
                 w.job["pending_subtask"] = sub
-                w.send("chunk", a)  # [H, A]
+                if record is not None:
+                    obs_b, sample_b = record
+                    w.job["pending_record"] = {"observation": obs_b.index([i]), "sample": sample_b.index([i])}
+                w.send("chunk", (a, frames))  # [H, A]
             if time.monotonic() >= deadline:
                 timed_out = True
                 break
@@ -753,14 +855,17 @@ def rollout_policy(
             )
     lost.extend({**job, "reason": reason} for job in queue)
 
-    order = sorted(finished, key=lambda k: (tasks.index(k[0]), k[1]))
+    order = sorted(finished, key=(lambda k: k[1]) if jobs is not None else (lambda k: (tasks.index(k[0]), k[1])))
     outcomes = [finished[k][0] for k in order]
     episodes: list[dict[str, list]] = []
     videos: dict[str, np.ndarray] = {}
+    rollouts: list[dict[str, Any]] = []
     for k in order:
         outcome, job = finished[k]
-        if not outcome.length:
-            continue  # nothing executed (cannot happen with a positive step limit)
+        if record_samples:
+            rollouts.append({"chunks": job["chunks"], "sim_state": job.get("sim_state")})
+        if not outcome.length or frames == "chunk":
+            continue  # nothing executed (cannot happen with a positive step limit), or no per-step frames
         ep = _finish_episode(job)
         if keep_episodes:
             episodes.append(ep)
@@ -771,6 +876,9 @@ def rollout_policy(
         episodes=episodes,
         videos=videos,
         lost=sorted(lost, key=lambda d: (tasks.index(d["task"]), d["episode"])),
+        rollouts=rollouts,
+        episodes_started=started,
+        policy_s=policy_s,
         worker_failures=failures,
         timed_out=timed_out,
         tasks=tasks,
@@ -809,11 +917,19 @@ def make_real_evaluator(
 
     def evaluator(policy: PolicyLike, step: int) -> dict[str, Any]:
         greedy = run(policy, record_video=num_videos)
-        out = {**greedy.metrics(prefix), "videos": greedy.videos}
+        # "real_episodes" / "real_env_steps": the real interaction this evaluation cost (the run's budget)
+        out = {
+            **greedy.metrics(prefix),
+            "videos": greedy.videos,
+            "real_episodes": greedy.episodes_started,
+            "real_env_steps": greedy.env_steps,
+        }
         if sampled_temperature is not None:
             sampled = run(policy, record_video=0, sample=True, temperature=sampled_temperature)
             out.update(sampled.success_metrics(prefix, suffix="_sampled"))
             out[f"{prefix}/timed_out_sampled"] = float(sampled.timed_out)
+            out["real_episodes"] += sampled.episodes_started
+            out["real_env_steps"] += sampled.env_steps
         return out
 
     return evaluator

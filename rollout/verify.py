@@ -407,4 +407,7 @@ class Verifier:
         self.calls += 1
         self.buffer.extend(out["real"].episodes)
         self.buffer = self.buffer[-self.max_buffer :]
-        return {k: v for k, v in out.items() if k not in ("real", "imagined_success", "real_success")}
+        real = out["real"]
+        kept = {k: v for k, v in out.items() if k not in ("real", "imagined_success", "real_success")}
+        # the real interaction this verification cost (counted in the run's budget by the callback)
+        return {**kept, "real_episodes": real.episodes_started, "real_env_steps": real.env_steps}

@@ -28,7 +28,8 @@ from trl import GRPOConfig
 
 from wlarl.algorithms.grpo import AGGREGATIONS, IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES, SCALE_REWARDS
 
-START_STATE_SOURCES = ("dataset", "reset", "keyframes")
+START_STATE_SOURCES = ("auto", "dataset", "reset", "keyframes")
+ENGINES = ("imagined", "real")
 SUCCESS_SIGNALS = ("classifier", "head", "both")
 
 # Fields of trl.GRPOConfig that drive TRL's own generation (vLLM, sampling filters, text-model options, other losses).
@@ -148,12 +149,28 @@ class GRPOWorldConfig(GRPOConfig):
         default=None,
         metadata={"help": "Episode dataset (start states, world_aux windows). None: the bootstrap's dataset."},
     )
-    start_states: str = field(
-        default="dataset",
+    engine: str = field(
+        default="imagined",
         metadata={
-            "help": "Where imagined episodes start: 'dataset' (first frames of dataset episodes), 'reset' (seeded "
-            "resets of the real simulator for `tasks`, seeds 100000 + i, never those of evaluation) or 'keyframes' "
-            "(frames every keyframe_stride steps inside dataset episodes, rebuildable from task, seed and step)."
+            "help": "Where GRPO rolls out: 'imagined' (the frozen World Expert) or 'real' (the real simulator, the "
+            "control: same trainer, rewards, filters, evaluation and checkpoints; episodes of up to "
+            "real_max_episode_steps env steps; the default reward is the simulator's own success)."
+        },
+    )
+    real_max_episode_steps: int = field(
+        default=150,
+        metadata={
+            "help": "engine='real': env steps per training episode; an episode is the chunks that fit "
+            "(real_max_episode_steps // chunk_size)."
+        },
+    )
+    start_states: str = field(
+        default="auto",
+        metadata={
+            "help": "Where episodes start: 'dataset' (first frames of dataset episodes), 'reset' (seeded resets of "
+            "the real simulator for `tasks`, seeds 100000 + i, never those of evaluation), 'keyframes' (frames every "
+            "keyframe_stride steps inside dataset episodes, rebuildable from task, seed and step) or 'auto' (dataset "
+            "in imagination, reset with engine='real', which can only rebuild seeded resets)."
         },
     )
     num_reset_starts: int = field(
@@ -426,6 +443,25 @@ class GRPOWorldConfig(GRPOConfig):
             raise bad("start_states", f"unknown value {self.start_states!r}; use one of {list(START_STATE_SOURCES)}")
         if self.start_states == "reset" and not self.tasks:
             raise bad("tasks", "start_states='reset' needs the simulator task names, e.g. --tasks reach-v3")
+        if self.engine not in ENGINES:
+            raise bad("engine", f"unknown value {self.engine!r}; use one of {list(ENGINES)}")
+        if self.start_states == "auto":  # the real engine rebuilds starts by seeded resets (tasks: the dataset's)
+            self.start_states = "reset" if self.engine == "real" else "dataset"
+        elif self.engine == "real" and self.start_states != "reset":
+            raise bad(
+                "start_states",
+                f"engine='real' rebuilds every start by a seeded reset of the real simulator; {self.start_states!r} "
+                "starts (perturbed or mid-episode frames) cannot be rebuilt that way: use 'reset' (or 'auto')",
+            )
+        if self.engine == "real" and self.refresh_world_steps > 0:
+            raise bad(
+                "refresh_world_steps",
+                "refreshes the imagined simulator, which engine='real' does not use: set it to 0",
+            )
+        if self.engine == "real" and self.mask_unverified:
+            raise bad("mask_unverified", "masks imagined successes; engine='real' has none to mask: set it False")
+        if self.real_max_episode_steps < 1:
+            raise bad("real_max_episode_steps", f"must be ≥ 1 env step, got {self.real_max_episode_steps}")
         rng = list(self.dynamic_sampling_range)
         if len(rng) != 2:
             raise bad("dynamic_sampling_range", f"expected two numbers [lo, hi], got {rng}")

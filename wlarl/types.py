@@ -462,6 +462,10 @@ class Trajectories:
             the engine ran the classifier to decide success).
         action_bounds: optional (low, high): actions are executed clipped to these bounds, as the real simulator
             does; the samples keep the unclipped draw whose log-prob the policy gradient uses.
+        full_states: optional float [N, T, F] full simulator state after each chunk (object and goal positions;
+            set by the real engine, which reads it from the simulator).
+        env_steps: optional long [N] real env steps each row executed (set by the real engine; None in imagination).
+        engine: "imagined" or "real": where the rows were rolled out.
     """
 
     observations: list[Observation]
@@ -477,6 +481,9 @@ class Trajectories:
     group_size: int
     classifier_probs: torch.Tensor | None = None
     action_bounds: tuple[float, float] | None = None
+    full_states: torch.Tensor | None = None
+    env_steps: torch.Tensor | None = None
+    engine: str = "imagined"
 
     @property
     def num_rows(self) -> int:
@@ -542,6 +549,9 @@ class Trajectories:
             group_size=self.group_size,
             classifier_probs=None if self.classifier_probs is None else self.classifier_probs[rows],
             action_bounds=self.action_bounds,
+            full_states=None if self.full_states is None else self.full_states[rows],
+            env_steps=None if self.env_steps is None else self.env_steps[rows],
+            engine=self.engine,
         )
 
     @staticmethod
@@ -569,6 +579,11 @@ class Trajectories:
             if any(it.classifier_probs is None for it in items)
             else torch.cat([it.classifier_probs for it in items]),
             action_bounds=items[0].action_bounds,
+            full_states=None
+            if any(it.full_states is None for it in items)
+            else torch.cat([it.full_states for it in items]),
+            env_steps=None if any(it.env_steps is None for it in items) else torch.cat([it.env_steps for it in items]),
+            engine=items[0].engine,
         )
 
 

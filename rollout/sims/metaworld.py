@@ -287,6 +287,16 @@ class MetaWorldEnv(gym.Env):
 
     # ---------------------------------------------------------------- helpers
 
+    def refresh_frame(self) -> np.ndarray:
+        """Render the current state now (also when `render_images` is off) and return the upright frame."""
+        self._image = self._render_frame()
+        return self._image.copy()
+
+    def sim_state(self) -> np.ndarray:
+        """float64 [qpos + qvel + mocap pos/quat]: the MuJoCo state, to check that two resets are the same state."""
+        d = self._env.data
+        return np.concatenate([d.qpos, d.qvel, d.mocap_pos.ravel(), d.mocap_quat.ravel()]).astype(np.float64)
+
     @property
     def full_state(self) -> np.ndarray:
         """float32 [39]: Meta-World's observation (hand, gripper, objects, previous frame, goal)."""

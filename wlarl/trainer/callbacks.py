@@ -164,6 +164,7 @@ class _PeriodicCallback(TrainerCallback):
 
     prefix = "eval"
     needs_grad = False  # evaluations run under no_grad; a refresh trains
+    budget_kind = "eval"  # the real episodes this callback runs count as evaluation ("train": training data)
 
     def __init__(
         self,
@@ -247,11 +248,21 @@ class _PeriodicCallback(TrainerCallback):
                 logger.warning("%s at step %d failed:\n%s", type(self).__name__, step, traceback.format_exc())
                 out = {f"{self.prefix}/error": 1.0, "error_message": str(err)}
             videos = out.pop("videos", None) or {}
+            # the real interaction of this call: logged, and added to the trainer's budget on every process
+            used = {k: out.pop(k) for k in ("real_episodes", "real_env_steps") if k in out}
             metrics = {k: float(v) for k, v in out.items() if isinstance(v, (int, float, np.number, bool))}
+            metrics.update({f"{self.prefix}/{k}_used": float(v) for k, v in used.items()})
             metrics.update(self._extra_metrics(model, step, out))
             if videos:
                 self._write_videos(videos, step, args)
         metrics = _broadcast(metrics)
+        count = getattr(self.trainer, "count_real", None)
+        if callable(count):
+            count(
+                self.budget_kind,
+                int(metrics.get(f"{self.prefix}/real_episodes_used", 0)),
+                int(metrics.get(f"{self.prefix}/real_env_steps_used", 0)),
+            )
         self.last_step = step
         self.last_metrics = metrics
         self.history.append((step, metrics))
@@ -354,6 +365,8 @@ class VerifyCallback(_PeriodicCallback):
             needed by masking with ``success_signal="head"``, and with "both" when trajectories lack
             `classifier_probs`.
         at_start: verify at train begin too (default False: the first verification comes after `verify_steps`).
+        episodes_train: the verification episodes are training data too (a refresh fine-tunes on them): the budget
+            counts them as `budget/real_train_episodes` instead of `budget/real_eval_episodes`.
     """
 
     prefix = "verify"
@@ -371,9 +384,12 @@ class VerifyCallback(_PeriodicCallback):
         success_classifier: SuccessClassifier | None = None,
         at_start: bool = False,
         at_end: bool = True,
+        episodes_train: bool = False,
         **kwargs: Any,
     ):
         super().__init__(verifier, verify_steps, output_dir, at_start=at_start, at_end=at_end, **kwargs)
+        # With a World-Expert refresh the verification episodes are also its training data: count them as such.
+        self.budget_kind = "train" if episodes_train else "eval"
         if success_signal not in ("classifier", "head", "both"):
             raise ValueError(
                 f"VerifyCallback: success_signal must be 'classifier', 'head' or 'both', got {success_signal!r}"

@@ -29,13 +29,24 @@ from wlarl.types import ActionSample, Observation, RewardOutput, Trajectories
 
 
 class ImaginationEngineLike(Protocol):
-    """What the trainer needs from an imagination engine (see `rollout.imagined.ImaginationEngine`)."""
+    """What the trainer needs from a rollout engine: `rollout.imagined.ImaginationEngine` (the frozen World Expert)
+    or `rollout.real_engine.RealEngine` (the real simulator). `world` is the frozen snapshot, the KL reference."""
 
     world: torch.nn.Module
 
     def rollout(
-        self, policy: torch.nn.Module, starts: Observation, group_size: int, temperature: float, horizon: int
+        self,
+        policy: torch.nn.Module,
+        starts: Observation,
+        group_size: int,
+        temperature: float,
+        horizon: int | None,
+        seeds: torch.Tensor | None = None,
     ) -> Trajectories: ...
+
+
+BUDGET_KEYS = ("real_train_episodes", "real_train_env_steps", "real_eval_episodes", "real_eval_env_steps")
+BUDGET_FILE = "real_budget.json"
 
 
 RewardScorerLike = Callable[..., RewardOutput]
@@ -147,6 +158,10 @@ class GRPOWorldTrainer(Trainer):
             "beta": args.beta,
         }
         self._metrics: dict[str, list[float]] = defaultdict(list)
+        # Real interaction so far (every process holds the global counts): training episodes (real-engine rollouts,
+        # refresh collection) apart from evaluation episodes (evaluation, verification). Saved with checkpoints.
+        self.budget: dict[str, int] = dict.fromkeys(BUDGET_KEYS, 0)
+        self._round_real = [0, 0]  # this process's real episodes and env steps in the current step's rounds
         self._buffered_inputs: dict[str, Any] | None = None
         self._step = 0
         # Masks imagined successes that verification does not trust (set by the verification callback).
@@ -213,6 +228,11 @@ class GRPOWorldTrainer(Trainer):
         logps = self._old_and_ref_log_probs(traj)
         # A step where no group survives on any process makes no update (see `training_step`).
         has_signal = self._global_sum(float(report["selected"] > 0)) > 0
+        episodes, steps = self._round_real
+        report["real_env_steps"] = steps  # this process's, dropped groups included
+        if self.args.engine == "real":
+            self.count_real("train", int(self._global_sum(episodes)), int(self._global_sum(steps)))
+        self._round_real = [0, 0]
         self._log_rollout(traj, rewards, counted, adv_stats, report, logps, has_signal, time.perf_counter() - t0)
         return {
             "trajectories": traj,
@@ -232,11 +252,16 @@ class GRPOWorldTrainer(Trainer):
         function, so they get advantage 0 and stay out of their group's baseline, and they do not count as success.
         """
         ta = time.perf_counter()
-        traj = self._imagine(batch["observation"])
+        traj = self._imagine(batch["observation"], batch.get("seeds"))
         tb = time.perf_counter()
         rewards = self._score(traj)
         self._metrics["time/imagine"].append(tb - ta)
         self._metrics["time/rewards"].append(time.perf_counter() - tb)
+        if traj.env_steps is not None:  # real rollouts: every row is a real episode, kept or dropped
+            self._round_real[0] += traj.num_rows
+            self._round_real[1] += int(traj.env_steps.sum())
+            for k, v in (getattr(self.imagination, "last_timing", None) or {}).items():
+                self._metrics[f"time/real_{k}"].append(float(v))
         counted = traj.success.clone()
         if self.success_filter is not None:
             verified = self.success_filter(traj).bool()
@@ -286,7 +311,7 @@ class GRPOWorldTrainer(Trainer):
         )
         return traj, rewards, torch.cat([p[2] for p in parts]), report
 
-    def _imagine(self, starts: Observation) -> Trajectories:
+    def _imagine(self, starts: Observation, seeds: torch.Tensor | None = None) -> Trajectories:
         policy = self.accelerator.unwrap_model(self.model)
         was_training = policy.training
         policy.eval()
@@ -296,7 +321,9 @@ class GRPOWorldTrainer(Trainer):
                 starts,
                 group_size=self.args.num_generations,
                 temperature=self.args.temperature,
-                horizon=self.args.horizon,
+                # the real engine's episodes are as long as real_max_episode_steps allows; imagination's `horizon`
+                horizon=self.args.horizon if self.args.engine == "imagined" else None,
+                seeds=seeds,
             )
         finally:
             policy.train(was_training)
@@ -327,6 +354,35 @@ class GRPOWorldTrainer(Trainer):
             out["ref_mean"] = ref["action_mean"].view(T, N, *ref["action_mean"].shape[1:]).transpose(0, 1)
         return out
 
+    def count_real(self, kind: str, episodes: int, env_steps: int) -> None:
+        """Add real interaction to the budget: kind "train" (rollouts the policy learns from, refresh collection) or
+        "eval" (evaluation, verification). Call it with global counts, on every process alike."""
+        if kind not in ("train", "eval"):
+            raise ValueError(f"count_real: kind must be 'train' or 'eval', got {kind!r}")
+        self.budget[f"real_{kind}_episodes"] += int(episodes)
+        self.budget[f"real_{kind}_env_steps"] += int(env_steps)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            ckpt = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
+            if os.path.isdir(ckpt):
+                tmp = os.path.join(ckpt, BUDGET_FILE + ".tmp")
+                with open(tmp, "w") as f:
+                    json.dump(self.budget, f, indent=2)
+                os.replace(tmp, os.path.join(ckpt, BUDGET_FILE))
+
+    def _load_budget(self, checkpoint: str) -> None:
+        path = os.path.join(checkpoint, BUDGET_FILE)
+        if not os.path.isfile(path):
+            return  # a checkpoint written before budgets were counted: start from zero
+        with open(path) as f:
+            saved = json.load(f)
+        missing = [k for k in BUDGET_KEYS if not isinstance(saved.get(k), int)]
+        if missing:
+            raise ValueError(f"{path}: expected integer counts {list(BUDGET_KEYS)}, missing or not integers: {missing}")
+        self.budget = {k: int(saved[k]) for k in BUDGET_KEYS}
+
     def _global_sum(self, value: float) -> float:
         """`value` summed over processes (every process calls this at the same point of the step)."""
         if self.accelerator.num_processes == 1:
@@ -348,7 +404,9 @@ class GRPOWorldTrainer(Trainer):
         m = self._metrics
         N, T = traj.num_rows, traj.horizon
         alive = traj.alive.bool()
-        m["rollout/imagined_success"].append(traj.success.float().mean().item())
+        # in the real simulator the rows' success is real success (of the sampled policy); else imagined success
+        success_key = "rollout/real_success" if traj.engine == "real" else "rollout/imagined_success"
+        m[success_key].append(traj.success.float().mean().item())
         m["rollout/counted_success"].append(counted.float().mean().item())
         m["rollout/episode_length"].append(traj.lengths.float().mean().item())
         m["rollout/action_abs_mean"].append(traj.actions.abs().mean().item())
@@ -375,9 +433,12 @@ class GRPOWorldTrainer(Trainer):
             m["policy/action_std"].append(float(std().mean()))
         m["time/rollout_total"].append(seconds)
         t_imagine = sum(m["time/imagine"][-report["rounds"] :]) if m["time/imagine"] else 0.0
-        m["time/imagined_env_steps_per_s"].append(
-            float(N * T * traj.samples[0].actions.shape[1]) / max(t_imagine, 1e-9)
-        )
+        if traj.env_steps is None:
+            m["time/imagined_env_steps_per_s"].append(
+                float(N * T * traj.samples[0].actions.shape[1]) / max(t_imagine, 1e-9)
+            )
+        else:
+            m["time/real_env_steps_per_s"].append(float(report["real_env_steps"]) / max(t_imagine, 1e-9))
         self._maybe_log_images(traj, rewards)
 
     # ------------------------------------------------------------------------------------------ loss
@@ -467,6 +528,8 @@ class GRPOWorldTrainer(Trainer):
 
             resumed = get_last_checkpoint(self.args.output_dir)
         self.resumed_from = resumed if isinstance(resumed, str) else None
+        if self.resumed_from is not None:
+            self._load_budget(self.resumed_from)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -488,6 +551,8 @@ class GRPOWorldTrainer(Trainer):
             valid = [v for v in vals if not math.isnan(v)]
             logs[key] = sum(valid) / len(valid) if valid else None
         self._metrics.clear()
+        for key, value in self.budget.items():
+            logs[f"budget/{key}"] = float(value)
         super().log(logs, start_time)
 
     def _maybe_log_images(self, traj: Trajectories, rewards: RewardOutput) -> None:

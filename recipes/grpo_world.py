@@ -225,7 +225,11 @@ def main() -> None:
     logger.info("start states: %d (%s)", len(starts), cfg.start_states)
 
     # --- the real simulator (one worker pool): real-engine rollouts, evaluation, verification, refresh ----------
-    pool = EnvWorkerPool(cfg.num_env_workers, env_kwargs=env_kwargs) if cfg.num_env_workers > 0 else None
+    pool = (
+        EnvWorkerPool(cfg.num_env_workers, env_kwargs=env_kwargs, slots_per_worker=cfg.env_slots_per_worker)
+        if cfg.num_env_workers > 0
+        else None
+    )
 
     # --- rewards, and the engine: imagination in a frozen World Expert (success by cfg.success_signal) or reality -
     snapshot = freeze_snapshot(policy)
@@ -258,6 +262,7 @@ def main() -> None:
         engine = RealEngine(
             snapshot, chunk_size=policy.config.chunk_size, max_episode_steps=cfg.real_max_episode_steps, pool=pool,
             num_workers=cfg.num_env_workers, env_kwargs=env_kwargs, timeout_s=cfg.eval_timeout_s,
+            slots_per_worker=cfg.env_slots_per_worker,
         )  # fmt: skip
         logger.info("engine real: %d chunks × %d steps per episode, %d real episodes per process and step",
                     engine.horizon, engine.chunk_size, cfg.num_starts * cfg.num_generations)  # fmt: skip
@@ -281,7 +286,7 @@ def main() -> None:
             tasks, cfg.eval_episodes_per_task, seed=cfg.seed, max_episode_steps=cfg.eval_max_episode_steps,
             sampled_temperature=cfg.temperature if cfg.eval_sampled else None, **real,
         )  # fmt: skip
-        callbacks.append(RealEvalCallback(evaluator, eval_steps))
+        callbacks.append(RealEvalCallback(evaluator, eval_steps, at_start=cfg.eval_at_start))
     if cfg.verify_steps:
         verifier = Verifier(
             make_imagine_fn(imagination, horizon=cfg.horizon), tasks, cfg.verify_episodes, seed=10_000 + cfg.seed,

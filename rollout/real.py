@@ -198,8 +198,56 @@ def _pack_obs(obs: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _close_quietly(env: Any) -> None:
+    try:
+        env.close()
+    except Exception:  # noqa: BLE001 - a broken env may fail to close; it is discarded anyway
+        pass
+
+
+class _EnvCache:
+    """The envs of one process by task. An episode borrows a free env of its task (building one when none is free)
+    and gives it back when the next episode of its slot begins; at most `capacity` envs are kept, idle envs of the
+    least recently used tasks closed first."""
+
+    def __init__(self, env_fn: EnvFn | str | None, env_kwargs: dict[str, Any], capacity: int = 48):
+        self.env_fn = _resolve_env_fn(env_fn)
+        self.env_kwargs = env_kwargs
+        self.capacity = max(int(capacity), 1)
+        self.free: dict[str, list[Any]] = {}
+        self.count = 0  # envs alive (free or borrowed)
+        self._clock = 0
+        self._used: dict[str, int] = {}  # task -> last use
+
+    def acquire(self, task: str) -> Any:
+        self._clock += 1
+        self._used[task] = self._clock
+        if self.free.get(task):
+            return self.free[task].pop()
+        while self.count >= self.capacity and any(self.free.values()):
+            oldest = min((t for t, envs in self.free.items() if envs), key=lambda t: self._used.get(t, 0))
+            self.discard(self.free[oldest].pop())
+        env = self.env_fn(task, **self.env_kwargs)
+        self.count += 1
+        return env
+
+    def release(self, task: str, env: Any) -> None:
+        self.free.setdefault(task, []).append(env)
+
+    def discard(self, env: Any) -> None:
+        self.count -= 1
+        _close_quietly(env)
+
+    def close(self) -> None:
+        for envs in self.free.values():
+            for env in envs:
+                self.discard(env)
+        self.free = {}
+
+
 class _EnvRunner:
-    """Executes reset/chunk requests on envs (one per task); lives in a worker process or in-process."""
+    """Executes reset/chunk requests of one episode slot; lives in a worker process (one per slot, sharing the
+    process's env cache) or in-process."""
 
     def __init__(
         self,
@@ -207,12 +255,13 @@ class _EnvRunner:
         env_kwargs: dict[str, Any],
         max_episode_steps: int | None,
         stop_on_success: bool,
+        cache: _EnvCache | None = None,
     ):
-        self.env_fn = _resolve_env_fn(env_fn)
-        self.env_kwargs = env_kwargs
+        self.own_cache = cache is None
+        self.cache = cache if cache is not None else _EnvCache(env_fn, env_kwargs)
         self.max_episode_steps = max_episode_steps
         self.stop_on_success = stop_on_success
-        self.envs: dict[str, Any] = {}
+        self.task: str | None = None
         self.env = None
         self.obs: dict[str, Any] | None = None
         self.steps = 0
@@ -226,9 +275,12 @@ class _EnvRunner:
         """Reset the env of `task` with `seed`; the episode settings default to the runner's."""
         self.episode_limit = max_episode_steps if max_episode_steps is not None else self.max_episode_steps
         self.episode_stop = self.stop_on_success if stop_on_success is None else bool(stop_on_success)
-        if task not in self.envs:
-            self.envs[task] = self.env_fn(task, **self.env_kwargs)
-        self.env = self.envs[task]
+        if self.env is not None and self.task != task:
+            self.cache.release(self.task, self.env)
+            self.env = None
+        if self.env is None:
+            self.env = self.cache.acquire(task)
+        self.task = task
         obs, info = self.env.reset(seed=int(seed))
         self.obs = _pack_obs(obs, info)
         self.steps = 0
@@ -285,85 +337,95 @@ class _EnvRunner:
             return self.chunk(payload)
         raise ValueError(f"real env worker: unknown command {cmd!r}")
 
-    def drop_env(self, task: str) -> None:
-        env = self.envs.pop(task, None)
-        if env is not None:
-            try:
-                env.close()
-            except Exception:  # noqa: BLE001 - a broken env may fail to close; it is discarded anyway
-                pass
+    def drop_env(self, task: str | None = None) -> None:
+        """Discard the env of the current episode (it raised); the next reset builds or borrows another."""
+        if self.env is not None:
+            self.cache.discard(self.env)
+        self.env, self.task = None, None
 
     def close(self) -> None:
-        for task in list(self.envs):
-            self.drop_env(task)
+        if self.env is not None:
+            self.cache.release(self.task, self.env)
+            self.env, self.task = None, None
+        if self.own_cache:
+            self.cache.close()
 
 
 def _worker_main(
-    conn, env_fn, env_kwargs, max_episode_steps, stop_on_success
+    conn, env_fn, env_kwargs, max_episode_steps, stop_on_success, slots=1
 ) -> None:  # pragma: no cover - subprocess
-    runner = None
-    task = None
+    """A worker process: `slots` episode slots over one env cache. Each message is a batch of (slot, command,
+    payload) requests, answered by one batch of (slot, status, result) replies."""
+    runners: list[_EnvRunner] = []
+    cache = None
     try:
-        runner = _EnvRunner(env_fn, env_kwargs, max_episode_steps, stop_on_success)
+        cache = _EnvCache(env_fn, env_kwargs)
+        runners = [_EnvRunner(None, env_kwargs, max_episode_steps, stop_on_success, cache=cache) for _ in range(slots)]
         while True:
-            cmd, payload = conn.recv()
-            if cmd == "close":
+            msg = conn.recv()
+            if msg[0] == "close":
                 break
-            if cmd == "reset":
-                task = payload[0]
-            try:
-                conn.send(("ok", runner.handle(cmd, payload)))
-            except Exception:  # noqa: BLE001 - reported to the parent, which re-runs the episode elsewhere
-                if task is not None:
-                    runner.drop_env(task)
-                conn.send(("error", traceback.format_exc()))
+            replies = []
+            for slot, cmd, payload in msg[1]:
+                try:
+                    replies.append((slot, "ok", runners[slot].handle(cmd, payload)))
+                except Exception:  # noqa: BLE001 - reported to the parent, which re-runs the episode elsewhere
+                    runners[slot].drop_env()
+                    replies.append((slot, "error", traceback.format_exc()))
+            conn.send(("batch", replies))
     except (EOFError, KeyboardInterrupt, BrokenPipeError):
         pass
     finally:
-        if runner is not None:
-            runner.close()
+        for r in runners:
+            r.close()
+        if cache is not None:
+            cache.close()
         conn.close()
 
 
 class _Worker:
-    """Parent-side handle of one env runner (a process, or in-process when `proc` is None)."""
+    """Parent-side handle of one worker process (or of in-process runners when `proc` is None) and its slots."""
 
-    def __init__(self, index: int, ctx, env_fn, env_kwargs, max_episode_steps, stop_on_success, in_process: bool):
+    def __init__(
+        self, index: int, ctx, env_fn, env_kwargs, max_episode_steps, stop_on_success, in_process: bool, slots: int = 1
+    ):
         self.index = index
         self.alive = True
-        self.job: dict[str, Any] | None = None  # the episode being run
-        self.waiting_since: float | None = None  # time of the outstanding request
-        self._local_reply: tuple[str, Any] | None = None
+        self.outbox: list[tuple[int, str, Any]] = []  # requests of this iteration, sent as one batch
+        self.in_flight = 0  # batches sent and not yet answered
+        self.sent_at: float | None = None
         if in_process:
             self.proc = None
             self.conn = None
-            self.runner = _EnvRunner(env_fn, env_kwargs, max_episode_steps, stop_on_success)
+            cache = _EnvCache(env_fn, env_kwargs)
+            self.cache = cache
+            runners = [_EnvRunner(None, env_kwargs, max_episode_steps, stop_on_success, cache=cache) for _ in range(slots)]
         else:
-            self.runner = None
+            self.cache = None
+            runners = [None] * slots
             self.conn, child = ctx.Pipe()
             self.proc = ctx.Process(
                 target=_worker_main,
-                args=(child, env_fn, env_kwargs, max_episode_steps, stop_on_success),
+                args=(child, env_fn, env_kwargs, max_episode_steps, stop_on_success, slots),
                 name=f"wlarl-real-env-{index}",
                 daemon=True,
             )
             self.proc.start()
             child.close()
+        self.slots = [_Slot(self, k, runners[k]) for k in range(slots)]
 
-    def send(self, cmd: str, payload: Any) -> None:
-        self.waiting_since = time.monotonic()
-        if self.proc is None:
-            try:
-                self._local_reply = ("ok", self.runner.handle(cmd, payload))
-            except Exception:  # noqa: BLE001 - same contract as a worker process
-                if self.job is not None:
-                    self.runner.drop_env(self.job["task"])
-                self._local_reply = ("error", traceback.format_exc())
+    def flush(self) -> None:
+        """Send this iteration's requests as one batch."""
+        if self.proc is None or not self.outbox:
             return
-        self.conn.send((cmd, payload))
+        batch, self.outbox = self.outbox, []
+        self.conn.send(("batch", batch))
+        self.in_flight += 1
+        self.sent_at = time.monotonic()
 
     def kill(self) -> None:
         self.alive = False
+        self.outbox, self.in_flight = [], 0
         if self.proc is not None:
             if self.proc.is_alive():
                 self.proc.kill()
@@ -372,7 +434,9 @@ class _Worker:
 
     def close(self) -> None:
         if self.proc is None:
-            self.runner.close()
+            for s in self.slots:
+                s.runner.close()
+            self.cache.close()
             return
         if self.alive and self.proc.is_alive():
             try:
@@ -384,6 +448,41 @@ class _Worker:
             self.proc.kill()
             self.proc.join(timeout=5)
         self.conn.close()
+
+
+class _Slot:
+    """One episode slot of a worker: runs one episode at a time (the rollout loop's unit of work)."""
+
+    def __init__(self, worker: _Worker, slot: int, runner: _EnvRunner | None):
+        self.worker = worker
+        self.slot = slot
+        self.runner = runner  # in-process only
+        self.job: dict[str, Any] | None = None  # the episode being run
+        self.waiting_since: float | None = None  # time of the outstanding request
+        self._local_reply: tuple[str, Any] | None = None
+
+    @property
+    def index(self) -> int:
+        return self.worker.index
+
+    @property
+    def alive(self) -> bool:
+        return self.worker.alive
+
+    @property
+    def proc(self):
+        return self.worker.proc
+
+    def send(self, cmd: str, payload: Any) -> None:
+        self.waiting_since = time.monotonic()
+        if self.runner is None:
+            self.worker.outbox.append((self.slot, cmd, payload))
+            return
+        try:
+            self._local_reply = ("ok", self.runner.handle(cmd, payload))
+        except Exception:  # noqa: BLE001 - same contract as a worker process
+            self.runner.drop_env()
+            self._local_reply = ("error", traceback.format_exc())
 
 
 class EnvWorkerPool:
@@ -399,6 +498,8 @@ class EnvWorkerPool:
         num_workers: worker processes (≥ 1).
         env_fn, env_kwargs: how a worker builds the env of a task (see `rollout_policy`).
         start_method: multiprocessing start method ("spawn" is safe with MuJoCo/EGL and threads).
+        slots_per_worker: episodes each worker runs at once (one env each, built per task and reused). More slots
+            mean larger batched policy calls: the real engine's G·B rows then advance together.
     """
 
     def __init__(
@@ -407,10 +508,14 @@ class EnvWorkerPool:
         env_fn: EnvFn | str | None = None,
         env_kwargs: dict[str, Any] | None = None,
         start_method: str = "spawn",
+        slots_per_worker: int = 1,
     ):
         if int(num_workers) < 1:
             raise ValueError(f"EnvWorkerPool: num_workers must be ≥ 1, got {num_workers}")
+        if int(slots_per_worker) < 1:
+            raise ValueError(f"EnvWorkerPool: slots_per_worker must be ≥ 1, got {slots_per_worker}")
         self.num_workers = int(num_workers)
+        self.slots_per_worker = int(slots_per_worker)
         self.env_fn = env_fn
         self.env_kwargs = dict(env_kwargs or {})
         self._ctx = mp.get_context(start_method)
@@ -422,20 +527,35 @@ class EnvWorkerPool:
     def matches(self, env_fn: EnvFn | str | None, env_kwargs: dict[str, Any] | None) -> bool:
         return env_fn == self.env_fn and dict(env_kwargs or {}) == self.env_kwargs
 
+    def _start(self) -> _Worker:
+        w = _Worker(self._next_index, self._ctx, self.env_fn, self.env_kwargs, None, True, False, self.slots_per_worker)
+        self._next_index += 1
+        self.started += 1
+        return w
+
     def take(self, n: int) -> list[_Worker]:
-        """`n` ≤ num_workers idle workers, starting fresh ones for any that died or were killed."""
+        """Idle workers whose slots hold `n` episodes (at most num_workers), starting fresh ones for any that died."""
         if self.closed:
             raise RuntimeError("EnvWorkerPool: the pool is closed")
         self._workers = [w for w in self._workers if w.alive and w.proc is not None and w.proc.is_alive()]
-        want = min(max(int(n), 1), self.num_workers)
+        want = min(max(-(-int(n) // self.slots_per_worker), 1), self.num_workers)
         while len(self._workers) < want:
-            self._workers.append(_Worker(self._next_index, self._ctx, self.env_fn, self.env_kwargs, None, True, False))
-            self._next_index += 1
-            self.started += 1
+            self._workers.append(self._start())
         workers = self._workers[:want]
         for w in workers:
-            w.job, w.waiting_since, w._local_reply = None, None, None
+            w.outbox, w.in_flight, w.sent_at = [], 0, None
+            for s in w.slots:
+                s.job, s.waiting_since, s._local_reply = None, None, None
         return workers
+
+    def replace(self, dead: _Worker) -> _Worker:
+        """A fresh worker in place of `dead` (which died, hung or was killed), started now."""
+        if self.closed:
+            raise RuntimeError("EnvWorkerPool: the pool is closed")
+        self._workers = [w for w in self._workers if w is not dead]
+        fresh = self._start()
+        self._workers.append(fresh)
+        return fresh
 
     def close(self) -> None:
         for w in self._workers:
@@ -621,6 +741,7 @@ def rollout_policy(
     jobs: Sequence[tuple[str, int]] | None = None,
     frames: str = "all",
     record_samples: bool = False,
+    slots_per_worker: int = 1,
 ) -> RealRolloutResult:
     """Run `policy` in the real simulator for `episodes_per_task` seeded episodes of every task.
 
@@ -653,6 +774,8 @@ def rollout_policy(
             chunk, which the policy reads next (several times faster; needs keep_episodes=False, record_video=0).
         record_samples: keep per episode what a policy-gradient update needs (`RealRolloutResult.rollouts`): the
             observation (with latents) and the `ActionSample` of every chunk. Needs a `WLAPolicy`.
+        slots_per_worker: episodes each new worker runs at once (without `pool`; a pool has its own), so that a
+            batched policy call covers num_workers × slots_per_worker episodes.
 
     Returns:
         A `RealRolloutResult`.
@@ -693,14 +816,16 @@ def rollout_policy(
                 "rollout_policy: the worker pool was built for other env settings "
                 f"(env_fn={pool.env_fn!r}, env_kwargs={pool.env_kwargs}); got env_fn={env_fn!r}, env_kwargs={env_kwargs}"
             )
-        workers = pool.take(n_total)
+        procs = pool.take(n_total)
     else:
-        n_workers = min(max(int(num_workers), 0), n_total)
+        per = max(int(slots_per_worker), 1)
+        n_workers = min(max(int(num_workers), 0), -(-n_total // per))
         ctx = mp.get_context(start_method) if n_workers else None
-        workers = [
-            _Worker(i, ctx, env_fn, dict(env_kwargs or {}), max_episode_steps, stop_on_success, n_workers == 0)
+        procs = [
+            _Worker(i, ctx, env_fn, dict(env_kwargs or {}), max_episode_steps, stop_on_success, n_workers == 0, per)
             for i in range(max(n_workers, 1))
         ]
+    slots = [sl for p in procs for sl in p.slots]
     finished: dict[tuple[str, int], tuple[EpisodeOutcome, dict[str, Any]]] = {}
     lost: list[dict[str, Any]] = []
     failures: list[str] = []
@@ -710,43 +835,53 @@ def rollout_policy(
     policy_s = 0.0
     timed_out = False
 
-    def fail_worker(w: _Worker, reason: str, kill: bool) -> None:
-        job = w.job
-        failures.append(f"worker {w.index}: {reason}" + (f" (during {job['task']} seed {job['seed']})" if job else ""))
-        if kill:
-            w.kill()
-        w.job, w.waiting_since = None, None
-        if job is not None:
-            job = {
-                "task": job["task"],
-                "episode": job["episode"],
-                "seed": job["seed"],
-                "attempts": job["attempts"] + 1,
-            }
-            if job["attempts"] <= max_retries:
-                queue.appendleft(job)  # re-run from its seed on a surviving worker
-            else:
-                lost.append({**job, "reason": f"failed {job['attempts']} time(s): {reason.splitlines()[-1]}"})
+    def requeue(sl: _Slot, reason: str) -> None:
+        job, sl.job, sl.waiting_since = sl.job, None, None
+        if job is None:
+            return
+        job = {"task": job["task"], "episode": job["episode"], "seed": job["seed"], "attempts": job["attempts"] + 1}
+        if job["attempts"] <= max_retries:
+            queue.appendleft(job)  # re-run from its seed on a surviving (or replacement) worker
+        else:
+            lost.append({**job, "reason": f"failed {job['attempts']} time(s): {reason.splitlines()[-1]}"})
+
+    def during(jobs_of: list[_Slot]) -> str:
+        names = [f"{sl.job['task']} seed {sl.job['seed']}" for sl in jobs_of if sl.job is not None]
+        return f" (during {', '.join(names)})" if names else ""
+
+    def fail_process(p: _Worker, reason: str) -> None:
+        """A worker process died or hung: kill it, re-queue its episodes, replace it when it belongs to a pool."""
+        failures.append(f"worker {p.index}: {reason}" + during(p.slots))
+        p.kill()
+        for sl in p.slots:
+            requeue(sl, reason)
+        if pool is not None and (queue or any(sl.job is not None for sl in slots if sl.alive)):
+            fresh = pool.replace(p)
+            procs.append(fresh)
+            slots.extend(fresh.slots)
 
     try:
-        while queue or any(w.job is not None for w in workers if w.alive):
-            alive = [w for w in workers if w.alive]
+        while queue or any(sl.job is not None for sl in slots if sl.alive):
+            alive = [sl for sl in slots if sl.alive]
             if not alive:
                 break
-            # --- hand new episodes to idle workers (a reset request each)
-            for w in alive:
-                if w.job is None and queue:
+            # --- hand new episodes to idle slots (a reset request each)
+            for sl in alive:
+                if sl.job is None and queue:
                     job = queue.popleft()
-                    w.job = {**job, "steps": [], "subtasks": [], "obs": None, "done": False, "low": None, "chunks": []}
-                    w.send("reset", (job["task"], job["seed"], max_episode_steps, stop_on_success))
+                    sl.job = {**job, "steps": [], "subtasks": [], "obs": None, "done": False, "low": None, "chunks": []}
+                    sl.send("reset", (job["task"], job["seed"], max_episode_steps, stop_on_success))
                     started += 1
+            for p in procs:
+                if p.alive:
+                    p.flush()
             # --- collect every outstanding reply (resets and chunks), watching for deaths, hangs and the deadline
-            pending = {w.conn: w for w in alive if w.proc is not None and w.waiting_since is not None}
-            replies: dict[int, tuple[str, Any]] = {
-                w.index: w._local_reply for w in alive if w.proc is None and w._local_reply is not None
-            }
-            for w in alive:
-                w._local_reply = None
+            replies: dict[int, tuple[str, Any]] = {}
+            for sl in alive:
+                if sl.runner is not None and sl._local_reply is not None:
+                    replies[id(sl)] = sl._local_reply
+                    sl._local_reply = None
+            pending = {p.conn: p for p in procs if p.alive and p.proc is not None and p.in_flight > 0}
             while pending:
                 now = time.monotonic()
                 if now >= deadline:
@@ -754,31 +889,40 @@ def rollout_policy(
                     break
                 ready = mp_wait(list(pending), timeout=min(1.0, deadline - now))
                 for conn in ready:
-                    w = pending.pop(conn)
+                    p = pending[conn]
                     try:
-                        replies[w.index] = conn.recv()
+                        _, batch = conn.recv()
                     except (EOFError, OSError, ConnectionResetError):
-                        code = w.proc.exitcode if w.proc is not None else None
-                        w.proc.join(timeout=1)
-                        code = w.proc.exitcode if code is None else code
-                        fail_worker(w, f"process died (exit code {code})", kill=True)
-                for conn, w in list(pending.items()):
-                    if not w.proc.is_alive() and not conn.poll():
+                        code = p.proc.exitcode
+                        p.proc.join(timeout=1)
+                        code = p.proc.exitcode if code is None else code
                         pending.pop(conn)
-                        fail_worker(w, f"process died (exit code {w.proc.exitcode})", kill=True)
-                    elif time.monotonic() - w.waiting_since > worker_timeout_s:
+                        fail_process(p, f"process died (exit code {code})")
+                        continue
+                    p.in_flight -= 1
+                    p.sent_at = time.monotonic() if p.in_flight else None
+                    for k, status, result in batch:
+                        replies[id(p.slots[k])] = (status, result)
+                    if p.in_flight == 0:
                         pending.pop(conn)
-                        fail_worker(w, f"no reply within worker_timeout_s={worker_timeout_s}", kill=True)
+                for conn, p in list(pending.items()):
+                    if not p.proc.is_alive() and not conn.poll():
+                        pending.pop(conn)
+                        fail_process(p, f"process died (exit code {p.proc.exitcode})")
+                    elif p.sent_at is not None and time.monotonic() - p.sent_at > worker_timeout_s:
+                        pending.pop(conn)
+                        fail_process(p, f"no reply within worker_timeout_s={worker_timeout_s}")
             if timed_out:
                 break
             # --- apply replies: record steps, finish episodes
-            for w in workers:
-                if w.index not in replies or not w.alive:
+            for w in slots:
+                if id(w) not in replies or not w.alive or w.job is None:
                     continue
-                status, payload = replies[w.index]
+                status, payload = replies[id(w)]
                 w.waiting_since = None
                 if status == "error":
-                    fail_worker(w, f"env raised:\n{payload}", kill=False)
+                    failures.append(f"worker {w.index}: env raised:\n{payload}" + during([w]))
+                    requeue(w, f"env raised:\n{payload}")
                     continue
                 job = w.job
                 if "steps" in payload:  # chunk reply
@@ -813,7 +957,7 @@ def rollout_policy(
                     finished[(job["task"], job["episode"])] = (outcome, job)
                     w.job = None
             # --- one batched policy call for every running episode, then a chunk request each
-            active = [w for w in workers if w.alive and w.job is not None and w.job["obs"] is not None]
+            active = [w for w in slots if w.alive and w.job is not None and w.job["obs"] is not None]
             if not active:
                 continue
             t_policy = time.monotonic()
@@ -829,20 +973,23 @@ def rollout_policy(
                     obs_b, sample_b = record
                     w.job["pending_record"] = {"observation": obs_b.index([i]), "sample": sample_b.index([i])}
                 w.send("chunk", (a, frames))  # [H, A]
+            for p in procs:
+                if p.alive:
+                    p.flush()
             if time.monotonic() >= deadline:
                 timed_out = True
                 break
     finally:
-        for w in workers:
-            if w.alive:
-                if timed_out and w.proc is not None:
-                    w.kill()  # may be stuck mid-request: do not wait for it (a pool replaces it next time)
+        for p in procs:
+            if p.alive:
+                if timed_out and p.proc is not None:
+                    p.kill()  # may be stuck mid-request: do not wait for it (a pool replaces it next time)
                 elif pool is None:
-                    w.close()
+                    p.close()
 
     # Everything not finished is lost (timeout, or no surviving worker).
     reason = "timed out" if timed_out else "no surviving worker"
-    for w in workers:
+    for w in slots:
         if w.job is not None:
             lost.append(
                 {

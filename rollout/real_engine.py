@@ -52,6 +52,8 @@ class RealEngine:
         worker_timeout_s: a worker silent this long on one request is replaced and its episode re-run from its seed.
         max_retries: re-runs of an episode whose worker failed.
         check_starts: compare each start's recorded state with its reset, and the G reset states of a group.
+        slots_per_worker: episodes each fresh worker runs at once (without a pool; a pool has its own): the policy
+            acts on all running episodes in one batched call.
     """
 
     engine = "real"
@@ -70,6 +72,7 @@ class RealEngine:
         worker_timeout_s: float = 300.0,
         max_retries: int = 2,
         check_starts: bool = True,
+        slots_per_worker: int = 16,
     ):
         if chunk_size is None:
             chunk_size = int(getattr(getattr(world, "config", None), "chunk_size", 0) or 0)
@@ -102,6 +105,7 @@ class RealEngine:
         self.worker_timeout_s = float(worker_timeout_s)
         self.max_retries = int(max_retries)
         self.check_starts = bool(check_starts)
+        self.slots_per_worker = int(slots_per_worker)
         self.last_result = None  # the RealRolloutResult of the last call (timings, worker failures)
         self.last_timing: dict[str, float] = {}  # seconds of the last call: "policy", "simulate", "assemble"
 
@@ -161,6 +165,7 @@ class RealEngine:
             env_kwargs=self.env_kwargs, max_episode_steps=T * self.chunk_size, timeout_s=self.timeout_s,
             worker_timeout_s=self.worker_timeout_s, max_retries=self.max_retries, keep_episodes=False,
             frames="chunk", record_samples=True, sample=sample, temperature=temperature,
+            slots_per_worker=self.slots_per_worker,
         )  # fmt: skip
         self.last_result = result
         t_assemble = time.monotonic()

@@ -274,6 +274,13 @@ class GRPOWorldConfig(GRPOConfig):
 
     # ------------------------------------------------------------------ real-simulator evaluation
     eval_episodes_per_task: int = field(default=10, metadata={"help": "Real episodes per task at each evaluation."})
+    eval_at_start: bool = field(
+        default=True,
+        metadata={
+            "help": "Evaluate in the real simulator before the first step too (False: when the starting policy was "
+            "already evaluated on the same seeds, e.g. by an earlier run of a comparison)."
+        },
+    )
     eval_sampled: bool = field(
         default=True,
         metadata={
@@ -286,6 +293,14 @@ class GRPOWorldConfig(GRPOConfig):
         metadata={
             "help": "Parallel real-simulator worker processes; 0 runs the simulator in the training process (no "
             "start-up cost of about 8 s per evaluation, but no isolation from a simulator crash or hang)."
+        },
+    )
+    env_slots_per_worker: int = field(
+        default=16,
+        metadata={
+            "help": "Episodes each real-simulator worker runs at once (one env each, about 40 MB); the policy acts on "
+            "all running episodes in one batched call, so more slots mean fewer, larger calls (the real engine's "
+            "num_starts × num_generations rows advance together)."
         },
     )
     image_size: int = field(default=64, metadata={"help": "Camera image size (pixels, square) of the real simulator."})
@@ -490,6 +505,7 @@ class GRPOWorldConfig(GRPOConfig):
             "refresh_grad_steps",
             "num_reset_starts",
             "keyframe_stride",
+            "env_slots_per_worker",
         ):
             if getattr(self, name) < 1:
                 raise bad(name, f"must be ≥ 1, got {getattr(self, name)}")

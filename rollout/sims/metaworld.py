@@ -97,11 +97,19 @@ INSTRUCTION_CHARSET = frozenset(string.ascii_letters + string.digits + " .,;:'!?
 # their __del__ prints EGL errors). Our hook is registered after MuJoCo's, so it runs first.
 _OPEN_ENVS: weakref.WeakSet = weakref.WeakSet()
 _EXIT_HOOK = []
+# One renderer per (task, image size) and process, shared by every env of that task: a scene is built from the
+# data's body, geom, site and camera poses, which every env computes with its own model, so rendering env B's data
+# with env A's renderer gives B's frame exactly (checked for the default tasks in tests/sims). A renderer costs about
+# twice the memory of the env itself, which matters when a worker runs many episodes at once.
+_SHARED_RENDERERS: dict[tuple[str, int], Any] = {}
 
 
 def _close_open_renderers() -> None:
     for env in list(_OPEN_ENVS):
         env._close_renderer()
+    for renderer in _SHARED_RENDERERS.values():
+        renderer.close()
+    _SHARED_RENDERERS.clear()
 
 
 _IMPORT_HINT = "Meta-World is not installed: pip install -e '.[metaworld]' (and set MUJOCO_GL=egl or osmesa)"
@@ -282,7 +290,8 @@ class MetaWorldEnv(gym.Env):
 
     def _close_renderer(self) -> None:
         if self._renderer is not None:
-            self._renderer.close()
+            if self._renderer is not _SHARED_RENDERERS.get((self.task_name, self.image_size)):
+                self._renderer.close()
             self._renderer = None
 
     # ---------------------------------------------------------------- helpers
@@ -317,13 +326,17 @@ class MetaWorldEnv(gym.Env):
     def _render_frame(self) -> np.ndarray:
         mj = self._mujoco
         if self._renderer is None:
-            self._renderer = mj.Renderer(self._env.model, self.image_size, self.image_size)
+            key = (self.task_name, self.image_size)
+            if key not in _SHARED_RENDERERS:
+                renderer = mj.Renderer(self._env.model, self.image_size, self.image_size)
+                renderer.scene.flags[mj.mjtRndFlag.mjRND_SHADOW] = 0
+                renderer.scene.flags[mj.mjtRndFlag.mjRND_REFLECTION] = 0
+                renderer.scene.flags[mj.mjtRndFlag.mjRND_SKYBOX] = 0
+                _SHARED_RENDERERS[key] = renderer
+            self._renderer = _SHARED_RENDERERS[key]
             _OPEN_ENVS.add(self)
             if not _EXIT_HOOK:
                 _EXIT_HOOK.append(atexit.register(_close_open_renderers))
-            self._renderer.scene.flags[mj.mjtRndFlag.mjRND_SHADOW] = 0
-            self._renderer.scene.flags[mj.mjtRndFlag.mjRND_REFLECTION] = 0
-            self._renderer.scene.flags[mj.mjtRndFlag.mjRND_SKYBOX] = 0
             if self._camera_id >= 0:
                 # The camera's image-up axis is column 1 of its world rotation; pointing down means rolled by 180°.
                 up_z = self._env.data.cam_xmat[self._camera_id].reshape(3, 3)[2, 1]

@@ -102,6 +102,36 @@ def test_debug_two_processes_reuses_the_cached_bootstrap(tmp_path, cache):
     assert (out / "final" / "model.safetensors").is_file()
 
 
+@requires_metaworld
+@pytest.mark.parametrize("accel, procs", [("cpu_1proc.yaml", 1), ("cpu_2proc.yaml", 2)])
+def test_debug_real_engine_trains_in_the_simulator_and_counts_its_budget(tmp_path, cache, accel, procs):
+    out = tmp_path / f"real{procs}"
+    proc = launch(
+        accel, "--output_dir", str(out), "--engine", "real", "--real_max_episode_steps", "16", "--max_steps", "2",
+        "--verify_steps", "0", "--tasks", "reach-v3", "--num_reset_starts", "2", "--eval_steps", "2",
+        "--eval_episodes_per_task", "1", "--log_image_steps", "0", cache=cache,
+    )  # fmt: skip
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-6000:]
+    assert "engine real: the reward is the simulator's own success" in text
+    assert "start states: 2 (reset)" in text
+    rows = read_metrics(out)
+    train = [r for r in rows if "loss/policy" in r]
+    assert len(train) == 2
+    assert all("rollout/real_success" in r and "reward/trajectory_success" in r for r in train)
+    assert not any("rollout/imagined_success" in r for r in rows)
+    # the debug preset: 2 starts × 4 samples per process and step, no dynamic sampling; 16 steps per episode at most
+    rows_per_step = 2 * 4 * procs
+    assert [r["budget/real_train_episodes"] for r in train] == [rows_per_step, 2 * rows_per_step]
+    assert 0 < train[-1]["budget/real_train_env_steps"] <= 2 * rows_per_step * 16
+    # evaluation at start and end, greedy and sampled, 1 episode each: counted apart from training
+    assert rows[-1]["budget/real_eval_episodes"] == 4
+    assert rows[-1]["budget/real_train_episodes"] == 2 * rows_per_step
+    saved = json.loads((out / "checkpoint-2" / "real_budget.json").read_text())
+    assert saved["real_train_episodes"] == 2 * rows_per_step
+    assert (out / "final" / "model.safetensors").is_file()
+
+
 def test_bad_override_is_a_clear_error(tmp_path, cache):
     proc = subprocess.run(
         [sys.executable, str(RECIPE), "--config", "debug", "--output_dir", str(tmp_path), "--num_generations", "1"],

@@ -138,3 +138,73 @@ def test_async_vector_env():
     obs, *_ = envs.step(np.zeros((2, 4), np.float32))
     assert obs["state"].dtype == np.float32
     envs.close()
+
+
+def _private_frame(env) -> np.ndarray:
+    """env's current frame from a renderer of its own model, with the env's render flags and 180° fix."""
+    import mujoco
+
+    renderer = mujoco.Renderer(env._env.model, env.image_size, env.image_size)
+    try:
+        flags = mujoco.mjtRndFlag
+        for flag in (flags.mjRND_SHADOW, flags.mjRND_REFLECTION, flags.mjRND_SKYBOX):
+            renderer.scene.flags[flag] = 0
+        renderer.update_scene(env._env.data, camera=env._camera)
+        frame = renderer.render()
+    finally:
+        renderer.close()
+    return np.ascontiguousarray(frame[::-1, ::-1] if env._rotate_180 else frame)
+
+
+@pytest.mark.parametrize("task", ["reach-v3", "drawer-close-v3"])  # drawer: the reset moves bodies of the model
+def test_envs_of_a_task_share_one_renderer_that_draws_each_ones_own_frame(task):
+    a, b = make_env(task, image_size=24), make_env(task, image_size=24)
+    a.reset(seed=0)
+    b.reset(seed=5)  # another layout (goal, object and, for the drawer, the model's body positions)
+    for _ in range(6):
+        a.step(np.array([1.0, 0.0, 0.0, 0.0], np.float32))
+        b.step(np.array([0.0, -1.0, 1.0, 1.0], np.float32))
+    assert a._renderer is not None and a._renderer is b._renderer  # one renderer per (task, image size)
+    for env in (a, b):
+        np.testing.assert_array_equal(env.render(), _private_frame(env))
+    assert not np.array_equal(a.render(), b.render())
+    a.close()  # closing one env leaves the shared renderer to the other
+    b.step(np.zeros(4, np.float32))
+    np.testing.assert_array_equal(b.render(), _private_frame(b))
+    b.close()
+
+
+def test_refresh_frame_renders_the_current_state_without_per_step_rendering():
+    lazy, eager = make_env("reach-v3", image_size=16), make_env("reach-v3", image_size=16)
+    first = lazy.reset(seed=3)[0]["image"]
+    eager.reset(seed=3)
+    lazy.render_images = False
+    action = np.array([1.0, 1.0, -1.0, 0.0], np.float32)
+    for _ in range(10):
+        stale = lazy.step(action)[0]["image"]
+        shown = eager.step(action)[0]["image"]
+    np.testing.assert_array_equal(stale, first)  # not rendered while stepping
+    frame = lazy.refresh_frame()
+    assert not np.array_equal(frame, first)  # the hand moved
+    np.testing.assert_array_equal(frame, shown)  # what a rendering env shows in the same state
+    np.testing.assert_array_equal(lazy.render(), shown)  # and the frame the env now holds
+    lazy.close()
+    eager.close()
+
+
+def test_sim_state_is_equal_after_equal_seeded_resets():
+    a, b = make_env("push-v3", image_size=16), make_env("push-v3", image_size=16)
+    a.reset(seed=21)
+    b.reset(seed=21)
+    s = a.sim_state()
+    m = a._env.model
+    assert s.dtype == np.float64 and s.shape == (m.nq + m.nv + 7 * m.nmocap,)
+    np.testing.assert_array_equal(s, b.sim_state())
+    b.reset(seed=22)
+    assert not np.array_equal(s, b.sim_state())  # another puck and goal
+    a.step(np.array([1.0, 0.0, 0.0, 0.0], np.float32))
+    assert not np.array_equal(s, a.sim_state())  # the state moves with the env
+    a.reset(seed=21)
+    np.testing.assert_array_equal(s, a.sim_state())  # and a reset with the seed rebuilds it
+    a.close()
+    b.close()

@@ -108,6 +108,8 @@ class RealEngine:
         self.slots_per_worker = int(slots_per_worker)
         self.last_result = None  # the RealRolloutResult of the last call (timings, worker failures)
         self.last_timing: dict[str, float] = {}  # seconds of the last call: "policy", "simulate", "assemble"
+        # real interaction of the last call, re-runs after worker failures included: "episodes", "env_steps"
+        self.last_cost: dict[str, int] = {}
 
     @torch.no_grad()
     def rollout(
@@ -168,6 +170,7 @@ class RealEngine:
             slots_per_worker=self.slots_per_worker,
         )  # fmt: skip
         self.last_result = result
+        self.last_cost = {"episodes": result.episodes_started, "env_steps": result.env_steps}
         t_assemble = time.monotonic()
         if result.lost or len(result.rollouts) != len(jobs):
             lost = ", ".join(f"{d['task']} seed {d['seed']} ({d['reason']})" for d in result.lost[:5])

@@ -258,8 +258,10 @@ class GRPOWorldTrainer(Trainer):
         self._metrics["time/imagine"].append(tb - ta)
         self._metrics["time/rewards"].append(time.perf_counter() - tb)
         if traj.env_steps is not None:  # real rollouts: every row is a real episode, kept or dropped
-            self._round_real[0] += traj.num_rows
-            self._round_real[1] += int(traj.env_steps.sum())
+            # what the simulator ran, re-runs after a worker failure included (the engine's count when it has one)
+            cost = getattr(self.imagination, "last_cost", None) or {}
+            self._round_real[0] += int(cost.get("episodes", traj.num_rows))
+            self._round_real[1] += int(cost.get("env_steps", int(traj.env_steps.sum())))
             for k, v in (getattr(self.imagination, "last_timing", None) or {}).items():
                 self._metrics[f"time/real_{k}"].append(float(v))
         counted = traj.success.clone()
@@ -376,9 +378,14 @@ class GRPOWorldTrainer(Trainer):
         path = os.path.join(checkpoint, BUDGET_FILE)
         if not os.path.isfile(path):
             return  # a checkpoint written before budgets were counted: start from zero
-        with open(path) as f:
-            saved = json.load(f)
-        missing = [k for k in BUDGET_KEYS if not isinstance(saved.get(k), int)]
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err}); expected {{{', '.join(BUDGET_KEYS)}}}") from None
+        if not isinstance(saved, dict):
+            raise ValueError(f"{path}: expected a JSON object of counts {list(BUDGET_KEYS)}, got {type(saved).__name__}")
+        missing = [k for k in BUDGET_KEYS if not isinstance(saved.get(k), int) or isinstance(saved.get(k), bool)]
         if missing:
             raise ValueError(f"{path}: expected integer counts {list(BUDGET_KEYS)}, missing or not integers: {missing}")
         self.budget = {k: int(saved[k]) for k in BUDGET_KEYS}

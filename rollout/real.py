@@ -359,7 +359,7 @@ def _worker_main(
     runners: list[_EnvRunner] = []
     cache = None
     try:
-        cache = _EnvCache(env_fn, env_kwargs)
+        cache = _EnvCache(env_fn, env_kwargs, capacity=max(48, 4 * slots))
         runners = [_EnvRunner(None, env_kwargs, max_episode_steps, stop_on_success, cache=cache) for _ in range(slots)]
         while True:
             msg = conn.recv()
@@ -804,10 +804,12 @@ def rollout_policy(
         if episodes_per_task < 1:
             raise ValueError(f"rollout_policy: episodes_per_task must be >= 1, got {episodes_per_task}")
         seed_list = episode_seeds(episodes_per_task, seeds)
+        # Episode-major order: the episodes running at once span the tasks, so each worker needs few envs per task
+        # (results are ordered by task and episode all the same).
         queue = deque(
             {"task": t, "episode": e, "seed": seed_list[e], "attempts": 0}
-            for t in tasks
             for e in range(episodes_per_task)
+            for t in tasks
         )
     n_total = len(queue)
     if pool is not None:

@@ -770,8 +770,10 @@ def rollout_policy(
         jobs: explicit episodes as (task, seed) pairs, run instead of `tasks` × `episodes_per_task` (`tasks`,
             `episodes_per_task` and `seeds` are then ignored); episode j of the result is jobs[j], and results come
             back in jobs order. A pair may repeat (G samples of one start).
-        frames: "all" renders every step's frame (episodes, videos); "chunk" renders only the frame after each
-            chunk, which the policy reads next (several times faster; needs keep_episodes=False, record_video=0).
+        frames: "all" renders every step's frame of the episodes that need it (all with `keep_episodes`, else the
+            first `record_video` per task) and only the frame after each chunk of the others (what the policy reads
+            next; several times faster); "chunk" renders only chunk boundaries (needs keep_episodes=False,
+            record_video=0).
         record_samples: keep per episode what a policy-gradient update needs (`RealRolloutResult.rollouts`): the
             observation (with latents) and the `ActionSample` of every chunk. Needs a `WLAPolicy`.
         slots_per_worker: episodes each new worker runs at once (without `pool`; a pool has its own), so that a
@@ -836,6 +838,10 @@ def rollout_policy(
     started = 0
     policy_s = 0.0
     timed_out = False
+
+    def frames_of(job: dict[str, Any]) -> str:
+        """Every step's frame only for episodes returned whole or recorded as video; else the chunk boundaries."""
+        return "all" if frames == "all" and (keep_episodes or job["episode"] < record_video) else "chunk"
 
     def requeue(sl: _Slot, reason: str) -> None:
         job, sl.job, sl.waiting_since = sl.job, None, None
@@ -974,7 +980,7 @@ def rollout_policy(
                 if record is not None:
                     obs_b, sample_b = record
                     w.job["pending_record"] = {"observation": obs_b.index([i]), "sample": sample_b.index([i])}
-                w.send("chunk", (a, frames))  # [H, A]
+                w.send("chunk", (a, frames_of(w.job)))  # [H, A]
             for p in procs:
                 if p.alive:
                     p.flush()
@@ -1013,7 +1019,7 @@ def rollout_policy(
         outcome, job = finished[k]
         if record_samples:
             rollouts.append({"chunks": job["chunks"], "sim_state": job.get("sim_state")})
-        if not outcome.length or frames == "chunk":
+        if not outcome.length or frames_of(job) == "chunk":
             continue  # nothing executed (cannot happen with a positive step limit), or no per-step frames
         ep = _finish_episode(job)
         if keep_episodes:

@@ -223,3 +223,14 @@ def test_evaluator_reports_greedy_and_sampled_success():
 def test_sampling_needs_a_policy_that_samples():
     with pytest.raises(TypeError, match="sampled rollouts need a WLAPolicy"):
         rollout_policy(steer, ["a"], 1, num_workers=0, sample=True, **COMMON)
+
+
+def test_videos_are_whole_when_other_episodes_render_only_chunk_boundaries():
+    whole = rollout_policy(steer, ["a", "b"], 3, seeds=0, num_workers=0, record_video=1, **COMMON)
+    lean = rollout_policy(steer, ["a", "b"], 3, seeds=0, num_workers=0, record_video=1, keep_episodes=False, **COMMON)
+    assert set(lean.videos) == {"a_ep0", "b_ep0"} and not lean.episodes
+    for name, frames in whole.videos.items():
+        assert np.array_equal(lean.videos[name], frames)  # every step's frame, T + 1 of them
+    assert [o.length for o in lean.outcomes] == [o.length for o in whole.outcomes]
+    with pytest.raises(ValueError, match="frames='chunk'"):
+        rollout_policy(steer, ["a"], 1, num_workers=0, frames="chunk", record_video=1, keep_episodes=False, **COMMON)

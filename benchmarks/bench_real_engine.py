@@ -84,7 +84,9 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
     rows = args.starts * args.group
-    print(f"\n{rows} real episodes per call ({args.starts} starts × {args.group}), up to {args.max_episode_steps} steps")
+    print(
+        f"\n{rows} real episodes per call ({args.starts} starts × {args.group}), up to {args.max_episode_steps} steps"
+    )
     print("| workers × slots | wall s | env steps | env steps/s | policy s | simulate s | start + warm-up s |")
     print("|---|---|---|---|---|---|---|")
     for r in results:

@@ -40,7 +40,9 @@ def verdict(before: dict, after: dict, key: str) -> str:
     b, a = before.get(key), after.get(key)
     if b is None or a is None:
         return "–"
-    overlap = not (after[f"{key}_ci_low"] > before[f"{key}_ci_high"] or after[f"{key}_ci_high"] < before[f"{key}_ci_low"])
+    overlap = not (
+        after[f"{key}_ci_low"] > before[f"{key}_ci_high"] or after[f"{key}_ci_high"] < before[f"{key}_ci_low"]
+    )
     return f"{a - b:+.3f}" + (" (no measurable difference)" if overlap else " (intervals apart)")
 
 

@@ -305,7 +305,11 @@ class _EnvRunner:
         """
         space = self.env.action_space
         steps, done, success = [], False, False
-        lazy = frames == "chunk" and hasattr(self.env, "render_images") and callable(getattr(self.env, "refresh_frame", None))
+        lazy = (
+            frames == "chunk"
+            and hasattr(self.env, "render_images")
+            and callable(getattr(self.env, "refresh_frame", None))
+        )
         rendering = getattr(self.env, "render_images", None)
         if lazy:
             self.env.render_images = False
@@ -399,7 +403,9 @@ class _Worker:
             self.conn = None
             cache = _EnvCache(env_fn, env_kwargs)
             self.cache = cache
-            runners = [_EnvRunner(None, env_kwargs, max_episode_steps, stop_on_success, cache=cache) for _ in range(slots)]
+            runners = [
+                _EnvRunner(None, env_kwargs, max_episode_steps, stop_on_success, cache=cache) for _ in range(slots)
+            ]
         else:
             self.cache = None
             runners = [None] * slots
@@ -528,7 +534,9 @@ class EnvWorkerPool:
         return env_fn == self.env_fn and dict(env_kwargs or {}) == self.env_kwargs
 
     def _start(self) -> _Worker:
-        w = _Worker(self._next_index, self._ctx, self.env_fn, self.env_kwargs, None, True, False, self.slots_per_worker)
+        w = _Worker(
+            self._next_index, self._ctx, self.env_fn, self.env_kwargs, None, True, False, self.slots_per_worker
+        )
         self._next_index += 1
         self.started += 1
         return w
@@ -877,7 +885,15 @@ def rollout_policy(
             for sl in alive:
                 if sl.job is None and queue:
                     job = queue.popleft()
-                    sl.job = {**job, "steps": [], "subtasks": [], "obs": None, "done": False, "low": None, "chunks": []}
+                    sl.job = {
+                        **job,
+                        "steps": [],
+                        "subtasks": [],
+                        "obs": None,
+                        "done": False,
+                        "low": None,
+                        "chunks": [],
+                    }
                     sl.send("reset", (job["task"], job["seed"], max_episode_steps, stop_on_success))
                     started += 1
             for p in procs:

@@ -384,10 +384,14 @@ class GRPOWorldTrainer(Trainer):
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not valid JSON ({err}); expected {{{', '.join(BUDGET_KEYS)}}}") from None
         if not isinstance(saved, dict):
-            raise ValueError(f"{path}: expected a JSON object of counts {list(BUDGET_KEYS)}, got {type(saved).__name__}")
+            raise ValueError(
+                f"{path}: expected a JSON object of counts {list(BUDGET_KEYS)}, got {type(saved).__name__}"
+            )
         missing = [k for k in BUDGET_KEYS if not isinstance(saved.get(k), int) or isinstance(saved.get(k), bool)]
         if missing:
-            raise ValueError(f"{path}: expected integer counts {list(BUDGET_KEYS)}, missing or not integers: {missing}")
+            raise ValueError(
+                f"{path}: expected integer counts {list(BUDGET_KEYS)}, missing or not integers: {missing}"
+            )
         self.budget = {k: int(saved[k]) for k in BUDGET_KEYS}
 
     def _global_sum(self, value: float) -> float:

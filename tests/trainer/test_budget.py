@@ -103,6 +103,11 @@ def test_dropped_groups_of_dynamic_sampling_count_too(tmp_path):
     assert [r["rollout/kept_groups"] for r in rows] == [0.0, 0.0]
     assert [r["budget/real_train_episodes"] for r in rows] == [1 * B * G * 3, 2 * B * G * 3]
     assert trainer.budget["real_train_env_steps"] == sum(int(t.env_steps.sum()) for t in engine.handed)
+    # the success rate of every row of every round, not only of the (here: no) kept groups
+    for k, row in enumerate(rows):
+        handed = engine.handed[3 * k : 3 * k + 3]
+        expected = sum(float(t.success.float().mean()) for t in handed) / 3
+        assert row["rollout/real_success_all_rows"] == pytest.approx(expected)
 
 
 def test_imagined_rollouts_cost_no_real_episodes(tmp_path):

@@ -265,6 +265,9 @@ class GRPOWorldTrainer(Trainer):
             for k, v in (getattr(self.imagination, "last_timing", None) or {}).items():
                 self._metrics[f"time/real_{k}"].append(float(v))
         counted = traj.success.clone()
+        # success of every row this round ran, before dynamic sampling keeps some groups (the sampled policy's rate)
+        engine = "real" if traj.engine == "real" else "imagined"
+        self._metrics[f"rollout/{engine}_success_all_rows"].append(traj.success.float().mean().item())
         if self.success_filter is not None:
             verified = self.success_filter(traj).bool()
             unverified = counted & ~verified  # [N]
@@ -415,7 +418,8 @@ class GRPOWorldTrainer(Trainer):
         m = self._metrics
         N, T = traj.num_rows, traj.horizon
         alive = traj.alive.bool()
-        # in the real simulator the rows' success is real success (of the sampled policy); else imagined success
+        # success of the kept groups (biased by dynamic sampling; `_success_all_rows` is over every row): real
+        # success in the real simulator, else imagined success
         success_key = "rollout/real_success" if traj.engine == "real" else "rollout/imagined_success"
         m[success_key].append(traj.success.float().mean().item())
         m["rollout/counted_success"].append(counted.float().mean().item())

@@ -9,13 +9,13 @@
   each of the H actions of a chunk is clipped to the action space and executed open-loop, then the policy
   re-plans. An episode ends at the first success (``info["success"]``, when `stop_on_success`), when the env
   terminates or truncates, or after `max_episode_steps` steps.
-- **Workers.** `num_workers` processes, each owning one env per task (created lazily). Each request to a
-  worker is one reset or one whole chunk, so there is one round trip per chunk. ``num_workers=0`` runs in
-  the calling process (debugging).
+- **Workers.** `num_workers` processes, each running `slots_per_worker` episodes at once (envs lent per task
+  by one cache per process, built lazily). One message per worker and chunk carries the requests of all its
+  slots (a reset or a whole chunk each). ``num_workers=0`` runs in the calling process (debugging).
 - **Faults.** A worker that dies (crash, ``os._exit``, killed) or stops answering for `worker_timeout_s` is
-  reported in `RealRolloutResult.worker_failures`; the episode it was running is **re-run from its seed on
-  a surviving worker** (at most `max_retries` times) and reported as lost once retries are exhausted or no
-  worker survives. An env that raises a Python exception is handled the same way (the worker survives, its
+  reported in `RealRolloutResult.worker_failures`; the episodes it was running are **re-run from their seeds**
+  on a surviving worker, or on a replacement started at once when the workers come from a pool (at most
+  `max_retries` times), and reported as lost once retries are exhausted or no worker survives. An env that raises a Python exception is handled the same way (the worker survives, its
   env for that task is rebuilt). The whole call never takes longer than `timeout_s` (plus the time to stop
   workers): then every unfinished episode is reported as lost and `timed_out` is set.
 
@@ -341,7 +341,7 @@ class _EnvRunner:
             return self.chunk(payload)
         raise ValueError(f"real env worker: unknown command {cmd!r}")
 
-    def drop_env(self, task: str | None = None) -> None:
+    def drop_env(self) -> None:
         """Discard the env of the current episode (it raised); the next reset builds or borrows another."""
         if self.env is not None:
             self.cache.discard(self.env)
@@ -474,10 +474,6 @@ class _Slot:
     @property
     def alive(self) -> bool:
         return self.worker.alive
-
-    @property
-    def proc(self):
-        return self.worker.proc
 
     def send(self, cmd: str, payload: Any) -> None:
         self.waiting_since = time.monotonic()

@@ -108,7 +108,8 @@ class RealEngine:
         self.slots_per_worker = int(slots_per_worker)
         self.last_result = None  # the RealRolloutResult of the last call (timings, worker failures)
         self.last_timing: dict[str, float] = {}  # seconds of the last call: "policy", "simulate", "assemble"
-        # real interaction of the last call, re-runs after worker failures included: "episodes", "env_steps"
+        # real interaction of the last call, re-runs after worker failures included: "episodes", "env_steps", and
+        # the "worker_failures" that caused re-runs
         self.last_cost: dict[str, int] = {}
 
     @torch.no_grad()
@@ -170,7 +171,11 @@ class RealEngine:
             slots_per_worker=self.slots_per_worker,
         )  # fmt: skip
         self.last_result = result
-        self.last_cost = {"episodes": result.episodes_started, "env_steps": result.env_steps}
+        self.last_cost = {
+            "episodes": result.episodes_started,
+            "env_steps": result.env_steps,
+            "worker_failures": len(result.worker_failures),
+        }
         t_assemble = time.monotonic()
         if result.lost or len(result.rollouts) != len(jobs):
             lost = ", ".join(f"{d['task']} seed {d['seed']} ({d['reason']})" for d in result.lost[:5])
@@ -185,8 +190,6 @@ class RealEngine:
             "policy": result.policy_s,
             "simulate": max(result.wall_s - result.policy_s, 0.0),
             "assemble": time.monotonic() - t_assemble,
-            "episodes_started": float(result.episodes_started),
-            "worker_failures": float(len(result.worker_failures)),
         }
         return traj
 

@@ -249,7 +249,7 @@ def test_a_pool_with_several_slots_gives_the_in_process_rollout():
         assert torch.equal(getattr(got, name), getattr(want, name)), name
     for t in range(got.horizon):
         torch.testing.assert_close(got.samples[t].actions, want.samples[t].actions)
-    assert engine.last_timing["episodes_started"] == 6.0 and engine.last_timing["worker_failures"] == 0.0
+    assert engine.last_cost["episodes"] == 6 and engine.last_cost["worker_failures"] == 0
 
 
 # ----------------------------------------------------------------------------------------- errors

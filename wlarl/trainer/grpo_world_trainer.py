@@ -257,17 +257,17 @@ class GRPOWorldTrainer(Trainer):
         rewards = self._score(traj)
         self._metrics["time/imagine"].append(tb - ta)
         self._metrics["time/rewards"].append(time.perf_counter() - tb)
-        if traj.env_steps is not None:  # real rollouts: every row is a real episode, kept or dropped
+        if traj.engine == "real":  # every row is a real episode, kept or dropped
             # what the simulator ran, re-runs after a worker failure included (the engine's count when it has one)
             cost = getattr(self.imagination, "last_cost", None) or {}
             self._round_real[0] += int(cost.get("episodes", traj.num_rows))
             self._round_real[1] += int(cost.get("env_steps", int(traj.env_steps.sum())))
+            self._metrics["rollout/real_worker_failures"].append(float(cost.get("worker_failures", 0)))
             for k, v in (getattr(self.imagination, "last_timing", None) or {}).items():
                 self._metrics[f"time/real_{k}"].append(float(v))
         counted = traj.success.clone()
         # success of every row this round ran, before dynamic sampling keeps some groups (the sampled policy's rate)
-        engine = "real" if traj.engine == "real" else "imagined"
-        self._metrics[f"rollout/{engine}_success_all_rows"].append(traj.success.float().mean().item())
+        self._metrics[f"rollout/{traj.engine}_success_all_rows"].append(traj.success.float().mean().item())
         if self.success_filter is not None:
             verified = self.success_filter(traj).bool()
             unverified = counted & ~verified  # [N]
@@ -448,7 +448,7 @@ class GRPOWorldTrainer(Trainer):
             m["policy/action_std"].append(float(std().mean()))
         m["time/rollout_total"].append(seconds)
         t_imagine = sum(m["time/imagine"][-report["rounds"] :]) if m["time/imagine"] else 0.0
-        if traj.env_steps is None:
+        if traj.engine == "imagined":
             m["time/imagined_env_steps_per_s"].append(
                 float(N * T * traj.samples[0].actions.shape[1]) / max(t_imagine, 1e-9)
             )

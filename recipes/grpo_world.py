@@ -162,12 +162,12 @@ REAL_ENGINE_REWARD = "trajectory_success"  # the simulator's own success: the co
 
 
 def load_start_states(
-    cfg: GRPOWorldConfig, episodes: EpisodeDataset, env_kwargs: dict, tasks: list[str] | None = None
+    cfg: GRPOWorldConfig, episodes: EpisodeDataset, env_kwargs: dict, tasks: list[str]
 ) -> list[dict]:
-    """The start states `cfg.start_states` names: dataset first frames, seeded real resets (of `tasks`, default
-    `cfg.tasks`), or keyframes."""
+    """The start states `cfg.start_states` names: dataset first frames, seeded real resets of `tasks` (the configured
+    ones, else the dataset's), or keyframes."""
     if cfg.start_states == "reset":
-        return reset_start_states(tasks or cfg.tasks, cfg.num_reset_starts, env_kwargs=env_kwargs)
+        return reset_start_states(tasks, cfg.num_reset_starts, env_kwargs=env_kwargs)
     starts = (
         keyframe_states(episodes, cfg.keyframe_stride) if cfg.start_states == "keyframes" else start_states(episodes)
     )

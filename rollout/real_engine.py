@@ -238,16 +238,12 @@ class RealEngine:
         alive = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]  # [N, T]
         success = (chunk_success & alive).any(dim=1)  # [N]
         # Latents of the frame after chunk t: the next chunk's observation carries them; encode only the last frames.
-        latents = torch.stack([o.latents.cpu() for o in observations[1:]], dim=1) if T > 1 else None  # [N, T-1, ...]
         last = torch.tensor([min(n, T) - 1 for n in lengths])  # [N] last executed chunk
         final_latents = self.world.encode_images(images[torch.arange(N), last]).detach().cpu()  # [N, C, h, w]
-        if latents is None:
-            subgoal_latents = final_latents[:, None]
-        else:
-            subgoal_latents = torch.cat([latents, final_latents[:, None]], dim=1)  # placeholders at T-1
-            # rows that ended before T-1 repeat their last observation; put the true last frame's latents in place
-            for i in range(N):
-                subgoal_latents[i, last[i] :] = final_latents[i]
+        following = torch.stack([*(o.latents.cpu() for o in observations[1:]), final_latents], dim=1)  # [N, T, ...]
+        # from its last executed chunk on, a row's frame is its final one (the later observations are padding)
+        from_last = (torch.arange(T)[None, :] >= last[:, None]).view(N, T, *[1] * (final_latents.dim() - 1))
+        subgoal_latents = torch.where(from_last, final_latents[:, None], following)  # [N, T, C, h, w]
         steps = torch.tensor([sum(c["steps"] for c in chunks[i]) for i in range(N)], dtype=torch.long)
         return Trajectories(
             observations=observations,

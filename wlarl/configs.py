@@ -29,6 +29,7 @@ from trl import GRPOConfig
 from wlarl.algorithms.grpo import AGGREGATIONS, IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES, SCALE_REWARDS
 
 START_STATE_SOURCES = ("auto", "dataset", "reset", "keyframes")
+START_SAMPLING_MODES = ("uniform", "signal")
 ENGINES = ("imagined", "real")
 SUCCESS_SIGNALS = ("classifier", "head", "both")
 
@@ -184,6 +185,19 @@ class GRPOWorldConfig(GRPOConfig):
         metadata={
             "help": "Simulator task names (e.g. reach-v3) for resets and evaluation; empty: all in the dataset."
         },
+    )
+    start_sampling: str = field(
+        default="uniform",
+        metadata={
+            "help": "How starts are drawn from the start states: 'uniform', or 'signal' (in proportion to the estimated "
+            "rate at which a start's groups carry learning signal, shrunk to its task's rate; see "
+            "wlarl.trainer.start_sampling). 'signal' spends fewer rollouts on starts whose groups are all successes "
+            "or all failures."
+        },
+    )
+    start_sampling_prior: float = field(
+        default=2.0,
+        metadata={"help": "start_sampling='signal': groups of a start that weigh as much as its task's rate (> 0)."},
     )
     num_starts: int = field(
         default=8,
@@ -484,6 +498,10 @@ class GRPOWorldConfig(GRPOConfig):
         if not (0.0 <= lo <= hi <= 1.0):
             raise bad("dynamic_sampling_range", f"need 0 ≤ lo ≤ hi ≤ 1 (success rates), got [{lo}, {hi}]")
         self.dynamic_sampling_range = [lo, hi]
+        if self.start_sampling not in START_SAMPLING_MODES:
+            raise bad("start_sampling", f"unknown value {self.start_sampling!r}; use one of {list(START_SAMPLING_MODES)}")
+        if not self.start_sampling_prior > 0:
+            raise bad("start_sampling_prior", f"must be > 0, got {self.start_sampling_prior}")
         if self.max_resample_rounds < 1:
             raise bad("max_resample_rounds", f"must be ≥ 1 (1 = no refill), got {self.max_resample_rounds}")
         for name in ("nll_coef", "world_aux_coef", "subtask_coef", "subtask_beta", "keep_best_margin"):

@@ -26,6 +26,7 @@ from transformers import Trainer, TrainerCallback
 from wlarl.algorithms import grpo
 from wlarl.configs import GRPOWorldConfig
 from wlarl.types import ActionSample, Observation, RewardOutput, Trajectories
+from wlarl.trainer.start_sampling import SignalStartSampler
 
 
 class ImaginationEngineLike(Protocol):
@@ -47,6 +48,7 @@ class ImaginationEngineLike(Protocol):
 
 BUDGET_KEYS = ("real_train_episodes", "real_train_env_steps", "real_eval_episodes", "real_eval_env_steps")
 BUDGET_FILE = "real_budget.json"
+START_SAMPLER_FILE = "start_sampler.json"
 
 
 RewardScorerLike = Callable[..., RewardOutput]
@@ -167,6 +169,11 @@ class GRPOWorldTrainer(Trainer):
         # Masks imagined successes that verification does not trust (set by the verification callback).
         self.success_filter: Callable[[Trajectories], torch.Tensor] | None = None
         self.resumed_from: str | None = None  # the checkpoint `train` resumed from
+        # start_sampling='signal': where groups carried signal so far (every process holds the same counts)
+        self.start_sampler: SignalStartSampler | None = None
+        if args.start_sampling == "signal":
+            tasks = [str(train_dataset[i].get("task_name", "")) for i in range(len(train_dataset))]
+            self.start_sampler = SignalStartSampler(tasks, prior_strength=args.start_sampling_prior)
         for cb in self.callback_handler.callbacks:
             if hasattr(cb, "bind"):
                 cb.bind(self)
@@ -194,8 +201,13 @@ class GRPOWorldTrainer(Trainer):
         """n fresh start states for refill round `round_index` of this step (seeded by step, round and rank)."""
         seed = self.args.seed + 7919 * (self.state.global_step + 1) + 104_729 * round_index
         gen = torch.Generator().manual_seed(seed + 15_485_863 * self.args.process_index)
-        idx = torch.randint(len(self.train_dataset), (n,), generator=gen).tolist()
-        return collate_starts([self.train_dataset[i] for i in idx])
+        if self.start_sampler is not None:
+            idx = self.start_sampler.sample(n, gen)
+        else:
+            idx = torch.randint(len(self.train_dataset), (n,), generator=gen).tolist()
+        batch = collate_starts([self.train_dataset[i] for i in idx])
+        batch["index"] = torch.as_tensor(idx, dtype=torch.long)
+        return batch
 
     # ------------------------------------------------------------------------------------------ rollout
     def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -284,19 +296,26 @@ class GRPOWorldTrainer(Trainer):
         lo, hi = self.args.dynamic_sampling_range
         rounds: list[tuple[Trajectories, RewardOutput, torch.Tensor]] = []
         keep_masks: list[torch.Tensor] = []  # per round: bool [B] groups kept
-        batch = inputs
+        # the signal sampler draws every round itself (the dataloader's batch is uniform)
+        batch = inputs if self.start_sampler is None else self._sample_starts(B, round_index=0)
+        drawn: list[tuple[torch.Tensor, torch.Tensor]] = []  # per round: start indices [B], signal [B]
         while True:
             traj, rewards, counted = self._rollout_round(batch)
             rounds.append((traj, rewards, counted))
+            # Filter on the reward the advantages come from (not on a success signal they do not use).
+            reward_N = grpo.aggregate_rewards(rewards.per_function, rewards.weights)  # [N], NaN = unscored
+            signal = grpo.signal_groups_mask(reward_N, G, lo, hi)  # [B]
+            if self.start_sampler is not None:
+                drawn.append((batch["index"], signal))
             if not self.args.dynamic_sampling:
                 keep_masks.append(torch.ones(B, dtype=torch.bool))
                 break
-            # Filter on the reward the advantages come from (not on a success signal they do not use).
-            reward_N = grpo.aggregate_rewards(rewards.per_function, rewards.weights)  # [N], NaN = unscored
-            keep_masks.append(grpo.signal_groups_mask(reward_N, G, lo, hi))  # [B]
+            keep_masks.append(signal)
             if sum(int(k.sum()) for k in keep_masks) >= B or len(rounds) >= self.args.max_resample_rounds:
                 break
             batch = self._sample_starts(B, round_index=len(rounds))
+        if self.start_sampler is not None:
+            self._update_start_sampler(drawn)
         round_K, group_K, report = grpo.refill_groups(keep_masks, B)
         report["seen"] = sum(k.numel() for k in keep_masks)
         if report["selected"] == 0:
@@ -315,6 +334,23 @@ class GRPOWorldTrainer(Trainer):
             weights=parts[0][1].weights,
         )
         return traj, rewards, torch.cat([p[2] for p in parts]), report
+
+    def _update_start_sampler(self, drawn: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Every process's groups of this step (dropped ones too) → the start sampler's counts, on every process."""
+        B, R = self.args.num_starts, self.args.max_resample_rounds
+        # fixed size [R·B] so that processes that ran different numbers of rounds gather alike (-1: no group)
+        index = torch.full((R * B,), -1, dtype=torch.long)
+        signal = torch.zeros(R * B, dtype=torch.long)
+        for r, (idx, sig) in enumerate(drawn):
+            index[r * B : (r + 1) * B] = idx
+            signal[r * B : (r + 1) * B] = sig.long()
+        if self.accelerator.num_processes > 1:
+            both = self.accelerator.gather(torch.stack([index, signal]).to(self.accelerator.device)).cpu()
+            index, signal = both.view(-1, 2, R * B).transpose(0, 1).reshape(2, -1)
+        valid = index >= 0
+        self.start_sampler.update(index[valid], signal[valid].bool())
+        for task, share in self.start_sampler.task_shares().items():
+            self._metrics[f"starts/share/{task}"].append(share)
 
     def _imagine(self, starts: Observation, seeds: torch.Tensor | None = None) -> Trajectories:
         policy = self.accelerator.unwrap_model(self.model)
@@ -376,6 +412,27 @@ class GRPOWorldTrainer(Trainer):
                 with open(tmp, "w") as f:
                     json.dump(self.budget, f, indent=2)
                 os.replace(tmp, os.path.join(ckpt, BUDGET_FILE))
+                if self.start_sampler is not None:
+                    tmp = os.path.join(ckpt, START_SAMPLER_FILE + ".tmp")
+                    with open(tmp, "w") as f:
+                        json.dump(self.start_sampler.state_dict(), f)
+                    os.replace(tmp, os.path.join(ckpt, START_SAMPLER_FILE))
+
+    def _load_start_sampler(self, checkpoint: str) -> None:
+        path = os.path.join(checkpoint, START_SAMPLER_FILE)
+        if self.start_sampler is None:
+            return
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"{checkpoint}: start_sampling='signal' but the checkpoint has no {START_SAMPLER_FILE} (written by a "
+                "run with start_sampling='uniform'?); resume with the sampling the run was started with"
+            )
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from None
+        self.start_sampler.load_state_dict(saved, source=path)
 
     def _load_budget(self, checkpoint: str) -> None:
         path = os.path.join(checkpoint, BUDGET_FILE)
@@ -545,6 +602,7 @@ class GRPOWorldTrainer(Trainer):
         self.resumed_from = resumed if isinstance(resumed, str) else None
         if self.resumed_from is not None:
             self._load_budget(self.resumed_from)
+            self._load_start_sampler(self.resumed_from)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):

@@ -1,0 +1,113 @@
+"""Where GRPO spends its rollouts: start states drawn by how likely their group is to carry learning signal.
+
+A group teaches something only when its G rewards differ. With the real engine every row is a real episode, and on
+the default tasks half of them fall into groups that are all successes (tasks at the ceiling) or all failures (tasks
+at the floor): dynamic sampling drops those groups, but the episodes were paid for. `SignalStartSampler` keeps, for
+every start and for its task, how often its groups were kept (had signal) and draws starts in proportion to the
+posterior mean of that rate:
+
+    rate_task  = (kept_task + 1) / (seen_task + 2)                         (Beta(1, 1) prior)
+    rate_start = (kept_start + k · rate_task) / (seen_start + k)           (shrunk to its task, k = prior_strength)
+
+A start never seen weighs as much as its task, and a task never seen weighs 1/2, so nothing drops out of reach: a
+task at the floor keeps being tried, less often, and comes back once its groups carry signal again. Every group
+rolled out counts, dropped ones included (they are what tells a start apart), on every process alike (the
+trainer gathers the observations before `update`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+STATE_VERSION = 1
+
+
+class SignalStartSampler:
+    """Draws start indices with probability ∝ the estimated rate at which their groups carry signal.
+
+    Args:
+        task_names: the task of every start state, in dataset order.
+        prior_strength: k, how many observed groups of a start weigh as much as its task's rate (> 0).
+    """
+
+    def __init__(self, task_names: Sequence[str], prior_strength: float = 2.0):
+        if len(task_names) == 0:
+            raise ValueError("SignalStartSampler: no start states (task_names is empty)")
+        if not prior_strength > 0:
+            raise ValueError(f"SignalStartSampler: prior_strength must be > 0, got {prior_strength}")
+        self.tasks = sorted(set(task_names))
+        index = {t: i for i, t in enumerate(self.tasks)}
+        self.task_of = torch.as_tensor([index[t] for t in task_names], dtype=torch.long)  # [S]
+        self.prior_strength = float(prior_strength)
+        self.seen = torch.zeros(len(task_names), dtype=torch.float64)  # groups rolled out from each start
+        self.kept = torch.zeros(len(task_names), dtype=torch.float64)  # of which carried signal
+
+    def __len__(self) -> int:
+        return self.task_of.numel()
+
+    def task_rates(self) -> torch.Tensor:
+        """[num_tasks] posterior mean rate of kept groups per task (Beta(1, 1) prior)."""
+        n = len(self.tasks)
+        seen = torch.zeros(n, dtype=torch.float64).index_add_(0, self.task_of, self.seen)
+        kept = torch.zeros(n, dtype=torch.float64).index_add_(0, self.task_of, self.kept)
+        return (kept + 1.0) / (seen + 2.0)
+
+    def weights(self) -> torch.Tensor:
+        """[S] sampling probabilities of the start states (sum 1)."""
+        prior = self.task_rates()[self.task_of]
+        k = self.prior_strength
+        rate = (self.kept + k * prior) / (self.seen + k)
+        return rate / rate.sum()
+
+    def task_shares(self) -> dict[str, float]:
+        """Probability mass per task of the next draw."""
+        w = self.weights()
+        share = torch.zeros(len(self.tasks), dtype=torch.float64).index_add_(0, self.task_of, w)
+        return {t: float(share[i]) for i, t in enumerate(self.tasks)}
+
+    def sample(self, n: int, generator: torch.Generator) -> list[int]:
+        """n start indices drawn with replacement."""
+        return torch.multinomial(self.weights(), n, replacement=True, generator=generator).tolist()
+
+    def update(self, indices: torch.Tensor, kept: torch.Tensor) -> None:
+        """Record groups rolled out from `indices` [B] (start indices) and whether each was kept (bool [B])."""
+        indices = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        kept = torch.as_tensor(kept).reshape(-1)
+        if indices.numel() != kept.numel():
+            raise ValueError(f"SignalStartSampler.update: {indices.numel()} indices but {kept.numel()} kept flags")
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= len(self)):
+            raise ValueError(f"SignalStartSampler.update: start indices must lie in [0, {len(self)}), got {indices}")
+        self.seen.index_add_(0, indices, torch.ones_like(indices, dtype=torch.float64))
+        self.kept.index_add_(0, indices, kept.to(torch.float64))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "num_starts": len(self),
+            "seen": self.seen.tolist(),
+            "kept": self.kept.tolist(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], source: str = "state") -> None:
+        """Restore counts saved by `state_dict`; `source` names the file in errors."""
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"{source}: expected a start-sampler state of version {STATE_VERSION} "
+                f"({{version, num_starts, seen, kept}}), got {type(state).__name__} "
+                f"with version {state.get('version') if isinstance(state, dict) else None!r}"
+            )
+        if state.get("num_starts") != len(self):
+            raise ValueError(
+                f"{source}: saved for {state.get('num_starts')} start states, but this run has {len(self)}; "
+                "resume with the same start states (tasks, start_states, num_reset_starts)"
+            )
+        seen, kept = state.get("seen"), state.get("kept")
+        if not (isinstance(seen, list) and isinstance(kept, list) and len(seen) == len(kept) == len(self)):
+            raise ValueError(f"{source}: 'seen' and 'kept' must be lists of {len(self)} counts")
+        seen_t = torch.as_tensor(seen, dtype=torch.float64)
+        kept_t = torch.as_tensor(kept, dtype=torch.float64)
+        if bool((seen_t < 0).any() or (kept_t < 0).any() or (kept_t > seen_t).any()):
+            raise ValueError(f"{source}: counts must satisfy 0 ≤ kept ≤ seen for every start")
+        self.seen, self.kept = seen_t, kept_t

@@ -109,7 +109,7 @@ def test_debug_real_engine_trains_in_the_simulator_and_counts_its_budget(tmp_pat
     proc = launch(
         accel, "--output_dir", str(out), "--engine", "real", "--real_max_episode_steps", "16", "--max_steps", "2",
         "--verify_steps", "0", "--tasks", "reach-v3", "--num_reset_starts", "2", "--eval_steps", "2",
-        "--eval_episodes_per_task", "1", "--log_image_steps", "0", cache=cache,
+        "--eval_episodes_per_task", "1", "--log_image_steps", "0", "--start_sampling", "signal", cache=cache,
     )  # fmt: skip
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-6000:]
@@ -129,6 +129,10 @@ def test_debug_real_engine_trains_in_the_simulator_and_counts_its_budget(tmp_pat
     assert rows[-1]["budget/real_train_episodes"] == 2 * rows_per_step
     saved = json.loads((out / "checkpoint-2" / "real_budget.json").read_text())
     assert saved["real_train_episodes"] == 2 * rows_per_step
+    # the start sampler saw every process's groups: 2 steps × 2 starts × procs, the same counts on every process
+    sampler = json.loads((out / "checkpoint-2" / "start_sampler.json").read_text())
+    assert sum(sampler["seen"]) == 2 * 2 * procs and sampler["num_starts"] == 2
+    assert all(r["starts/share/reach-v3"] == pytest.approx(1.0) for r in train)
     assert (out / "final" / "model.safetensors").is_file()
 
 

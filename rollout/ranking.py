@@ -1,0 +1,310 @@
+"""Does a reward order a group's samples the way reality does?
+
+GRPO learns only from how a reward ranks the G samples of one start. This module measures that ranking against the
+real simulator:
+
+1. **Branch points** inside recorded episodes (`branch_points`): (task, seed, step) with the recorded actions up to
+   the step, early, middle or late in the episode (late = a few chunks before the first success).
+2. **Rebuild** (`rebuild`): a seeded reset followed by the recorded actions; the full state must equal the recorded
+   one bitwise, or the branch point is refused (`RebuildError`) — a ranking on a different state would mean nothing.
+3. **Continuations**: G sampled chunk sequences of h chunks from the branch point's frame (imagined by the World
+   Expert, so that the predicted frames can be scored too), and **open-loop replay** of the same executed actions in
+   the real simulator from the rebuilt state (`replay_group`): real frames, states, full states, success after each
+   chunk, the simulator's shaped reward.
+4. **Agreement** (`within_group_agreement`): for every group whose real outcome varies, the share of rows whose
+   advantage under the reward (score − group mean) has the sign of the real outcome's advantage, and the Spearman
+   correlation of the two within the group; `auroc` over rows against real success.
+
+A reward scored on the real replay (`real_replay_trajectories`) gives its ceiling; scored on the imagined rows, the
+product reward × World Expert that GRPO in imagination actually receives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from wlarl.types import Trajectories
+
+POSITIONS = ("early", "middle", "late")
+
+
+class RebuildError(RuntimeError):
+    """A branch point whose replayed state is not the recorded one."""
+
+
+@dataclass(frozen=True)
+class BranchPoint:
+    """A state inside a recorded episode that the real simulator can rebuild.
+
+    Attributes:
+        task_name, seed: the episode's task and reset seed.
+        step: env steps taken before the branch point (0 = the reset state).
+        actions: float32 [step, A] the recorded actions up to the branch point.
+        full_state: float32 [F] the recorded full state at the branch point (checked bitwise by `rebuild`).
+        row: the dataset row of the branch point's observation (its frame and state are the start of imagination).
+        position: "early", "middle" or "late".
+        source: where the episode came from ("demo", "policy", ...).
+        episode_index: the episode's index in its dataset.
+    """
+
+    task_name: str
+    seed: int
+    step: int
+    actions: np.ndarray
+    full_state: np.ndarray
+    row: int
+    position: str
+    source: str = "demo"
+    episode_index: int = -1
+
+
+def branch_step(length: int, position: str, late_steps: int) -> int:
+    """The branch step of an episode of `length` steps (up to its first success): early ≈ 15 %, middle 50 %, late
+    `late_steps` before the end (0 when the episode is shorter)."""
+    if position not in POSITIONS:
+        raise ValueError(f"branch_step: position must be one of {POSITIONS}, got {position!r}")
+    if length < 1:
+        raise ValueError(f"branch_step: an episode needs at least one step, got length {length}")
+    step = {"early": int(0.15 * length), "middle": length // 2, "late": length - late_steps}[position]
+    return int(min(max(step, 0), length - 1))
+
+
+def branch_points(
+    ep_ds: Any,
+    positions: Sequence[str] = POSITIONS,
+    late_steps: int = 24,
+    per_task: int | None = None,
+    successful_only: bool = True,
+    source: str = "demo",
+    tasks: Sequence[str] | None = None,
+) -> list[BranchPoint]:
+    """Branch points of the episodes of an `EpisodeDataset`, at each of `positions`.
+
+    The length of an episode is its steps up to its first success (all its steps when it never succeeds); a late
+    branch point is `late_steps` before that (e.g. 3 chunks of 8), so that a group from it can still succeed or fail.
+
+    Args:
+        ep_ds: an `EpisodeDataset` (`wlarl.data.episodes.load_episodes`).
+        positions: any of "early", "middle", "late".
+        late_steps: env steps between a late branch point and the first success.
+        per_task: at most this many episodes per task (in dataset order); None: all.
+        successful_only: only episodes that succeed (their late point is near a real success).
+        source: recorded in each branch point.
+        tasks: only these tasks; None: all.
+
+    Returns:
+        branch points ordered by episode, then by position.
+    """
+    from wlarl.data.episodes import _read
+
+    arrow = ep_ds.dataset.with_format("arrow")
+    columns = ("task_name", "seed", "success", "action", "full_state", "episode_index")
+    out: list[BranchPoint] = []
+    taken: dict[str, int] = {}
+    for s, e in ep_ds.episode_ranges:
+        s, e = int(s), int(e)
+        part = _read(arrow, slice(s, e), columns)
+        task = str(part["task_name"][0])
+        if tasks is not None and task not in tasks:
+            continue
+        success = np.asarray(part["success"][:-1], dtype=bool)  # per action row (the last row has no action)
+        if successful_only and not success.any():
+            continue
+        if per_task is not None and taken.get(task, 0) >= per_task:
+            continue
+        taken[task] = taken.get(task, 0) + 1
+        length = int(np.argmax(success)) + 1 if success.any() else len(success)
+        actions = np.asarray(part["action"][:-1], dtype=np.float32)
+        full = np.asarray(part["full_state"], dtype=np.float32)
+        for position in positions:
+            step = branch_step(length, position, late_steps)
+            out.append(
+                BranchPoint(
+                    task_name=task, seed=int(part["seed"][0]), step=step, actions=actions[:step].copy(),
+                    full_state=full[step].copy(), row=s + step, position=position, source=source,
+                    episode_index=int(part["episode_index"][0]),
+                )
+            )  # fmt: skip
+    return out
+
+
+def rebuild(env: Any, bp: BranchPoint) -> dict[str, Any]:
+    """Reset `env` (a `MetaWorldEnv` of the branch point's task) with its seed and replay its recorded actions.
+
+    Returns the observation at the branch point. Raises `RebuildError` when the full state differs from the recorded
+    one in any bit (the actions were not the executed ones, or the simulator is not deterministic).
+    """
+    if getattr(env, "task_name", bp.task_name) != bp.task_name:
+        raise ValueError(f"rebuild: env is {env.task_name}, the branch point is {bp.task_name}")
+    obs, _ = env.reset(seed=bp.seed)
+    for a in bp.actions:
+        obs, *_ = env.step(a)
+    got = np.asarray(env.full_state, dtype=np.float32)
+    if not np.array_equal(got, bp.full_state):
+        diff = float(np.abs(got - bp.full_state).max())
+        raise RebuildError(
+            f"{bp.task_name} seed {bp.seed} step {bp.step}: the rebuilt full state differs from the recorded one "
+            f"(max |Δ| = {diff:.3g}); expected a bitwise equal state from a seeded reset and the recorded actions"
+        )
+    return obs
+
+
+def replay_group(env: Any, bp: BranchPoint, actions: np.ndarray) -> dict[str, np.ndarray]:
+    """Open-loop replay of G chunk sequences from a branch point, each from a fresh rebuild.
+
+    Args:
+        env: a `MetaWorldEnv` of the task whose `max_episode_steps` ≥ bp.step + h·H.
+        actions: float [G, h, H, A] the executed (clipped) actions of every row.
+
+    Returns:
+        ``frames`` uint8 [G, h, S, S, 3] after each chunk, ``states`` float32 [G, h, s], ``full_states`` float32
+        [G, h, F], ``success_chunk`` bool [G, h] (success at any step up to the chunk's end), ``success`` bool [G]
+        (within the h chunks), ``shaped_return`` float32 [G] (the sum of the simulator's shaped reward over the steps
+        run), ``steps_to_success`` int [G] (env steps from the branch point to the first success, −1 if none).
+    """
+    actions = np.asarray(actions, dtype=np.float32)
+    if actions.ndim != 4:
+        raise ValueError(f"replay_group: actions must be [G, h, H, A], got shape {actions.shape}")
+    G, h, H, _ = actions.shape
+    frames, states, fulls, succ = [], [], [], []
+    ret = np.zeros(G, np.float32)
+    to_success = np.full(G, -1, np.int64)
+    for g in range(G):
+        rebuild(env, bp)
+        done, row_f, row_s, row_full, row_ok = False, [], [], [], []
+        for c in range(h):
+            for k in range(H):
+                obs, reward, _, _, info = env.step(actions[g, c, k])
+                ret[g] += reward
+                if info["success"] and not done:
+                    done, to_success[g] = True, c * H + k + 1
+            row_f.append(env.refresh_frame())
+            row_s.append(np.asarray(obs["state"], np.float32))
+            row_full.append(np.asarray(env.full_state, np.float32))
+            row_ok.append(done)
+        frames.append(row_f), states.append(row_s), fulls.append(row_full), succ.append(row_ok)
+    success_chunk = np.asarray(succ, dtype=bool)
+    return {
+        "frames": np.asarray(frames, dtype=np.uint8),
+        "states": np.asarray(states, dtype=np.float32),
+        "full_states": np.asarray(fulls, dtype=np.float32),
+        "success_chunk": success_chunk,
+        "success": success_chunk[:, -1].copy(),
+        "shaped_return": ret,
+        "steps_to_success": to_success,
+    }
+
+
+def real_replay_trajectories(imagined: Trajectories, replays: Sequence[dict[str, np.ndarray]]) -> Trajectories:
+    """The imagined rows with what reality made of their actions: real frames, states, full states and success
+    (`alive` ends after the chunk of the first real success), engine "real". `replays[b]` is group b's replay."""
+    G, T = imagined.group_size, imagined.horizon
+    if len(replays) * G != imagined.num_rows:
+        raise ValueError(f"real_replay_trajectories: {len(replays)} replays of G={G} for {imagined.num_rows} rows")
+    cat = {k: np.concatenate([r[k] for r in replays]) for k in ("frames", "states", "full_states", "success_chunk")}
+    if cat["frames"].shape[1] != T:
+        raise ValueError(f"real_replay_trajectories: replays have {cat['frames'].shape[1]} chunks, rows have {T}")
+    ok = torch.as_tensor(cat["success_chunk"])  # [N, T]
+    before = torch.cat([torch.zeros(ok.shape[0], 1, dtype=torch.bool), ok[:, :-1]], dim=1)
+    return dataclasses.replace(
+        imagined,
+        subgoal_images=torch.as_tensor(cat["frames"]),
+        states=torch.as_tensor(cat["states"]),
+        full_states=torch.as_tensor(cat["full_states"]),
+        success_logits=torch.where(ok, 20.0, -20.0),
+        alive=~before,
+        success=ok[:, -1].clone(),
+        classifier_probs=None,
+        engine="real",
+    )
+
+
+# ------------------------------------------------------------------------------------------------- agreement
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share their mean rank)."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), np.float64)
+    ranks[order] = np.arange(len(x), dtype=np.float64)
+    for v in np.unique(x):
+        tie = x == v
+        if tie.sum() > 1:
+            ranks[tie] = ranks[tie].mean()
+    return ranks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman rank correlation; 0 when either side is constant (it orders nothing)."""
+    ra, rb = _ranks(np.asarray(a, np.float64)), _ranks(np.asarray(b, np.float64))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = float(np.sqrt((ra**2).sum() * (rb**2).sum()))
+    return float((ra * rb).sum() / den) if den > 0 else 0.0
+
+
+def within_group_agreement(scores: Any, outcome: Any) -> dict[str, float]:
+    """How a reward orders the rows of each group, against the real outcome.
+
+    Args:
+        scores: float [B, G] the reward of every row (NaN: unscored, counts as the group's mean).
+        outcome: float [B, G] the real outcome (success 0/1, or a shaped return).
+
+    Returns:
+        ``sign_agreement``: over the rows of groups whose outcome varies and whose outcome advantage is not 0, the
+        share where the reward's advantage (score − group mean) has the same sign (a tie is a disagreement: it
+        teaches nothing); ``spearman``: the mean within-group Spearman over those groups; ``groups`` and ``rows``
+        counted. NaN when no group's outcome varies.
+    """
+    s = np.asarray(scores, np.float64)
+    o = np.asarray(outcome, np.float64)
+    if s.shape != o.shape or s.ndim != 2:
+        raise ValueError(f"within_group_agreement: scores {s.shape} and outcome {o.shape} must both be [B, G]")
+    agree, rows, rhos = 0, 0, []
+    for sb, ob in zip(s, o):
+        if np.ptp(ob) == 0:
+            continue
+        sb = np.where(np.isnan(sb), np.nanmean(sb) if np.isfinite(sb).any() else 0.0, sb)
+        adv_s, adv_o = sb - sb.mean(), ob - ob.mean()
+        counted = adv_o != 0
+        agree += int((np.sign(adv_s[counted]) == np.sign(adv_o[counted])).sum())
+        rows += int(counted.sum())
+        rhos.append(spearman(sb, ob))
+    return {
+        "sign_agreement": agree / rows if rows else float("nan"),
+        "spearman": float(np.mean(rhos)) if rhos else float("nan"),
+        "groups": float(len(rhos)),
+        "rows": float(rows),
+    }
+
+
+def auroc(scores: Any, labels: Any) -> float:
+    """Probability that a random positive row scores above a random negative one (ties count half); NaN if a
+    class is missing."""
+    s = np.asarray(scores, np.float64).reshape(-1)
+    y = np.asarray(labels, bool).reshape(-1)
+    keep = np.isfinite(s)
+    s, y = s[keep], y[keep]
+    pos, neg = int(y.sum()), int((~y).sum())
+    if pos == 0 or neg == 0:
+        return float("nan")
+    r = _ranks(s) + 1.0
+    return float((r[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def ranking_report(
+    scores: dict[str, np.ndarray], outcomes: dict[str, np.ndarray], success: np.ndarray
+) -> dict[str, dict[str, float]]:
+    """Every reward's agreement with every outcome: ``{reward: {"<outcome>/sign_agreement": …, "<outcome>/spearman":
+    …, "auroc": …}}``. `scores[name]` and `outcomes[name]` are [B, G]; `success` bool [B, G] (for the AUROC)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, sc in scores.items():
+        row: dict[str, float] = {"auroc": auroc(sc, success)}
+        for oname, oc in outcomes.items():
+            agr = within_group_agreement(sc, oc)
+            row.update({f"{oname}/{k}": v for k, v in agr.items()})
+        out[name] = row
+    return out
+

@@ -1,0 +1,137 @@
+"""The ranking benchmark's pieces: branch points rebuilt bitwise in Meta-World, open-loop replay of a group, and the
+within-group agreement of a reward with the real outcome."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from support import requires_metaworld
+
+from rollout.ranking import (
+    RebuildError,
+    auroc,
+    branch_points,
+    branch_step,
+    rebuild,
+    replay_group,
+    spearman,
+    within_group_agreement,
+)
+
+
+def test_branch_steps_are_early_middle_and_late_in_the_episode():
+    assert [branch_step(100, p, 24) for p in ("early", "middle", "late")] == [15, 50, 76]
+    assert branch_step(10, "late", 24) == 0  # shorter than the late offset: the reset state
+    with pytest.raises(ValueError, match="position"):
+        branch_step(10, "end", 24)
+
+
+def test_agreement_is_one_for_the_real_order_and_zero_for_its_reverse():
+    outcome = np.array([[1, 0, 0, 1], [0, 0, 0, 0]], float)  # the second group has no variance: not counted
+    good = np.array([[0.9, 0.2, 0.1, 0.8], [0.5, 0.1, 0.3, 0.2]])
+    res = within_group_agreement(good, outcome)
+    assert res == {"sign_agreement": 1.0, "spearman": pytest.approx(np.sqrt(0.8)), "groups": 1.0, "rows": 4.0}
+    assert within_group_agreement(-good, outcome)["sign_agreement"] == 0.0
+    # a constant reward orders nothing: every row's advantage is 0, a disagreement, and Spearman is 0
+    flat = within_group_agreement(np.full((2, 4), 0.3), outcome)
+    assert flat["sign_agreement"] == 0.0 and flat["spearman"] == 0.0
+    assert np.isnan(within_group_agreement(good, np.zeros((2, 4)))["sign_agreement"])
+    with pytest.raises(ValueError, match=r"\[B, G\]"):
+        within_group_agreement(good[0], outcome[0])
+
+
+def test_spearman_and_auroc_on_hand_examples():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 1], [1, 2, 3]) == 0.0
+    assert auroc([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0]) == 1.0
+    assert auroc([0.5, 0.5], [1, 0]) == 0.5  # a tie counts half
+    assert np.isnan(auroc([0.1, 0.2], [0, 0]))
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    from rollout.collect import CollectConfig, collect
+    from wlarl.data.episodes import load_episodes
+
+    out = tmp_path_factory.mktemp("demos") / "reach"
+    cfg = CollectConfig(
+        output_dir=str(out), tasks=["reach-v3"], episodes_per_task=2, noise_modes=["gaussian"], noise_weights=[1.0],
+        image_size=16, num_workers=0, progress=False,
+    )  # fmt: skip
+    collect(cfg)
+    return load_episodes(out)
+
+
+@pytest.mark.metaworld
+@requires_metaworld
+def test_branch_points_rebuild_bitwise_and_a_wrong_action_is_refused(demos):
+    from rollout.sims.metaworld import MetaWorldEnv
+
+    bps = branch_points(demos, late_steps=16)
+    assert len(bps) == 6 and [b.position for b in bps[:3]] == ["early", "middle", "late"]
+    env = MetaWorldEnv("reach-v3", image_size=16, render_images=False)
+    ep = demos.episode(0)
+    for bp in bps[:3]:
+        assert bp.actions.shape == (bp.step, 4) and bp.row == demos.episode_ranges[0][0] + bp.step
+        obs = rebuild(env, bp)
+        np.testing.assert_array_equal(obs["state"], np.asarray(ep["state"][bp.step], np.float32))
+    first_success = int(np.argmax(np.asarray(ep["success"][:-1], bool))) + 1
+    assert bps[2].step == first_success - 16
+    bad = dataclasses.replace(bps[1], actions=bps[1].actions + np.float32(0.01))
+    with pytest.raises(RebuildError, match=r"reach-v3 seed \d+ step \d+.*bitwise"):
+        rebuild(env, bad)
+
+
+@pytest.mark.metaworld
+@requires_metaworld
+def test_replay_of_a_group_tells_the_recorded_continuation_from_standing_still(demos):
+    from rollout.sims.metaworld import MetaWorldEnv
+
+    late = [b for b in branch_points(demos, positions=["late"], late_steps=16)][0]
+    ep = demos.episode(late.episode_index)
+    recorded = np.asarray(ep["action"], np.float32)[late.step : late.step + 16].reshape(2, 8, 4)
+    actions = np.stack([recorded, np.zeros_like(recorded), recorded])  # [G=3, h=2, H=8, A]
+    env = MetaWorldEnv("reach-v3", image_size=16, render_images=False, max_episode_steps=late.step + 16)
+    out = replay_group(env, late, actions)
+    assert out["success"].tolist() == [True, False, True]
+    assert out["steps_to_success"][0] == 16 and out["steps_to_success"][1] == -1
+    assert out["success_chunk"][0].tolist() == [False, True]  # success at step 16: the end of chunk 2
+    assert out["frames"].shape == (3, 2, 16, 16, 3) and out["full_states"].shape == (3, 2, 39)
+    np.testing.assert_array_equal(out["frames"][0], out["frames"][2])  # the same actions from the same state
+    assert out["shaped_return"][0] == out["shaped_return"][2] > out["shaped_return"][1]
+    np.testing.assert_array_equal(
+        out["full_states"][0, 1], np.asarray(ep["full_state"][late.step + 16], np.float32)
+    )  # the replay follows the recorded episode
+    with pytest.raises(ValueError, match=r"\[G, h, H, A\]"):
+        replay_group(env, late, actions[0])
+
+
+def test_real_replay_trajectories_carry_what_reality_made_of_the_rows():
+    from wla_tiny import tiny_obs, tiny_policy
+
+    from rollout.imagined import ImaginationEngine, freeze_snapshot
+    from rollout.ranking import real_replay_trajectories
+
+    policy = tiny_policy("gaussian").eval()
+    imagined = ImaginationEngine(freeze_snapshot(policy), horizon=2).rollout(policy, tiny_obs(2), group_size=2)
+    S = 8
+
+    def group(success_chunk):
+        ok = np.asarray(success_chunk, bool)
+        return {
+            "frames": np.full((2, 2, S, S, 3), 7, np.uint8), "states": np.ones((2, 2, 4), np.float32),
+            "full_states": np.zeros((2, 2, 39), np.float32), "success_chunk": ok,
+        }  # fmt: skip
+
+    real = real_replay_trajectories(imagined, [group([[True, True], [False, False]]), group([[False, True]] * 2)])
+    assert real.engine == "real" and real.num_rows == 4 and real.subgoal_images.shape == (4, 2, S, S, 3)
+    assert real.success.tolist() == [True, False, True, True]
+    assert real.alive.tolist() == [[True, False], [True, True], [True, True], [True, True]]  # ends after success
+    assert real.success_logits[0].tolist() == [20.0, 20.0] and real.success_logits[1].tolist() == [-20.0, -20.0]
+    assert torch.equal(real.actions, imagined.actions)  # the same rows, scored on what reality made of them
+    with pytest.raises(ValueError, match="replays of G=2"):
+        real_replay_trajectories(imagined, [group([[True, True]] * 2)])

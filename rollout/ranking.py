@@ -46,10 +46,12 @@ class BranchPoint:
         step: env steps taken before the branch point (0 = the reset state).
         actions: float32 [step, A] the recorded actions up to the branch point.
         full_state: float32 [F] the recorded full state at the branch point (checked bitwise by `rebuild`).
-        row: the dataset row of the branch point's observation (its frame and state are the start of imagination).
+        row: the dataset row of the branch point's observation (−1 for episodes not in a dataset).
         position: "early", "middle" or "late".
         source: where the episode came from ("demo", "policy", ...).
-        episode_index: the episode's index in its dataset.
+        episode_index: the episode's index in its dataset (or run).
+        observation: the policy's observation at the branch point (`image` uint8 [S, S, 3], `state`,
+            `instruction`, `task_name`): where imagination starts.
     """
 
     task_name: str
@@ -61,6 +63,7 @@ class BranchPoint:
     position: str
     source: str = "demo"
     episode_index: int = -1
+    observation: dict[str, Any] | None = None
 
 
 def branch_step(length: int, position: str, late_steps: int) -> int:
@@ -100,7 +103,7 @@ def branch_points(
     Returns:
         branch points ordered by episode, then by position.
     """
-    from wlarl.data.episodes import _read
+    from wlarl.data.episodes import _read, frame_states
 
     arrow = ep_ds.dataset.with_format("arrow")
     columns = ("task_name", "seed", "success", "action", "full_state", "episode_index")
@@ -130,6 +133,49 @@ def branch_points(
                     episode_index=int(part["episode_index"][0]),
                 )
             )  # fmt: skip
+    frames = frame_states(ep_ds, [b.row for b in out])
+    return [dataclasses.replace(b, observation=f) for b, f in zip(out, frames)]
+
+
+def policy_branch_points(
+    traj: Trajectories, seeds: Sequence[int], positions: Sequence[str] = POSITIONS, late_chunks: int = 3
+) -> list[BranchPoint]:
+    """Branch points inside real-engine rollouts of the current policy (`rollout.real_engine.RealEngine`), at chunk
+    boundaries: step c·H after c chunks. `seeds[b]` is the reset seed of group b (rows b·G + g).
+
+    The length of a row is its chunks up to the first success (all its chunks if it failed); early / middle / late
+    are chunk 0.15·L, L/2 and L − `late_chunks` (never before chunk 0). A row's observation at the point is the real
+    frame and state after chunk c − 1 (its start observation for c = 0).
+    """
+    if traj.full_states is None:
+        raise ValueError("policy_branch_points: the trajectories carry no full_states (roll out with RealEngine)")
+    G, H = traj.group_size, traj.samples[0].actions.shape[1]
+    if len(seeds) * G != traj.num_rows:
+        raise ValueError(f"policy_branch_points: {len(seeds)} seeds of G={G} for {traj.num_rows} rows")
+    actions = traj.actions.numpy().astype(np.float32)  # [N, T, H, A] executed
+    out: list[BranchPoint] = []
+    for n in range(traj.num_rows):
+        length = int(traj.alive[n].sum())
+        for position in positions:
+            c = branch_step(length, position, late_chunks)
+            if c == 0:
+                obs = traj.observations[0]
+                image, state = obs.images[n].numpy(), obs.states[n].numpy()
+                full = None
+            else:
+                image = np.asarray(traj.subgoal_images[n, c - 1], dtype=np.uint8)
+                state = traj.states[n, c - 1].numpy()
+                full = traj.full_states[n, c - 1].numpy().astype(np.float32)
+            out.append(
+                BranchPoint(
+                    task_name=traj.task_names[n], seed=int(seeds[n // G]), step=c * H,
+                    actions=actions[n, :c].reshape(-1, actions.shape[-1]).copy(),
+                    full_state=full if full is not None else np.full(39, np.nan, np.float32), row=-1,
+                    position=position, source="policy", episode_index=n,
+                    observation={"image": image, "state": state, "instruction": traj.instructions[n],
+                                 "task_name": traj.task_names[n]},
+                )
+            )  # fmt: skip
     return out
 
 
@@ -145,6 +191,8 @@ def rebuild(env: Any, bp: BranchPoint) -> dict[str, Any]:
     for a in bp.actions:
         obs, *_ = env.step(a)
     got = np.asarray(env.full_state, dtype=np.float32)
+    if bp.step == 0 and np.isnan(bp.full_state).all():
+        return obs  # a reset state recorded without its full state: the seeded reset is the state
     if not np.array_equal(got, bp.full_state):
         diff = float(np.abs(got - bp.full_state).max())
         raise RebuildError(

@@ -135,3 +135,29 @@ def test_real_replay_trajectories_carry_what_reality_made_of_the_rows():
     assert torch.equal(real.actions, imagined.actions)  # the same rows, scored on what reality made of them
     with pytest.raises(ValueError, match="replays of G=2"):
         real_replay_trajectories(imagined, [group([[True, True]] * 2)])
+
+
+def test_policy_branch_points_sit_at_chunk_boundaries_of_the_rollouts():
+    from wla_tiny import tiny_obs, tiny_policy
+
+    from rollout.imagined import ImaginationEngine, freeze_snapshot
+    from rollout.ranking import policy_branch_points
+
+    policy = tiny_policy("gaussian").eval()
+    traj = ImaginationEngine(freeze_snapshot(policy), horizon=4).rollout(policy, tiny_obs(2), group_size=1)
+    N, T = traj.num_rows, traj.horizon
+    alive = torch.ones(N, T, dtype=torch.bool)
+    alive[1, 2:] = False  # row 1 succeeded in its second chunk: its length is 2 chunks
+    traj = dataclasses.replace(traj, alive=alive, full_states=torch.arange(N * T * 39.0).view(N, T, 39))
+    H = traj.samples[0].actions.shape[1]
+    bps = policy_branch_points(traj, seeds=[11, 12], positions=["middle", "late"], late_chunks=1)
+    assert [(b.seed, b.position, b.step) for b in bps] == [
+        (11, "middle", 2 * H), (11, "late", 3 * H), (12, "middle", 1 * H), (12, "late", 1 * H)
+    ]
+    assert bps[0].actions.shape == (2 * H, traj.actions.shape[-1])
+    np.testing.assert_array_equal(bps[0].actions, traj.actions[0, :2].reshape(-1, traj.actions.shape[-1]).numpy())
+    np.testing.assert_array_equal(bps[0].full_state, traj.full_states[0, 1].numpy())  # after chunk 2
+    np.testing.assert_array_equal(bps[0].observation["image"], np.asarray(traj.subgoal_images[0, 1]))
+    assert all(b.source == "policy" and b.row == -1 for b in bps)
+    with pytest.raises(ValueError, match="full_states"):
+        policy_branch_points(dataclasses.replace(traj, full_states=None), seeds=[11, 12])

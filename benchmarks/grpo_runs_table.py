@@ -5,8 +5,8 @@
 For each run: greedy (and sampled) real success at its first and last evaluation with 95 % Wilson intervals, the
 difference with a verdict (intervals overlap → "no measurable difference"), the real training episodes and env steps it
 used (`budget/real_train_*`), evaluation episodes apart, wall time, and the last training-step metrics that say how far
-the policy moved (`policy/mean_shift`, `policy/action_std`). A run evaluated only at its end (`eval_at_start` False)
-takes its "before" from `--baseline`. A per-task table follows for every run.
+the policy moved (`policy/mean_shift`, `policy/action_std`). A run without an evaluation at step 0 (`eval_at_start`
+False) takes its "before" from `--baseline`. A per-task table follows for every run.
 """
 
 from __future__ import annotations
@@ -69,9 +69,8 @@ def main() -> None:
         if not ev:
             raise SystemExit(f"{run}: no evaluation rows")
         after = ev[-1]
-        before = ev[0] if len(ev) > 1 or base_eval is None else base_eval
-        if len(ev) == 1 and base_eval is None:
-            before = {}
+        # "before" is the evaluation at step 0: the run's own, else the baseline run's (same policy and seeds)
+        before = ev[0] if ev[0]["step"] == 0 and len(ev) > 1 else (base_eval or {})
         runtime = last(rows, "train_runtime")
         print(
             f"| {name} | {last(rows, 'budget/real_train_episodes') or 0:.0f} "

@@ -287,3 +287,15 @@ def test_logs_reach_tensorboard_and_offline_wandb(tmp_path, monkeypatch):
     assert "train/rollout/imagined_success" in acc.Tags()["scalars"]
     assert "rollout/imagined_strip" in acc.Tags()["images"]
     assert list((tmp_path / "wandb").glob("offline-run-*")), "no offline wandb run"
+
+
+def test_a_policy_loaded_in_eval_mode_reuses_each_rollout_num_iterations_times(tmp_path):
+    """from_pretrained hands the trainer a policy in eval mode: the first rollout must still be buffered, so that
+    with num_iterations 2 the rollouts happen at steps 1, 3, 5 (not 1, 2, 3, 5)."""
+    policy = tiny_policy("gaussian").eval()
+    trainer = _trainer(tmp_path, policy=policy, max_steps=6, save_strategy="no", log_image_steps=0, num_iterations=2)
+    calls = []
+    rollout = trainer.imagination.rollout
+    trainer.imagination.rollout = lambda *a, **k: calls.append(trainer.state.global_step) or rollout(*a, **k)
+    trainer.train()
+    assert calls == [0, 2, 4]  # global_step before the optimizer steps 1, 3 and 5

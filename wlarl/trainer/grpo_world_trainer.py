@@ -607,6 +607,9 @@ class GRPOWorldTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         t0 = time.perf_counter()
+        # Train mode before preparing: a policy loaded in eval mode (from_pretrained) would otherwise make the first
+        # step's rollout look like an evaluation call, unbuffered, and the second step would roll out again.
+        model.train()
         inputs = self._prepare_inputs(inputs)
         if not inputs["has_signal"]:
             # No group on any process carried signal: no backward, so every gradient stays None and the optimizer

@@ -393,3 +393,18 @@ def test_policy_loss_agrees_with_trl_reference(level):
                 importance_sampling_level=level, logp_ref=ref, beta=beta,
             )  # fmt: skip
             torch.testing.assert_close(got, value, atol=1e-12, rtol=0)
+
+
+def test_a_policy_that_moved_far_keeps_the_loss_and_gradients_finite():
+    """Chunk log-probs sum many action elements: after one large step ref − new or new − old can pass 88, where
+    exp() overflows. The loss and its gradient must stay finite (a NaN gradient would poison every weight)."""
+    new = torch.tensor([[-300.0, 0.5], [200.0, -0.2]], requires_grad=True)
+    old = torch.zeros(2, 2)
+    adv = torch.tensor([-1.0, 1.0])
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    loss, stats = grpo.policy_loss(new, old, adv, mask, logp_ref=torch.zeros(2, 2), beta=0.04)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(stats["kl"]) and torch.isfinite(new.grad).all()
+    assert torch.isfinite(grpo.kl_k3(torch.tensor([-1000.0]), torch.tensor([0.0]))).all()
+    # inside the clamp nothing changes
+    close(grpo.kl_k3(torch.tensor([[0.0]]), torch.tensor([[math.log(2)]])), [[0.306853]])

@@ -23,6 +23,9 @@ AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
 SCALE_REWARDS = ("group", "batch", "none")
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
+# Log importance ratios (and k3's ref − new) are clamped here before exp(): e^20 ≈ 5e8 is far outside any clip range,
+# and it keeps losses and gradients finite when a chunk's summed log-prob moved a lot.
+MAX_LOG_RATIO = 20.0
 
 __all__ = [
     "AGGREGATIONS",
@@ -382,7 +385,9 @@ def kl_k3(logp_new: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
     Returns:
         float [N, T'].
     """
-    d = logp_ref - logp_new
+    # A chunk's log-prob sums many action elements, so ref − new can pass 88 (exp overflows, inf · 0 = NaN in the
+    # backward pass) after one large step; beyond MAX_LOG_RATIO the term is held flat (finite, no gradient).
+    d = (logp_ref - logp_new).clamp(max=MAX_LOG_RATIO)
     return torch.exp(d) - d - 1.0
 
 
@@ -500,7 +505,7 @@ def policy_loss(
             f"importance_sampling_level: unknown value {importance_sampling_level!r}; "
             f"expected one of {IMPORTANCE_SAMPLING_LEVELS}"
         )
-    ratio = torch.exp(log_w)  # [N, T'] or [N, 1]
+    ratio = torch.exp(log_w.clamp(max=MAX_LOG_RATIO))  # [N, T'] or [N, 1]; finite however far the policy moved
     clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
     unclipped = ratio if delta is None else torch.clamp(ratio, max=delta)
     per_token = -torch.min(unclipped * adv, clipped * adv)  # [N, T']

@@ -63,7 +63,9 @@ def _policy_points(policy, world, tasks, args, env_kwargs) -> list:
     """Branch points inside the current policy's own sampled real episodes (seeded resets 200000 + i)."""
     from rollout.real_engine import RealEngine
 
-    engine = RealEngine(world, chunk_size=policy.config.chunk_size, num_workers=args.num_workers, env_kwargs=env_kwargs)
+    engine = RealEngine(
+        world, chunk_size=policy.config.chunk_size, num_workers=args.num_workers, env_kwargs=env_kwargs
+    )
     from rollout.real import reset_start_states
 
     starts = reset_start_states(tasks, args.policy_episodes, env_kwargs=env_kwargs, seed=200_000)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import multiprocessing as mp
 import os
 import time
@@ -118,7 +119,7 @@ class CollectConfig:
 
 # ---------------------------------------------------------------- worker side
 
-_ENVS: dict[str, Any] = {}
+_ENVS: dict[tuple[str, str], Any] = {}
 
 
 def _run_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -130,9 +131,11 @@ def _run_job(job: dict[str, Any]) -> dict[str, Any]:
     from rollout.sims import make_env
 
     warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")
-    env = _ENVS.get(job["task"])
+    # keyed by the env settings too: a second collection in the same process may use other ones
+    key = (job["task"], json.dumps(job["env_kwargs"], sort_keys=True, default=str))
+    env = _ENVS.get(key)
     if env is None:
-        env = _ENVS[job["task"]] = make_env(job["task"], **job["env_kwargs"])
+        env = _ENVS[key] = make_env(job["task"], **job["env_kwargs"])
     expert = ScriptedExpert(job["task"], NoiseSpec(**job["noise"]))
     return run_episode(env, expert, seed=job["seed"], steps_after_success=job["steps_after_success"])
 

@@ -22,8 +22,9 @@ product reward × World Expert that GRPO in imagination actually receives.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -355,4 +356,3 @@ def ranking_report(
             row.update({f"{oname}/{k}": v for k, v in agr.items()})
         out[name] = row
     return out
-

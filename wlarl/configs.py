@@ -499,7 +499,9 @@ class GRPOWorldConfig(GRPOConfig):
             raise bad("dynamic_sampling_range", f"need 0 ≤ lo ≤ hi ≤ 1 (success rates), got [{lo}, {hi}]")
         self.dynamic_sampling_range = [lo, hi]
         if self.start_sampling not in START_SAMPLING_MODES:
-            raise bad("start_sampling", f"unknown value {self.start_sampling!r}; use one of {list(START_SAMPLING_MODES)}")
+            raise bad(
+                "start_sampling", f"unknown value {self.start_sampling!r}; use one of {list(START_SAMPLING_MODES)}"
+            )
         if not self.start_sampling_prior > 0:
             raise bad("start_sampling_prior", f"must be > 0, got {self.start_sampling_prior}")
         if self.max_resample_rounds < 1:

@@ -97,3 +97,20 @@ def test_parallel_workers_match_in_process_collection():
     for a, b in zip(serial, parallel):
         np.testing.assert_array_equal(a["action"], b["action"])
         np.testing.assert_array_equal(a["image"], b["image"])
+
+
+@pytest.mark.metaworld
+@requires_metaworld
+def test_a_second_collection_in_one_process_uses_its_own_env_settings():
+    """Envs are cached per process; a cache keyed by task alone handed the second collection the first one's env."""
+    from rollout.collect import iter_episodes, make_jobs
+
+    def lengths(steps):
+        cfg = CollectConfig(
+            tasks=["reach-v3"], episodes_per_task=1, noise_modes=["gaussian"], noise_weights=[1.0], image_size=16,
+            max_episode_steps=steps, num_workers=0,
+        )  # fmt: skip
+        return [len(e["action"]) for e in iter_episodes(cfg, make_jobs(cfg))]
+
+    assert lengths(6) == [6]
+    assert lengths(11) == [11]

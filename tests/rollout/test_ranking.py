@@ -152,7 +152,10 @@ def test_policy_branch_points_sit_at_chunk_boundaries_of_the_rollouts():
     H = traj.samples[0].actions.shape[1]
     bps = policy_branch_points(traj, seeds=[11, 12], positions=["middle", "late"], late_chunks=1)
     assert [(b.seed, b.position, b.step) for b in bps] == [
-        (11, "middle", 2 * H), (11, "late", 3 * H), (12, "middle", 1 * H), (12, "late", 1 * H)
+        (11, "middle", 2 * H),
+        (11, "late", 3 * H),
+        (12, "middle", 1 * H),
+        (12, "late", 1 * H),
     ]
     assert bps[0].actions.shape == (2 * H, traj.actions.shape[-1])
     np.testing.assert_array_equal(bps[0].actions, traj.actions[0, :2].reshape(-1, traj.actions.shape[-1]).numpy())

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from test_budget import B, G, _trainer
+from test_budget import _trainer
 from test_grpo_trainer import _rows
 
 from wlarl.configs import GRPOWorldConfig

@@ -25,8 +25,8 @@ from transformers import Trainer, TrainerCallback
 
 from wlarl.algorithms import grpo
 from wlarl.configs import GRPOWorldConfig
-from wlarl.types import ActionSample, Observation, RewardOutput, Trajectories
 from wlarl.trainer.start_sampling import SignalStartSampler
+from wlarl.types import ActionSample, Observation, RewardOutput, Trajectories
 
 
 class ImaginationEngineLike(Protocol):

@@ -46,6 +46,8 @@ from rollout.ranking import (  # noqa: E402
     real_replay_trajectories,
     replay_group,
 )
+from rollout.real import reset_start_states  # noqa: E402
+from rollout.real_engine import RealEngine  # noqa: E402
 from rollout.sims.metaworld import MetaWorldEnv  # noqa: E402
 from wlarl.data.episodes import load_episodes  # noqa: E402
 from wlarl.models.wla import WLAPolicy  # noqa: E402
@@ -61,13 +63,9 @@ def _default_tasks() -> list[str]:
 
 def _policy_points(policy, world, tasks, args, env_kwargs) -> list:
     """Branch points inside the current policy's own sampled real episodes (seeded resets 200000 + i)."""
-    from rollout.real_engine import RealEngine
-
     engine = RealEngine(
         world, chunk_size=policy.config.chunk_size, num_workers=args.num_workers, env_kwargs=env_kwargs
     )
-    from rollout.real import reset_start_states
-
     starts = reset_start_states(tasks, args.policy_episodes, env_kwargs=env_kwargs, seed=200_000)
     obs = Observation.from_dicts(starts)
     seeds = [int(s["seed"]) for s in starts]
@@ -142,7 +140,7 @@ def run(args) -> dict:
             if sel:
                 slices[f"{src}/{pos}"] = sel
     return {
-        "args": {k: v for k, v in vars(args).items()},
+        "args": vars(args),
         "seconds": seconds,
         "env_steps": int(sum(g["bp"].step * G + G * args.chunks * H for g in groups)),
         "slices": {name: report(sel) for name, sel in slices.items()},

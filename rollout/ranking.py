@@ -28,7 +28,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 
+from rewards.success_classifier.calibration import auroc as classifier_auroc
 from wlarl.types import Trajectories
 
 POSITIONS = ("early", "middle", "late")
@@ -46,7 +48,8 @@ class BranchPoint:
         task_name, seed: the episode's task and reset seed.
         step: env steps taken before the branch point (0 = the reset state).
         actions: float32 [step, A] the recorded actions up to the branch point.
-        full_state: float32 [F] the recorded full state at the branch point (checked bitwise by `rebuild`).
+        full_state: float32 [F] the recorded full state at the branch point (checked bitwise by `rebuild`); None for
+            a reset state (step 0) whose full state was not recorded: the seeded reset defines it.
         row: the dataset row of the branch point's observation (−1 for episodes not in a dataset).
         position: "early", "middle" or "late".
         source: where the episode came from ("demo", "policy", ...).
@@ -59,7 +62,7 @@ class BranchPoint:
     seed: int
     step: int
     actions: np.ndarray
-    full_state: np.ndarray
+    full_state: np.ndarray | None
     row: int
     position: str
     source: str = "demo"
@@ -171,7 +174,7 @@ def policy_branch_points(
                 BranchPoint(
                     task_name=traj.task_names[n], seed=int(seeds[n // G]), step=c * H,
                     actions=actions[n, :c].reshape(-1, actions.shape[-1]).copy(),
-                    full_state=full if full is not None else np.full(39, np.nan, np.float32), row=-1,
+                    full_state=full, row=-1,
                     position=position, source="policy", episode_index=n,
                     observation={"image": image, "state": state, "instruction": traj.instructions[n],
                                  "task_name": traj.task_names[n]},
@@ -192,8 +195,10 @@ def rebuild(env: Any, bp: BranchPoint) -> dict[str, Any]:
     for a in bp.actions:
         obs, *_ = env.step(a)
     got = np.asarray(env.full_state, dtype=np.float32)
-    if bp.step == 0 and np.isnan(bp.full_state).all():
-        return obs  # a reset state recorded without its full state: the seeded reset is the state
+    if bp.full_state is None:
+        if bp.step != 0:
+            raise ValueError(f"rebuild: {bp.task_name} seed {bp.seed} step {bp.step} has no recorded full state")
+        return obs
     if not np.array_equal(got, bp.full_state):
         diff = float(np.abs(got - bp.full_state).max())
         raise RebuildError(
@@ -274,21 +279,9 @@ def real_replay_trajectories(imagined: Trajectories, replays: Sequence[dict[str,
 
 
 # ------------------------------------------------------------------------------------------------- agreement
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share their mean rank)."""
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), np.float64)
-    ranks[order] = np.arange(len(x), dtype=np.float64)
-    for v in np.unique(x):
-        tie = x == v
-        if tie.sum() > 1:
-            ranks[tie] = ranks[tie].mean()
-    return ranks
-
-
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     """Spearman rank correlation; 0 when either side is constant (it orders nothing)."""
-    ra, rb = _ranks(np.asarray(a, np.float64)), _ranks(np.asarray(b, np.float64))
+    ra, rb = rankdata(np.asarray(a, np.float64)), rankdata(np.asarray(b, np.float64))
     ra, rb = ra - ra.mean(), rb - rb.mean()
     den = float(np.sqrt((ra**2).sum() * (rb**2).sum()))
     return float((ra * rb).sum() / den) if den > 0 else 0.0
@@ -330,17 +323,10 @@ def within_group_agreement(scores: Any, outcome: Any) -> dict[str, float]:
 
 
 def auroc(scores: Any, labels: Any) -> float:
-    """Probability that a random positive row scores above a random negative one (ties count half); NaN if a
-    class is missing."""
+    """Row AUROC of `scores` against `labels` (any shape), unscored (NaN) rows left out; NaN if a class is missing."""
     s = np.asarray(scores, np.float64).reshape(-1)
-    y = np.asarray(labels, bool).reshape(-1)
     keep = np.isfinite(s)
-    s, y = s[keep], y[keep]
-    pos, neg = int(y.sum()), int((~y).sum())
-    if pos == 0 or neg == 0:
-        return float("nan")
-    r = _ranks(s) + 1.0
-    return float((r[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
+    return classifier_auroc(s[keep], np.asarray(labels, bool).reshape(-1)[keep])
 
 
 def ranking_report(

@@ -100,8 +100,9 @@ def test_the_trainer_moves_starts_to_the_task_whose_groups_carry_signal(tmp_path
     assert sampler.kept.sum() == reach_kept  # only reach groups carried signal
     late = [x for s in seeds[len(seeds) // 2 :] for x in s]
     assert sum(x % 2 == 0 for x in late) / len(late) > 0.7  # uniform would give 0.5
-    shares = [r["starts/share/reach-v3"] for r in _rows(tmp_path) if "starts/share/reach-v3" in r]
-    assert shares[-1] > 0.8 and shares[-1] + _rows(tmp_path)[-2].get("starts/share/push-v3", 0) <= 1.0 + 1e-9
+    logged = [r for r in _rows(tmp_path) if "starts/share/reach-v3" in r]
+    assert logged[-1]["starts/share/reach-v3"] > 0.8  # the next draw's mass sits on the task with signal
+    assert all(r["starts/share/reach-v3"] + r["starts/share/push-v3"] == pytest.approx(1.0) for r in logged)
 
 
 def test_the_sampler_state_is_checkpointed_and_a_resume_draws_what_an_uninterrupted_run_draws(tmp_path):

@@ -54,6 +54,23 @@ START_SAMPLER_FILE = "start_sampler.json"
 RewardScorerLike = Callable[..., RewardOutput]
 
 
+def _write_json_atomic(path: str, obj: Any) -> None:
+    """`obj` as JSON at `path`, written to a temporary file first so that a crash leaves no partial file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _read_json(path: str, expected: str = "") -> Any:
+    """JSON from `path`; a damaged file is a ValueError naming it (and what was `expected`)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})" + (f"; expected {expected}" if expected else "")) from None
+
+
 def collate_starts(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Start-state dicts → ``{"observation": Observation [B], "seeds": long [B]}``."""
     return {
@@ -408,41 +425,26 @@ class GRPOWorldTrainer(Trainer):
         if self.args.should_save:
             ckpt = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
             if os.path.isdir(ckpt):
-                tmp = os.path.join(ckpt, BUDGET_FILE + ".tmp")
-                with open(tmp, "w") as f:
-                    json.dump(self.budget, f, indent=2)
-                os.replace(tmp, os.path.join(ckpt, BUDGET_FILE))
+                _write_json_atomic(os.path.join(ckpt, BUDGET_FILE), self.budget)
                 if self.start_sampler is not None:
-                    tmp = os.path.join(ckpt, START_SAMPLER_FILE + ".tmp")
-                    with open(tmp, "w") as f:
-                        json.dump(self.start_sampler.state_dict(), f)
-                    os.replace(tmp, os.path.join(ckpt, START_SAMPLER_FILE))
+                    _write_json_atomic(os.path.join(ckpt, START_SAMPLER_FILE), self.start_sampler.state_dict())
 
     def _load_start_sampler(self, checkpoint: str) -> None:
-        path = os.path.join(checkpoint, START_SAMPLER_FILE)
         if self.start_sampler is None:
             return
+        path = os.path.join(checkpoint, START_SAMPLER_FILE)
         if not os.path.isfile(path):
             raise ValueError(
                 f"{checkpoint}: start_sampling='signal' but the checkpoint has no {START_SAMPLER_FILE} (written by a "
                 "run with start_sampling='uniform'?); resume with the sampling the run was started with"
             )
-        try:
-            with open(path) as f:
-                saved = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
-        self.start_sampler.load_state_dict(saved, source=path)
+        self.start_sampler.load_state_dict(_read_json(path), source=path)
 
     def _load_budget(self, checkpoint: str) -> None:
         path = os.path.join(checkpoint, BUDGET_FILE)
         if not os.path.isfile(path):
             return  # a checkpoint written before budgets were counted: start from zero
-        try:
-            with open(path) as f:
-                saved = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err}); expected {{{', '.join(BUDGET_KEYS)}}}") from None
+        saved = _read_json(path, expected=f"{{{', '.join(BUDGET_KEYS)}}}")
         if not isinstance(saved, dict):
             raise ValueError(
                 f"{path}: expected a JSON object of counts {list(BUDGET_KEYS)}, got {type(saved).__name__}"

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from rewards.success_classifier.calibration import auroc as classifier_auroc
 from wlarl.types import Trajectories
+from wlarl.utils.stats import auroc as stats_auroc
 
 POSITIONS = ("early", "middle", "late")
 
@@ -326,7 +326,7 @@ def auroc(scores: Any, labels: Any) -> float:
     """Row AUROC of `scores` against `labels` (any shape), unscored (NaN) rows left out; NaN if a class is missing."""
     s = np.asarray(scores, np.float64).reshape(-1)
     keep = np.isfinite(s)
-    return classifier_auroc(s[keep], np.asarray(labels, bool).reshape(-1)[keep])
+    return stats_auroc(s[keep], np.asarray(labels, bool).reshape(-1)[keep])
 
 
 def ranking_report(

@@ -9,18 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def auroc(scores: Any, labels: Any) -> float:
-    """Area under the ROC curve (Mann–Whitney, ties count half); NaN when one class is absent."""
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels, dtype=bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    from scipy.stats import rankdata
-
-    ranks = rankdata(s)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+from wlarl.utils.stats import auroc  # noqa: F401  (this module's metrics include it)
 
 
 def reliability_table(probs: Any, labels: Any, bins: int = 10) -> list[dict[str, float]]:

@@ -1,4 +1,4 @@
-"""Statistics used by evaluation and verification: Wilson intervals, confusion matrices, PSNR.
+"""Statistics used by evaluation, verification and reward ranking: Wilson intervals, confusion matrices, AUROC, PSNR.
 
 Pure functions of numbers/arrays, no I/O. Arrays may be numpy arrays or torch tensors (converted with
 `np.asarray`).
@@ -56,6 +56,19 @@ def success_summary(outcomes: Sequence[bool] | np.ndarray | Any, z: float = 1.95
     n, k = int(arr.size), int(arr.sum())
     low, high = wilson_interval(k, n, z)
     return {"success": k / n if n else float("nan"), "ci_low": low, "ci_high": high, "n": n, "successes": k}
+
+
+def auroc(scores: Any, labels: Any) -> float:
+    """Area under the ROC curve (Mann–Whitney, ties count half); NaN when one class is absent."""
+    from scipy.stats import rankdata
+
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(s)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def binary_confusion(predicted: Any, actual: Any) -> dict[str, int]:

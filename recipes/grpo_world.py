@@ -268,7 +268,9 @@ def main() -> None:
                     engine.horizon, engine.chunk_size, cfg.num_starts * cfg.num_generations)  # fmt: skip
     else:
         engine = imagination
-    world_aux = SFTWindows(episodes, horizon=policy.config.chunk_size) if cfg.world_aux_coef > 0 else None
+    world_aux = (
+        SFTWindows(episodes, horizon=policy.config.chunk_size) if cfg.world_aux_coef > 0 or cfg.bc_coef > 0 else None
+    )
     # A refresh fine-tunes the simulator on real episodes; the KL / anchor reference must stay the starting policy.
     ref_model = freeze_snapshot(policy) if cfg.refresh_world_steps > 0 else None
 

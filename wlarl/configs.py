@@ -269,7 +269,15 @@ class GRPOWorldConfig(GRPOConfig):
         },
     )
     world_aux_batch_size: int = field(
-        default=16, metadata={"help": "Real SFT windows per step for the world_aux_coef loss."}
+        default=16, metadata={"help": "Real SFT windows per step for the world_aux_coef and bc_coef losses."}
+    )
+    bc_coef: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the Action Expert's SFT loss (behaviour cloning) on the same real windows as "
+            "world_aux_coef: an anchor for tasks whose groups carry no signal (all succeed), which GRPO on other "
+            "tasks can otherwise erode through the shared weights; 0 off."
+        },
     )
     subtask_coef: float = field(
         default=0.5,
@@ -506,7 +514,7 @@ class GRPOWorldConfig(GRPOConfig):
             raise bad("start_sampling_prior", f"must be > 0, got {self.start_sampling_prior}")
         if self.max_resample_rounds < 1:
             raise bad("max_resample_rounds", f"must be ≥ 1 (1 = no refill), got {self.max_resample_rounds}")
-        for name in ("nll_coef", "world_aux_coef", "subtask_coef", "subtask_beta", "keep_best_margin"):
+        for name in ("nll_coef", "world_aux_coef", "bc_coef", "subtask_coef", "subtask_beta", "keep_best_margin"):
             if getattr(self, name) < 0:
                 raise bad(name, f"must be ≥ 0 (0 disables), got {getattr(self, name)}")
         for name in ("verify_steps", "refresh_world_steps", "log_image_steps"):

@@ -111,7 +111,7 @@ class GRPOWorldTrainer(Trainer):
         imagination: an engine with `rollout(policy, starts, group_size, temperature, horizon) -> Trajectories`
             and a `.world` attribute: the frozen snapshot, also the KL reference.
         reward_scorer: callable `(trajectories, trainer_state=...) -> RewardOutput`.
-        world_aux_dataset: optional SFT windows of real episodes for the `world_aux_coef` loss.
+        world_aux_dataset: optional SFT windows of real episodes for the `world_aux_coef` and `bc_coef` losses.
         world_aux_collate: collate function for `world_aux_dataset`.
         processing_class: the policy's processor, saved with every checkpoint.
         callbacks: extra `TrainerCallback`s (real evaluation, verification, …).
@@ -137,9 +137,10 @@ class GRPOWorldTrainer(Trainer):
             raise TypeError(f"GRPOWorldTrainer: args must be a GRPOWorldConfig, got {type(args).__name__}")
         if len(train_dataset) == 0:
             raise ValueError("GRPOWorldTrainer: train_dataset (start states) is empty")
-        if args.world_aux_coef > 0 and world_aux_dataset is None:
+        if (args.world_aux_coef > 0 or args.bc_coef > 0) and world_aux_dataset is None:
             raise ValueError(
-                "GRPOWorldTrainer: world_aux_coef > 0 needs world_aux_dataset (SFT windows of real episodes)"
+                "GRPOWorldTrainer: world_aux_coef > 0 or bc_coef > 0 needs world_aux_dataset (SFT windows of real "
+                "episodes)"
             )
         # The image tokenizer stays fixed during GRPO: imagined latents from the frozen snapshot must keep
         # meaning the same thing to the policy.
@@ -566,20 +567,24 @@ class GRPOWorldTrainer(Trainer):
             nll = grpo.nll_anchor_loss(logp, mask, inputs["success"])
             loss = loss + self.args.nll_coef * nll
             m["loss/nll"].append(nll.item())
-        if self.args.world_aux_coef > 0:
-            world = self._world_aux_loss(model)
-            loss = loss + self.args.world_aux_coef * world
-            m["loss/world_aux"].append(world.item())
+        if self.args.world_aux_coef > 0 or self.args.bc_coef > 0:
+            world, bc = self._real_window_losses(model)
+            if self.args.world_aux_coef > 0:
+                loss = loss + self.args.world_aux_coef * world
+                m["loss/world_aux"].append(world.item())
+            if self.args.bc_coef > 0:
+                loss = loss + self.args.bc_coef * bc
+                m["loss/bc"].append(bc.item())
         m["time/update_forward"].append(time.perf_counter() - t0)
         return loss
 
-    def _world_aux_loss(self, model) -> torch.Tensor:
-        """World-modelling losses on a batch of real SFT windows, weighted as in SFT (the World Expert keeps
-        modelling reality while the backbone it reads moves)."""
+    def _real_window_losses(self, model) -> tuple[torch.Tensor, torch.Tensor]:
+        """SFT losses on a batch of real windows: the World Expert's, weighted as in SFT (it keeps modelling reality
+        while the backbone it reads moves), and the Action Expert's behaviour-cloning loss (`bc_coef`)."""
         if self._world_aux_iter is None:
             self._world_aux_iter = self._cycle_world_aux()
         losses = model(sft_batch=next(self._world_aux_iter))
-        return self.accelerator.unwrap_model(model).world_loss(losses)
+        return self.accelerator.unwrap_model(model).world_loss(losses), losses["loss/action"]
 
     def _cycle_world_aux(self):
         gen = torch.Generator().manual_seed(self.args.seed + 31 * self.args.process_index)

@@ -54,6 +54,7 @@ from wlarl.models.wla import WLAPolicy  # noqa: E402
 from wlarl.types import Observation  # noqa: E402
 
 DEFAULT_REWARDS = ["subgoal_success", "predicted_success", "trajectory_success", "progress", "goal_similarity"]
+STATE_REWARDS = ["state_success", "state_progress"]
 
 
 def _default_tasks() -> list[str]:
@@ -90,7 +91,7 @@ def run(args) -> dict:
         points += _policy_points(policy, world, tasks, args, env_kwargs)
     scorer = build_reward_scorer(
         args.rewards, reward_model_path=args.reward_model_path, dataset_path=args.dataset_path, policy=world,
-        subtask_rules=SUBTASK_RULES,
+        subtask_rules=SUBTASK_RULES, state_reward_path=args.state_reward_path,
     )  # fmt: skip
     found = scorer.find_success_classifier()
     classifier, threshold = found if found else (None, 0.5)
@@ -116,6 +117,11 @@ def run(args) -> dict:
         real = real_replay_trajectories(imagined, [replay])
         scores = {}
         for kind, traj in (("real", real), ("predicted", imagined)):
+            if traj.full_states is None and any(r in STATE_REWARDS for r in args.rewards):
+                raise ValueError(
+                    f"bench_ranking: the {kind} rows carry no full states for {STATE_REWARDS}: use a policy whose "
+                    "World Expert models them (sft_wla --world_full_state true)"
+                )
             out = scorer(traj)
             for f, name in enumerate(out.names):
                 scores[f"{name}@{kind}"] = out.per_function[:, f].numpy()
@@ -172,6 +178,11 @@ def main() -> None:
     p.add_argument("--policy_path", required=True)
     p.add_argument("--dataset_path", required=True)
     p.add_argument("--reward_model_path", default=None)
+    p.add_argument(
+        "--state_reward_path", default=None,
+        help="a recipes/train_state_reward.py output: adds state_success and state_progress (scored @predicted when "
+        "the World Expert models full states)",
+    )  # fmt: skip
     p.add_argument("--tasks", nargs="*", default=None, help="default: the default preset's tasks")
     p.add_argument("--rewards", nargs="+", default=DEFAULT_REWARDS)
     p.add_argument("--positions", nargs="+", default=list(POSITIONS), choices=POSITIONS)
@@ -187,6 +198,8 @@ def main() -> None:
     args = p.parse_args()
     if not args.reward_model_path:
         args.rewards = [r for r in args.rewards if r != "subgoal_success"]
+    if args.state_reward_path:
+        args.rewards += [r for r in STATE_REWARDS if r not in args.rewards]
     res = run(args)
     table = markdown(res)
     print(table)

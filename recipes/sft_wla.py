@@ -61,6 +61,13 @@ class SFTWLAConfig:
     action_hidden: int = field(default=256, metadata={"help": "Action Expert MLP width."})
     world_hidden: int = field(default=128, metadata={"help": "World Expert transformer width."})
     world_layers: int = field(default=2, metadata={"help": "World Expert transformer layers."})
+    world_full_state: bool = field(
+        default=True,
+        metadata={
+            "help": "The World Expert also models the dataset's full simulator state (object and goal positions), "
+            "so that imagined rows carry `full_states` for state-grounded rewards."
+        },
+    )
     flow_steps: int = field(default=5, metadata={"help": "K denoising steps of the flow head."})
     latent_noise_std: float = field(
         default=0.1, metadata={"help": "Latent noise in training (closed-loop robustness)."}
@@ -128,6 +135,7 @@ class WindowBatches:
         data = ep_ds.dataset.with_format("numpy")
         self.images = np.asarray(data["image"], dtype=np.uint8)  # [R, H_img, W, 3]
         self.states = np.asarray(data["state"], dtype=np.float32)  # [R, S]
+        self.full_states = np.asarray(data["full_state"], dtype=np.float32)  # [R, F]
         self.actions = np.asarray(data["action"], dtype=np.float32)  # [R, A]
         self.success = np.asarray(data["success"], dtype=bool)
         self.subtask = list(ep_ds.dataset["subtask"])
@@ -165,6 +173,8 @@ class WindowBatches:
             "action_mask": torch.from_numpy(valid),
             "next_image": torch.from_numpy(self.images[nxt]),
             "next_state": torch.from_numpy(self.states[nxt]),
+            "full_state": torch.from_numpy(self.full_states[r]),
+            "next_full_state": torch.from_numpy(self.full_states[nxt]),
             "next_success": torch.from_numpy(self.success[nxt - 1]),
             "subtask": [self.subtask[i] for i in r],
             "instruction": [self.instruction[i] for i in r],
@@ -193,6 +203,7 @@ def build_policy(cfg: SFTWLAConfig, processor: WLAProcessor, windows: WindowBatc
         latent_patch=cfg.latent_patch,
         recon_fraction=cfg.recon_fraction,
         state_dim=windows.states.shape[1],
+        full_state_dim=windows.full_states.shape[1] if cfg.world_full_state else 0,
         action_dim=windows.actions.shape[1],
         chunk_size=cfg.chunk_size,
         backbone_config=tiny_llama_config(cfg.hidden_size, cfg.num_layers, cfg.num_heads),
@@ -207,7 +218,12 @@ def build_policy(cfg: SFTWLAConfig, processor: WLAProcessor, windows: WindowBatc
     )
     policy = WLAPolicy(config, processor=processor)
     acts = windows.actions[windows.rows]  # real actions only (no is_last rows)
-    policy.set_normalization(windows.states.mean(0), windows.states.std(0), acts.mean(0), acts.std(0), min_std=1e-2)
+    full = {}
+    if cfg.world_full_state:
+        full = dict(full_state_mean=windows.full_states.mean(0), full_state_std=windows.full_states.std(0))
+    policy.set_normalization(
+        windows.states.mean(0), windows.states.std(0), acts.mean(0), acts.std(0), min_std=1e-2, **full
+    )
     return policy
 
 

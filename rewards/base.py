@@ -3,15 +3,16 @@
 A reward function is any callable, sync or async, called with keyword arguments only (N rows, see
 docs/internals.md)::
 
-    fn(*, subgoal_images, subgoal_latents, states, actions, action_means, alive, instructions, task_names, subtasks,
-       success_logits, success, group_size, start_latents, trainer_state, prompts, completions, completion_ids,
-       **kwargs)
+    fn(*, subgoal_images, subgoal_latents, states, full_states, actions, action_means, alive, instructions,
+       task_names, subtasks, success_logits, success, group_size, start_latents, trainer_state, prompts, completions,
+       completion_ids, **kwargs)
         -> list[float | int | None]   # one value per row; None = this function skips the row
 
-Shapes: ``subgoal_images`` uint8 [N,T,H,W,3], ``subgoal_latents`` [N,T,C,h,w], ``states`` [N,T,S], ``actions``
-[N,T,H,A] (the *executed* actions, clipped to the action bounds as the simulator does), ``action_means`` [N,T,H,A]
-(the policy's greedy mean chunks, clipped; None for heads without a mean), ``alive`` bool [N,T],
-``success_logits`` [N,T], ``success`` bool [N], ``subtasks`` N lists of T strings, ``start_latents`` [N,C,h,w].
+Shapes: ``subgoal_images`` uint8 [N,T,H,W,3], ``subgoal_latents`` [N,T,C,h,w], ``states`` [N,T,S], ``full_states``
+[N,T,F] or None (the full simulator state after each chunk: object and goal positions), ``actions`` [N,T,H,A] (the
+*executed* actions, clipped to the action bounds as the simulator does), ``action_means`` [N,T,H,A] (the policy's
+greedy mean chunks, clipped; None for heads without a mean), ``alive`` bool [N,T], ``success_logits`` [N,T],
+``success`` bool [N], ``subtasks`` N lists of T strings, ``start_latents`` [N,C,h,w].
 
 Text rewards written for TRL (``fn(prompts, completions, **kwargs)``) work unchanged on the subtask text:
 ``prompts`` are the instructions and ``completions`` are the subtasks of the chunks the episode ran (``alive``),
@@ -49,6 +50,7 @@ REWARD_KWARGS: tuple[str, ...] = (
     "subgoal_images",
     "subgoal_latents",
     "states",
+    "full_states",
     "actions",
     "action_means",
     "alive",
@@ -340,6 +342,7 @@ def trajectory_reward_kwargs(traj: Trajectories, trainer_state: Any = None, **ex
         subgoal_images=traj.subgoal_images,
         subgoal_latents=traj.subgoal_latents,
         states=traj.states,
+        full_states=traj.full_states,  # real engine: the simulator's; imagination: the World Expert's, or None
         actions=traj.actions,  # executed: clipped to the action bounds, as the simulator does
         action_means=getattr(traj, "action_means", None),  # greedy mean chunks (clipped), None for flow heads
         alive=alive,

@@ -78,6 +78,7 @@ def advance(world: torch.nn.Module, obs: Observation, pred: WorldPrediction, ree
         instructions=list(obs.instructions),
         task_names=list(obs.task_names),
         latents=world.encode_images(pred.images).detach(),
+        full_states=pred.full_states,
     )
 
 
@@ -255,6 +256,10 @@ class ImaginationEngine:
             group_size=group_size,
             classifier_probs=torch.stack(probs_t, dim=1) if probs_t else None,  # [N, T]
             action_bounds=self.action_bounds if self.clip_actions else None,
+            # the World Expert's full states when it models them and the starts carried one (reset, dataset starts)
+            full_states=torch.stack([p.full_states.cpu() for p in preds], dim=1)
+            if all(p.full_states is not None for p in preds)
+            else None,  # [N, T, F]
         )
 
 

@@ -165,19 +165,24 @@ def policy_branch_points(
             if c == 0:
                 obs = traj.observations[0]
                 image, state = obs.images[n].numpy(), obs.states[n].numpy()
-                full = None
+                full = None  # a reset point: nothing to check after the seeded reset
+                start_full = None if obs.full_states is None else obs.full_states[n].numpy().astype(np.float32)
             else:
                 image = np.asarray(traj.subgoal_images[n, c - 1], dtype=np.uint8)
                 state = traj.states[n, c - 1].numpy()
                 full = traj.full_states[n, c - 1].numpy().astype(np.float32)
+                start_full = full
+            observation = {"image": image, "state": state, "instruction": traj.instructions[n],
+                           "task_name": traj.task_names[n]}  # fmt: skip
+            if start_full is not None:
+                observation["full_state"] = start_full  # what a World Expert that models full states starts from
             out.append(
                 BranchPoint(
                     task_name=traj.task_names[n], seed=int(seeds[n // G]), step=c * H,
                     actions=actions[n, :c].reshape(-1, actions.shape[-1]).copy(),
                     full_state=full, row=-1,
                     position=position, source="policy", episode_index=n,
-                    observation={"image": image, "state": state, "instruction": traj.instructions[n],
-                                 "task_name": traj.task_names[n]},
+                    observation=observation,
                 )
             )  # fmt: skip
     return out

@@ -32,7 +32,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import wait as mp_wait
 from typing import Any
 
@@ -607,8 +607,7 @@ def _policy_actions(
             obs = obs.to(device)
             if record:
                 # The latents travel with the observation, so the update rescores exactly the input of sampling.
-                obs = Observation(obs.images, obs.states, obs.instructions, obs.task_names,
-                                  latents=policy.encode_images(obs.images).detach())  # fmt: skip
+                obs = replace(obs, latents=policy.encode_images(obs.images).detach())
             action = policy.act(obs, sample=sample, temperature=temperature)
         actions = action.actions
         subtasks = list(action.subtask_text)

@@ -17,8 +17,9 @@ def tiny_processor() -> WLAProcessor:
                               max_subtask_tokens=8)  # fmt: skip
 
 
-def tiny_config(action_head: str = "gaussian", vocab_size: int = 32) -> WLAConfig:
+def tiny_config(action_head: str = "gaussian", vocab_size: int = 32, full_state_dim: int = 0) -> WLAConfig:
     return WLAConfig(
+        full_state_dim=full_state_dim,
         image_size=IMAGE,
         latent_size=4,
         latent_channels=4,
@@ -40,10 +41,10 @@ def tiny_config(action_head: str = "gaussian", vocab_size: int = 32) -> WLAConfi
     )
 
 
-def tiny_policy(action_head: str = "gaussian", seed: int = 0) -> WLAPolicy:
+def tiny_policy(action_head: str = "gaussian", seed: int = 0, full_state_dim: int = 0) -> WLAPolicy:
     torch.manual_seed(seed)
     proc = tiny_processor()
-    return WLAPolicy(tiny_config(action_head, proc.vocab_size), processor=proc).eval()
+    return WLAPolicy(tiny_config(action_head, proc.vocab_size, full_state_dim), processor=proc).eval()
 
 
 def tiny_obs(n: int = 3, seed: int = 0) -> Observation:

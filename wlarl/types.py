@@ -246,6 +246,9 @@ class Observation:
         task_names: N simulator task names.
         latents: optional float [N, C, h, w] image latents (set by the World Expert in imagination so that the
             policy need not re-encode its own predictions).
+        full_states: optional float32 [N, F] full simulator state (object and goal positions). The policy never
+            reads it; a World Expert that models full states (`full_state_dim` > 0) reads it and, in imagination,
+            carries its own prediction forward.
     """
 
     images: torch.Tensor | LazyImages
@@ -253,6 +256,7 @@ class Observation:
     instructions: list[str]
     task_names: list[str]
     latents: torch.Tensor | None = None
+    full_states: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.images, np.ndarray):
@@ -278,13 +282,20 @@ class Observation:
             _check("Observation.latents", self.latents, 4, "[N, C, h, w]")
             if self.latents.shape[0] != n:
                 raise ValueError(f"Observation.latents: expected {n} rows, got {self.latents.shape[0]}")
+        if isinstance(self.full_states, np.ndarray):
+            self.full_states = torch.from_numpy(np.asarray(self.full_states, dtype=np.float32))
+        if self.full_states is not None:
+            _check("Observation.full_states", self.full_states, 2, "[N, F] float32", torch.float32)
+            if self.full_states.shape[0] != n:
+                raise ValueError(f"Observation.full_states: expected {n} rows, got {self.full_states.shape[0]}")
 
     @classmethod
     def from_dicts(cls, items: Any) -> Observation:
         """Stack N observation dicts into a batch [N].
 
         Each dict holds ``image`` (uint8 [H, W, 3]), ``state`` ([S]), ``instruction`` and ``task_name`` (optional,
-        default ""): a start state of `wlarl.data.start_states`, a dataset row or a real env observation.
+        default ""): a start state of `wlarl.data.start_states`, a dataset row or a real env observation. When every
+        dict also holds a non-empty ``full_state`` ([F]), the batch carries `full_states`.
         """
         items = list(items)
         if not items:
@@ -300,6 +311,7 @@ class Observation:
             states=torch.from_numpy(np.stack([np.asarray(it["state"], dtype=np.float32) for it in items])),
             instructions=[str(it["instruction"]) for it in items],
             task_names=[str(it.get("task_name", "")) for it in items],
+            full_states=_stack_full_states(items),
         )
 
     def __len__(self) -> int:
@@ -315,6 +327,7 @@ class Observation:
             images=self.images.to(device),
             states=self.states.to(device),
             latents=None if self.latents is None else self.latents.to(device),
+            full_states=None if self.full_states is None else self.full_states.to(device),
         )
 
     def index(self, idx: torch.Tensor | list[int] | slice) -> Observation:
@@ -332,6 +345,7 @@ class Observation:
             instructions=[self.instructions[i] for i in rows],
             task_names=[self.task_names[i] for i in rows],
             latents=None if self.latents is None else self.latents[t.to(self.latents.device)],
+            full_states=None if self.full_states is None else self.full_states[t.to(self.full_states.device)],
         )
 
     def repeat_interleave(self, g: int) -> Observation:
@@ -341,13 +355,26 @@ class Observation:
     @staticmethod
     def cat(items: list[Observation]) -> Observation:
         has_latents = all(o.latents is not None for o in items)
+        has_full = all(o.full_states is not None for o in items)
         return Observation(
             images=LazyImages.cat([o.images for o in items]),
             states=torch.cat([o.states for o in items]),
             instructions=[s for o in items for s in o.instructions],
             task_names=[s for o in items for s in o.task_names],
             latents=torch.cat([o.latents for o in items]) if has_latents else None,
+            full_states=torch.cat([o.full_states for o in items]) if has_full else None,
         )
+
+
+def _stack_full_states(items: list[Any]) -> torch.Tensor | None:
+    """float32 [N, F] of the dicts' ``full_state`` when every one holds a non-empty one of one length, else None."""
+    fulls = [it.get("full_state") for it in items]
+    if any(f is None or np.asarray(f).size == 0 for f in fulls):
+        return None
+    arrs = [np.asarray(f, dtype=np.float32).reshape(-1) for f in fulls]
+    if len({a.shape[0] for a in arrs}) != 1:
+        raise ValueError(f"Observation.from_dicts: full_state lengths differ: {sorted({a.shape[0] for a in arrs})}")
+    return torch.from_numpy(np.stack(arrs))
 
 
 @dataclass
@@ -434,12 +461,15 @@ class WorldPrediction:
         states: float32 [N, S] predicted robot state at t+H.
         success_logits: float [N] predicted task-success logit at t+H.
         images: uint8 [N, H, W, 3] decoded subgoal images, or None when decoding was not requested.
+        full_states: float32 [N, F] predicted full simulator state at t+H, or None when the World Expert does not
+            model full states (`full_state_dim` 0) or the observation carried none.
     """
 
     latents: torch.Tensor
     states: torch.Tensor
     success_logits: torch.Tensor
     images: torch.Tensor | None = None
+    full_states: torch.Tensor | None = None
 
 
 @dataclass
@@ -462,8 +492,9 @@ class Trajectories:
             the engine ran the classifier to decide success).
         action_bounds: optional (low, high): actions are executed clipped to these bounds, as the real simulator
             does; the samples keep the unclipped draw whose log-prob the policy gradient uses.
-        full_states: optional float [N, T, F] full simulator state after each chunk (object and goal positions;
-            set by the real engine, which reads it from the simulator).
+        full_states: optional float [N, T, F] full simulator state after each chunk (object and goal positions):
+            the simulator's with the real engine; the World Expert's prediction in imagination when it models full
+            states and the starts carried one.
         env_steps: optional long [N] real env steps each row executed (set by the real engine; None in imagination).
         engine: "imagined" or "real": where the rows were rolled out.
     """

@@ -39,6 +39,8 @@ def _old_sft_item(data, end: int, r: int, h: int) -> dict:
         "action_mask": np.arange(h) < n_valid,
         "next_image": np.asarray(chunk["image"][-1], dtype=np.uint8),
         "next_state": np.asarray(chunk["state"][-1], dtype=np.float32),
+        "full_state": np.asarray(chunk["full_state"][0], dtype=np.float32),
+        "next_full_state": np.asarray(chunk["full_state"][-1], dtype=np.float32),
         "next_success": bool(chunk["success"][-2]),
         "subtask": str(chunk["subtask"][0]),
         "instruction": str(chunk["instruction"][0]),

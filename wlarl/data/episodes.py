@@ -30,7 +30,7 @@ _PER_OBS = ("image", "state", "full_state")  # T+1 rows
 _PER_ACTION = ("action", "reward", "success")  # T rows
 _EPISODE_KEYS = ("instruction", "task_name", "seed", "noise_mode")
 _STRING_COLUMNS = ("subtask", "instruction", "task_name", "noise_mode")
-_WINDOW_COLUMNS = ("image", "state", "action", "success", "subtask", "instruction", "task_name")
+_WINDOW_COLUMNS = ("image", "state", "full_state", "action", "success", "subtask", "instruction", "task_name")
 
 
 def _features(image_shape: tuple[int, int, int], state_dim: int, full_dim: int, action_dim: int) -> Any:
@@ -294,7 +294,8 @@ class SFTWindows(torch.utils.data.Dataset):
 
     Item: `image` uint8 [H_img, W, 3], `state` float32 [S], `actions` float32 [H, A], `action_mask` bool [H]
     (False on padding past the episode end, padded by repeating the last action), `next_image`, `next_state` at
-    t+H clamped to the final observation, `next_success` bool (success of that observation), `subtask`,
+    t+H clamped to the final observation, `full_state` / `next_full_state` float32 [F] at t and t+H,
+    `next_success` bool (success of that observation), `subtask`,
     `instruction`, `task_name` (str).
     """
 
@@ -326,6 +327,8 @@ class SFTWindows(torch.utils.data.Dataset):
             "action_mask": mask,  # [H]
             "next_image": np.asarray(chunk["image"][-1], dtype=np.uint8),
             "next_state": np.asarray(chunk["state"][-1], dtype=np.float32),
+            "full_state": np.asarray(chunk["full_state"][0], dtype=np.float32),
+            "next_full_state": np.asarray(chunk["full_state"][-1], dtype=np.float32),
             # success[k] is the success after action k, i.e. of observation k+1; nxt > r always.
             "next_success": bool(chunk["success"][-2]),
             "subtask": str(chunk["subtask"][0]),

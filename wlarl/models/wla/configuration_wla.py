@@ -42,6 +42,9 @@ class WLAConfig(PretrainedConfig):
         recon_fraction: share of the batch rows whose frames are reconstructed in `sft_losses` (the rest is encoded
             without gradient); the tokenizer pre-stage trains on all of them.
         state_dim: S.
+        full_state_dim: F, the full simulator state the World Expert models beside the frames (Meta-World: 39, object
+            and goal positions); 0 = it does not. Observations that carry `full_states` feed it; imagination carries
+            the predicted one forward and hands it to rewards as `full_states`.
         action_dim: A.
         chunk_size: H, actions per chunk.
         backbone_config: kwargs of an HF decoder config (`model_type` selects it; tiny Llama by default).
@@ -58,6 +61,7 @@ class WLAConfig(PretrainedConfig):
         flow_sigma_min: floor of the per-step std so that chain log-probs never degenerate.
         world_hidden, world_layers, world_heads: World Expert transformer size.
         state_mean, state_std, action_mean, action_std: normalisation stats (length S / A) from the dataset.
+        full_state_mean, full_state_std: normalisation stats of the full state (length F).
         *_weight: SFT loss weights.
         task_names: simulator tasks of the SFT data (informational, for evaluation; nothing is task-specific).
     """
@@ -74,6 +78,7 @@ class WLAConfig(PretrainedConfig):
         latent_patch: int = 2,
         recon_fraction: float = 0.25,
         state_dim: int = 4,
+        full_state_dim: int = 0,
         action_dim: int = 4,
         chunk_size: int = 8,
         backbone_config: dict | None = None,
@@ -96,10 +101,13 @@ class WLAConfig(PretrainedConfig):
         state_std: list[float] | None = None,
         action_mean: list[float] | None = None,
         action_std: list[float] | None = None,
+        full_state_mean: list[float] | None = None,
+        full_state_std: list[float] | None = None,
         action_loss_weight: float = 1.0,
         world_latent_weight: float = 1.0,
         world_state_weight: float = 1.0,
         world_success_weight: float = 0.1,
+        world_full_state_weight: float = 1.0,
         subtask_weight: float = 0.1,
         recon_weight: float = 1.0,
         task_names: list[str] | None = None,
@@ -113,6 +121,7 @@ class WLAConfig(PretrainedConfig):
         self.latent_patch = latent_patch
         self.recon_fraction = recon_fraction
         self.state_dim = state_dim
+        self.full_state_dim = full_state_dim
         self.action_dim = action_dim
         self.chunk_size = chunk_size
         self.backbone_config = dict(backbone_config) if backbone_config is not None else tiny_llama_config()
@@ -136,10 +145,13 @@ class WLAConfig(PretrainedConfig):
         self.state_std = list(state_std) if state_std is not None else [1.0] * state_dim
         self.action_mean = list(action_mean) if action_mean is not None else [0.0] * action_dim
         self.action_std = list(action_std) if action_std is not None else [1.0] * action_dim
+        self.full_state_mean = list(full_state_mean) if full_state_mean is not None else [0.0] * full_state_dim
+        self.full_state_std = list(full_state_std) if full_state_std is not None else [1.0] * full_state_dim
         self.action_loss_weight = action_loss_weight
         self.world_latent_weight = world_latent_weight
         self.world_state_weight = world_state_weight
         self.world_success_weight = world_success_weight
+        self.world_full_state_weight = world_full_state_weight
         self.subtask_weight = subtask_weight
         self.recon_weight = recon_weight
         self.task_names = list(task_names) if task_names is not None else []
@@ -171,6 +183,13 @@ class WLAConfig(PretrainedConfig):
         for name, n in (("state_mean", self.state_dim), ("state_std", self.state_dim)):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"WLAConfig.{name}: expected length state_dim={n}, got {len(getattr(self, name))}")
+        if self.full_state_dim < 0:
+            raise ValueError(f"WLAConfig.full_state_dim: expected ≥ 0 (0 = not modelled), got {self.full_state_dim}")
+        for name, n in (("full_state_mean", self.full_state_dim), ("full_state_std", self.full_state_dim)):
+            if len(getattr(self, name)) != n:
+                raise ValueError(
+                    f"WLAConfig.{name}: expected length full_state_dim={n}, got {len(getattr(self, name))}"
+                )
         for name, n in (("action_mean", self.action_dim), ("action_std", self.action_dim)):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"WLAConfig.{name}: expected length action_dim={n}, got {len(getattr(self, name))}")

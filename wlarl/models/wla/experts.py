@@ -98,21 +98,24 @@ class FlowActionHead(nn.Module):
 
 
 class WorldExpert(nn.Module):
-    """Predicts the latent grid, state and success after an action chunk.
+    """Predicts the latent grid, state, success and (with `full_state_dim` F > 0) the full simulator state after an
+    action chunk.
 
     Tokens: (h/p)*(w/p) current-latent patch tokens | H action tokens | M meta-query tokens | 1 state token, mixed by a small
     bidirectional transformer. It reads the meta-query states and never writes into them, so switching world
     prediction on or off cannot change actions. Outputs are residual: the latent *change* (in pre-tanh space, so
     latents stay in (-1, 1) however long it is rolled out) and the normalised state change; the output layers start
-    at zero so an untrained expert copies the last frame.
+    at zero so an untrained expert copies the last frame. The full state enters the state token and comes out as a
+    normalised change, so object and goal positions known at the start are carried through a long imagination.
     """
 
     def __init__(
         self, d_model, num_queries, latent_channels, latent_size, horizon, action_dim, state_dim, hidden, layers, heads,
-        patch: int = 1,
+        patch: int = 1, full_state_dim: int = 0,
     ):  # fmt: skip
         super().__init__()
         self.patch = patch
+        self.full_state_dim = full_state_dim
         n_lat = (latent_size // patch) ** 2
         self.latent_in = nn.Linear(latent_channels * patch * patch, hidden)
         self.latent_pos = nn.Parameter(torch.randn(n_lat, hidden) * 0.02)
@@ -127,11 +130,16 @@ class WorldExpert(nn.Module):
         self.norm = nn.LayerNorm(hidden)
         self.latent_out = nn.Linear(hidden, latent_channels * patch * patch)
         self.state_out = nn.Linear(hidden, state_dim + 1)  # state change and success logit
-        for lin in (self.latent_out, self.state_out):
+        outputs = [self.latent_out, self.state_out]
+        if full_state_dim > 0:
+            self.full_state_in = nn.Linear(full_state_dim, hidden)
+            self.full_state_out = nn.Linear(hidden, full_state_dim)  # normalised full-state change
+            outputs.append(self.full_state_out)
+        for lin in outputs:
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    def forward(self, meta, latents, state_norm, actions_norm):
+    def forward(self, meta, latents, state_norm, actions_norm, full_state_norm=None):
         """Predict the world after the chunk.
 
         Args:
@@ -139,18 +147,24 @@ class WorldExpert(nn.Module):
             latents: [N, C, h, w] current latents in (-1, 1).
             state_norm: [N, S] normalised current state.
             actions_norm: [N, H, A] normalised action chunk.
+            full_state_norm: optional [N, F] normalised current full state (F > 0 only; None reads as the mean).
 
         Returns:
-            next latents [N, C, h, w], normalised state change [N, S], success logit [N].
+            next latents [N, C, h, w], normalised state change [N, S], success logit [N], and the normalised
+            full-state change [N, F] (None when F = 0).
         """
         n, c, h, w = latents.shape
         p = self.patch
         lat_tok = self.latent_in(patchify(latents, p)) + self.latent_pos  # [N, h*w/p^2, hidden]
         act_tok = self.action_in(actions_norm) + self.action_pos  # [N, H, hidden]
-        x = torch.cat([lat_tok, act_tok, self.meta_in(meta), self.state_in(state_norm)[:, None]], dim=1)
+        state_tok = self.state_in(state_norm)
+        if self.full_state_dim > 0 and full_state_norm is not None:
+            state_tok = state_tok + self.full_state_in(full_state_norm)
+        x = torch.cat([lat_tok, act_tok, self.meta_in(meta), state_tok[:, None]], dim=1)
         x = self.norm(self.encoder(x))
         delta = unpatchify(self.latent_out(x[:, : lat_tok.shape[1]]), c, h, w, p)  # [N, C, h, w]
         pre = torch.atanh(latents.clamp(-0.995, 0.995))
         next_latents = torch.tanh(pre + delta)
         out = self.state_out(x[:, -1])  # [N, S+1]
-        return next_latents, out[:, :-1], out[:, -1]
+        d_full = self.full_state_out(x[:, -1]) if self.full_state_dim > 0 else None  # [N, F]
+        return next_latents, out[:, :-1], out[:, -1], d_full

@@ -97,13 +97,15 @@ class WLAPolicy(WLAPreTrainedModel):
             self.action_expert = FlowActionHead(d, c.num_meta_queries, c.chunk_size, c.action_dim, c.action_hidden)
         self.world_expert = WorldExpert(
             d, c.num_meta_queries, c.latent_channels, c.latent_size, c.chunk_size, c.action_dim, c.state_dim,
-            c.world_hidden, c.world_layers, c.world_heads, c.latent_patch,
+            c.world_hidden, c.world_layers, c.world_heads, c.latent_patch, c.full_state_dim,
         )  # fmt: skip
         # Normalisation stats live in the config and, as persistent buffers, in the weights.
         self.register_buffer("state_mean", torch.tensor(c.state_mean, dtype=torch.float32))
         self.register_buffer("state_std", torch.tensor(c.state_std, dtype=torch.float32))
         self.register_buffer("action_mean", torch.tensor(c.action_mean, dtype=torch.float32))
         self.register_buffer("action_std", torch.tensor(c.action_std, dtype=torch.float32))
+        self.register_buffer("full_state_mean", torch.tensor(c.full_state_mean, dtype=torch.float32))
+        self.register_buffer("full_state_std", torch.tensor(c.full_state_std, dtype=torch.float32))
         self.processor = processor
         self.post_init()
 
@@ -132,14 +134,20 @@ class WLAPolicy(WLAPreTrainedModel):
         model.processor = processor
         return model
 
-    def set_normalization(self, state_mean, state_std, action_mean, action_std, min_std: float = 1e-2) -> None:
-        """Set state/action normalisation stats (length S / A; stds floored at `min_std`) in buffers and config."""
+    def set_normalization(
+        self, state_mean, state_std, action_mean, action_std, min_std: float = 1e-2,
+        full_state_mean=None, full_state_std=None,
+    ) -> None:  # fmt: skip
+        """Set state/action (and, when the World Expert models full states, full-state) normalisation stats
+        (length S / A / F; stds floored at `min_std`) in buffers and config."""
         stats = {
             "state_mean": state_mean,
             "state_std": state_std,
             "action_mean": action_mean,
             "action_std": action_std,
         }
+        if full_state_mean is not None or full_state_std is not None:
+            stats.update(full_state_mean=full_state_mean, full_state_std=full_state_std)
         for name, value in stats.items():
             t = torch.as_tensor(value, dtype=torch.float32).flatten()
             if name.endswith("std"):
@@ -364,12 +372,31 @@ class WLAPolicy(WLAPreTrainedModel):
         return self._flow_terms(meta, sample.extras["chain"].to(meta.device), temperature), None
 
     # ------------------------------------------------------------------ world expert
-    def _world(self, meta, latents, states, actions) -> WorldPrediction:
+    def _world(self, meta, latents, states, actions, full_states=None) -> WorldPrediction:
+        """The World Expert's prediction; the full state is predicted only from a given current one."""
         state_n = (states.to(self.device) - self.state_mean) / self.state_std
         actions_n = (actions.to(self.device) - self.action_mean) / self.action_std
-        next_latents, d_state, success = self.world_expert(meta, latents, state_n, actions_n)
+        full_n = self._full_state_norm(full_states, len(states))
+        next_latents, d_state, success, d_full = self.world_expert(meta, latents, state_n, actions_n, full_n)
         next_states = states.to(self.device) + d_state * self.state_std
-        return WorldPrediction(latents=next_latents, states=next_states.float(), success_logits=success)
+        next_full = None
+        if full_n is not None:
+            next_full = (full_states.to(self.device) + d_full * self.full_state_std).float()
+        return WorldPrediction(
+            latents=next_latents, states=next_states.float(), success_logits=success, full_states=next_full
+        )
+
+    def _full_state_norm(self, full_states: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        """[N, F] normalised full states, or None when the World Expert models none or none is given."""
+        F_ = self.config.full_state_dim
+        if F_ == 0 or full_states is None:
+            return None
+        if tuple(full_states.shape) != (n, F_):
+            raise ValueError(
+                f"full_states: expected shape [{n}, {F_}] (full_state_dim of the World Expert), "
+                f"got {list(full_states.shape)}"
+            )
+        return (full_states.to(self.device).float() - self.full_state_mean) / self.full_state_std
 
     # ------------------------------------------------------------------ public API
     @torch.no_grad()
@@ -417,10 +444,12 @@ class WLAPolicy(WLAPreTrainedModel):
         meta, sub_logp, _ = self._teacher_forced(emb, mask, ids, sub_mask, temperature)
         actions, terms, extras = self._sample_actions(meta, sample, temperature, generator)
         if world:
-            pred = self._world(meta, latents, obs.states, actions)
+            pred = self._world(meta, latents, obs.states, actions, obs.full_states)
             extras.update(
                 world_latents=pred.latents, world_states=pred.states, world_success_logits=pred.success_logits
             )
+            if pred.full_states is not None:
+                extras["world_full_states"] = pred.full_states
         return ActionSample(
             actions=actions,
             log_prob=terms.flatten(1).sum(1),
@@ -452,6 +481,7 @@ class WLAPolicy(WLAPreTrainedModel):
                         states=e["world_states"][rows],
                         success_logits=e["world_success_logits"][rows],
                         images=images[rows],
+                        full_states=e["world_full_states"][rows] if "world_full_states" in e else None,
                     )
                 )
             scores = torch.as_tensor(scorer(obs, candidates, predictions), dtype=torch.float32, device=self.device)
@@ -509,7 +539,7 @@ class WLAPolicy(WLAPreTrainedModel):
         else:
             ids, sub_mask = sample.subtask_ids.to(self.device), sample.subtask_mask.to(self.device)
         meta = self._teacher_forced(emb, mask, ids, sub_mask)[0]
-        pred = self._world(meta, latents, obs.states, actions)
+        pred = self._world(meta, latents, obs.states, actions, obs.full_states)
         if decode:
             pred.images = self.decode_latents(pred.latents)
         return pred
@@ -529,6 +559,7 @@ class WLAPolicy(WLAPreTrainedModel):
             instructions=list(obs.instructions),
             task_names=list(obs.task_names),
             latents=pred.latents,
+            full_states=pred.full_states,
         )
 
     def forward(
@@ -567,13 +598,15 @@ class WLAPolicy(WLAPreTrainedModel):
 
         Args:
             batch: `image` uint8 [N, H, W, 3], `state` [N, S], `actions` [N, H, A], optional `action_mask` bool
-                [N, H], `next_image` uint8 [N, H, W, 3], `next_state` [N, S], `next_success` bool [N], `subtask`,
+                [N, H], `next_image` uint8 [N, H, W, 3], `next_state` [N, S], `next_success` bool [N], `full_state` and
+                `next_full_state` [N, F] (when `full_state_dim` > 0), `subtask`,
                 `instruction`, `task_name` (N strings each), optional `action_weight` float [N] (0 drops a row
                 from the action loss, e.g. for random-action segments).
 
         Returns:
             "loss" (weighted sum), "loss/action", "loss/world_latent", "loss/world_state", "loss/world_success",
-            "loss/subtask", "loss/recon", plus "train/recon_psnr" and (gaussian) "train/action_std".
+            "loss/subtask", "loss/recon", "loss/world_full_state" (when `full_state_dim` > 0), plus
+            "train/recon_psnr" and (gaussian) "train/action_std".
         """
         c, dev = self.config, self.device
         proc = self._require_processor()
@@ -640,9 +673,20 @@ class WLAPolicy(WLAPreTrainedModel):
 
         # world expert, teacher-forced on the recorded chunk (clean and noisy episodes alike)
         state_n = (state - self.state_mean) / self.state_std
-        pred_z, d_state, success_logit = self.world_expert(meta, z_in, state_n, actions_n)
+        full_n = next_full_n = None
+        if c.full_state_dim > 0:
+            if "full_state" not in batch or "next_full_state" not in batch:
+                raise KeyError(
+                    f"sft_losses: the World Expert models full states (full_state_dim={c.full_state_dim}) but the "
+                    "batch lacks 'full_state'/'next_full_state' (wlarl.data.SFTWindows of episodes with full_state)"
+                )
+            full_n = self._full_state_norm(torch.as_tensor(batch["full_state"], dtype=torch.float32), n)
+            next_full_n = self._full_state_norm(torch.as_tensor(batch["next_full_state"], dtype=torch.float32), n)
+        pred_z, d_state, success_logit, d_full = self.world_expert(meta, z_in, state_n, actions_n, full_n)
         out["loss/world_latent"] = F.mse_loss(pred_z, z_next)
         out["loss/world_state"] = F.mse_loss(d_state, (next_state - state) / self.state_std)
+        if full_n is not None:
+            out["loss/world_full_state"] = F.mse_loss(d_full, next_full_n - full_n)
         success = torch.as_tensor(batch["next_success"], device=dev).float()
         out["loss/world_success"] = F.binary_cross_entropy_with_logits(success_logit, success)
 
@@ -661,8 +705,11 @@ class WLAPolicy(WLAPreTrainedModel):
         that the latent, state and success terms keep the weights they were trained with.
         """
         c = self.config
-        return (
+        loss = (
             c.world_latent_weight * losses["loss/world_latent"]
             + c.world_state_weight * losses["loss/world_state"]
             + c.world_success_weight * losses["loss/world_success"]
         )
+        if "loss/world_full_state" in losses:
+            loss = loss + c.world_full_state_weight * losses["loss/world_full_state"]
+        return loss

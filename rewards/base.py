@@ -76,6 +76,8 @@ BUILTIN_REWARDS: dict[str, str] = {
     "progress": "rewards.progress:build_progress_reward",
     "subtask_text": "rewards.subtask_text:build_subtask_text_reward",
     "shaping": "rewards.shaping:build_shaping_reward",
+    "state_success": "rewards.state_reward.reward:build_state_success_reward",
+    "state_progress": "rewards.state_reward.reward:build_state_progress_reward",
 }
 
 

@@ -1,0 +1,317 @@
+"""State reward model: a small MLP on the full simulator state that scores success and dense progress.
+
+Image rewards miss 2–3 px objects at 64 px; Meta-World's success is a function of the full state (hand, gripper,
+object and goal positions), so a head on ``full_state`` [F] sees what decides it. Inputs are the full state, with
+Meta-World's object−goal, hand−goal and hand−object offsets and their lengths appended (``features="metaworld"``,
+F = 39), standardised with the training split's mean and std, and a one-hot of the task. Outputs: a success logit
+(Platt-scaled into a probability, decided at a calibrated ``threshold``) and a progress value in [0, 1] that
+regresses clip(shaped reward / reward_scale, 0, 1).
+
+Saved as ``config.json`` + ``model.safetensors`` (`save_state_reward`, `load_state_reward`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+MODEL_TYPE = "wlarl_state_reward"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+MIN_STD = 1e-3  # dims whose training std is below this are constant: clamped std, and masked out of the input
+FEATURES = ("metaworld", "raw")
+METAWORLD_FULL_STATE_DIM = 39
+# Meta-World full-state layout: hand xyz [0:3], gripper [3], object 1 pos [4:7], goal pos [36:39].
+_HAND, _OBJ, _GOAL = slice(0, 3), slice(4, 7), slice(36, 39)
+
+
+@dataclass
+class StateRewardConfig:
+    """Config of `StateRewardModel` (saved as config.json).
+
+    Args:
+        full_state_dim: F, size of the full simulator state (Meta-World: 39).
+        tasks: the task vocabulary (order defines the one-hot); scoring another task is an error.
+        hidden: width of the MLP's hidden layers.
+        layers: number of hidden layers.
+        features: "metaworld" appends object−goal, hand−goal, hand−object offsets and their lengths (needs F = 39);
+            "raw" uses the full state alone.
+        reward_scale: progress target = clip(shaped reward / reward_scale, 0, 1) (Meta-World's reward is in [0, 10]).
+        platt_scale, platt_bias: calibration, p = sigmoid(platt_scale · logit + platt_bias).
+        threshold: decision threshold on the calibrated success probability.
+    """
+
+    full_state_dim: int = METAWORLD_FULL_STATE_DIM
+    tasks: list[str] = field(default_factory=list)
+    hidden: int = 128
+    layers: int = 2
+    features: str = "metaworld"
+    reward_scale: float = 10.0
+    platt_scale: float = 1.0
+    platt_bias: float = 0.0
+    threshold: float = 0.5
+    model_type: str = MODEL_TYPE
+
+    def __post_init__(self) -> None:
+        self.tasks = [str(t) for t in self.tasks]
+        if not self.tasks:
+            raise ValueError("StateRewardConfig.tasks is empty: give the task vocabulary (the dataset's task names)")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"StateRewardConfig.tasks must be unique, got {self.tasks}")
+        if self.full_state_dim <= 0:
+            raise ValueError(f"StateRewardConfig.full_state_dim must be > 0, got {self.full_state_dim}")
+        if self.hidden <= 0 or self.layers <= 0:
+            raise ValueError(f"StateRewardConfig: hidden ({self.hidden}) and layers ({self.layers}) must be > 0")
+        if self.features not in FEATURES:
+            raise ValueError(f"StateRewardConfig.features must be one of {FEATURES}, got {self.features!r}")
+        if self.features == "metaworld" and self.full_state_dim != METAWORLD_FULL_STATE_DIM:
+            raise ValueError(
+                f"StateRewardConfig: features='metaworld' reads Meta-World's {METAWORLD_FULL_STATE_DIM}-d layout, but "
+                f"full_state_dim is {self.full_state_dim}; use features='raw'"
+            )
+        if not self.reward_scale > 0:
+            raise ValueError(f"StateRewardConfig.reward_scale must be > 0, got {self.reward_scale}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"StateRewardConfig.threshold must be in [0, 1], got {self.threshold}")
+        if self.model_type != MODEL_TYPE:
+            raise ValueError(f"StateRewardConfig: model_type is {self.model_type!r}, expected {MODEL_TYPE!r}")
+
+    @property
+    def feature_dim(self) -> int:
+        """D, the size of the input features before the task one-hot."""
+        return self.full_state_dim + (12 if self.features == "metaworld" else 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StateRewardConfig:
+        """Build from a dict; unknown keys are an error naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown}; expected a subset of {sorted(known)}")
+        return cls(**data)
+
+
+def state_features(full_states: torch.Tensor, features: str) -> torch.Tensor:
+    """Model input features of full states, float [N, F] → [N, D] (D = F, or F + 12 for "metaworld")."""
+    x = full_states.float()
+    if features == "raw":
+        return x
+    offsets = [x[:, _OBJ] - x[:, _GOAL], x[:, _HAND] - x[:, _GOAL], x[:, _HAND] - x[:, _OBJ]]  # 3 × [N, 3]
+    lengths = [o.norm(dim=1, keepdim=True) for o in offsets]  # 3 × [N, 1]: success is often a distance below a radius
+    return torch.cat([x, *offsets, *lengths], dim=1)  # [N, F + 12]
+
+
+class StateRewardModel(nn.Module):
+    """Task-conditioned MLP: full state + task → success logit and progress.
+
+    Buffers ``mean``, ``std`` [D] standardise the features (std clamped ≥ 1e-3) and ``active`` [D] masks out the
+    features that were constant in training (e.g. Meta-World's unused second object), so that a World Expert's small
+    errors on them cannot move the output.
+
+    Example:
+        >>> model = StateRewardModel(StateRewardConfig(tasks=["reach-v3"]))
+        >>> prob, progress = model.predict(torch.zeros(2, 39), ["reach-v3", "reach-v3"])
+    """
+
+    def __init__(self, config: StateRewardConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.feature_dim
+        self.register_buffer("mean", torch.zeros(d))
+        self.register_buffer("std", torch.ones(d))
+        self.register_buffer("active", torch.ones(d))
+        blocks: list[nn.Module] = []
+        width = d + len(config.tasks)
+        for _ in range(config.layers):
+            blocks += [nn.Linear(width, config.hidden), nn.SiLU()]
+            width = config.hidden
+        self.trunk = nn.Sequential(*blocks)
+        self.head = nn.Linear(width, 2)  # [success logit, progress logit]
+        self._index = {name: i for i, name in enumerate(config.tasks)}
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    @property
+    def threshold(self) -> float:
+        return self.config.threshold
+
+    def set_normalisation(self, full_states: torch.Tensor) -> None:
+        """Fit ``mean``, ``std`` and ``active`` on training full states float [M, F]."""
+        x = state_features(self._check(full_states), self.config.features)  # [M, D]
+        std = x.std(dim=0, unbiased=False) if len(x) > 1 else torch.zeros(x.shape[1])
+        self.mean.copy_(x.mean(dim=0))
+        self.active.copy_((std >= MIN_STD).float())
+        self.std.copy_(std.clamp(min=MIN_STD))
+
+    def task_ids(self, task_names: Sequence[str]) -> torch.Tensor:
+        """long [N] indices into ``config.tasks``; an unknown task raises a ValueError naming it and the known ones."""
+        try:
+            ids = [self._index[t] for t in task_names]
+        except KeyError as e:
+            raise ValueError(
+                f"state reward: unknown task {e.args[0]!r}; the model knows {self.config.tasks}. Retrain it with "
+                f"recipes/train_state_reward.py on episodes of this task."
+            ) from None
+        return torch.tensor(ids, dtype=torch.long, device=self.device)
+
+    def _check(self, full_states: torch.Tensor) -> torch.Tensor:
+        full_states = torch.as_tensor(full_states)
+        if full_states.ndim != 2 or full_states.shape[1] != self.config.full_state_dim:
+            raise ValueError(
+                f"state reward: expected full states [N, {self.config.full_state_dim}], got {tuple(full_states.shape)}"
+            )
+        return full_states.to(self.device)
+
+    def forward(
+        self, full_states: torch.Tensor, tasks: Sequence[str] | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw success logits and progress.
+
+        Args:
+            full_states: float [N, F].
+            tasks: N task names, or long [N] indices from `task_ids`.
+
+        Returns:
+            (success logits float [N] (uncalibrated), progress float [N] in [0, 1]).
+        """
+        x = self._check(full_states)
+        ids = tasks.to(self.device) if isinstance(tasks, torch.Tensor) else self.task_ids(tasks)
+        if ids.shape != (x.shape[0],):
+            raise ValueError(f"state reward: {x.shape[0]} full states but {tuple(ids.shape)} tasks")
+        z = (state_features(x, self.config.features) - self.mean) / self.std * self.active  # [N, D]
+        one_hot = nn.functional.one_hot(ids, len(self.config.tasks)).to(z.dtype)  # [N, K]
+        out = self.head(self.trunk(torch.cat([z, one_hot], dim=1)))  # [N, 2]
+        return out[:, 0], torch.sigmoid(out[:, 1])
+
+    def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Platt-scaled logits: platt_scale · logit + platt_bias."""
+        return self.config.platt_scale * logits + self.config.platt_bias
+
+    @torch.no_grad()
+    def predict(
+        self, full_states: torch.Tensor, task_names: Sequence[str], batch_size: int = 8192
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Calibrated success probability and progress, float [N] each on CPU, in eval mode.
+
+        Args:
+            full_states: float [N, F].
+            task_names: N names from ``config.tasks``.
+        """
+        full_states = self._check(full_states)
+        if len(task_names) != len(full_states):
+            raise ValueError(f"state reward: {len(full_states)} full states but {len(task_names)} task names")
+        ids = self.task_ids(task_names)
+        was_training = self.training
+        self.eval()
+        probs, progress = [], []
+        for i in range(0, len(ids), batch_size):
+            logit, prog = self(full_states[i : i + batch_size], ids[i : i + batch_size])
+            probs.append(torch.sigmoid(self.calibrate(logit)).cpu())
+            progress.append(prog.cpu())
+        self.train(was_training)
+        if not probs:
+            return torch.zeros(0), torch.zeros(0)
+        return torch.cat(probs), torch.cat(progress)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Save / load
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def write_atomic(path: Path, write: Any) -> None:
+    """Write `path` through a temp file in the same folder and os.replace it: readers see the old or the new file."""
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_state_reward(model: StateRewardModel, output_dir: str | os.PathLike) -> Path:
+    """Write ``model.safetensors`` and then ``config.json`` into `output_dir`, each atomically; returns the folder."""
+    from safetensors.torch import save_file
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_atomic(out / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+    text = json.dumps(model.config.to_dict(), indent=2)
+    write_atomic(out / CONFIG_FILE, lambda p: p.write_text(text))
+    return out
+
+
+def load_state_reward(path: str | os.PathLike, device: str | torch.device | None = None) -> StateRewardModel:
+    """Load a model saved with `save_state_reward` (a recipes/train_state_reward.py output_dir works: its `final/`
+    is used).
+
+    Raises:
+        FileNotFoundError: no config.json or no model.safetensors (the message names the file).
+        ValueError: a config or weights file that cannot be read (truncated, corrupt, other keys or shapes); the
+            message names the file and what was expected.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if (p / "final" / CONFIG_FILE).is_file():
+        p = p / "final"
+    config_file, weights_file = p / CONFIG_FILE, p / WEIGHTS_FILE
+    retrain = "train one with `python recipes/train_state_reward.py --dataset_path ... --output_dir ...`"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"state reward model {str(path)!r}: no {CONFIG_FILE} there (nor in final/); {retrain}")
+    if not weights_file.is_file():
+        raise FileNotFoundError(f"state reward model {str(path)!r}: {weights_file} is missing; {retrain}")
+    try:
+        data = json.loads(config_file.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        config = StateRewardConfig.from_dict(data)
+    except (OSError, ValueError, TypeError) as e:
+        raise ValueError(
+            f"state reward model: cannot read {config_file} ({e}); expected the JSON object of a StateRewardConfig "
+            f"(model_type {MODEL_TYPE!r}); re-save it or {retrain}"
+        ) from e
+    model = StateRewardModel(config)
+    try:
+        tensors = load_file(str(weights_file))
+    except (OSError, SafetensorError) as e:
+        raise ValueError(
+            f"state reward model: cannot read the weights in {weights_file} ({type(e).__name__}: {str(e)[:200]}); "
+            f"the file is truncated or corrupt; {retrain}"
+        ) from e
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in tensors.items()}
+    if got != expected:
+        diff = {
+            "missing": sorted(set(expected) - set(got)),
+            "unexpected": sorted(set(got) - set(expected)),
+            "shape": {
+                k: f"{got[k]} (expected {expected[k]})" for k in set(got) & set(expected) if got[k] != expected[k]
+            },
+        }
+        raise ValueError(
+            f"state reward model: {weights_file} does not match {config_file}: "
+            f"{ {k: v for k, v in diff.items() if v} }; {retrain}"
+        )
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"state reward model: {weights_file} holds non-finite values in {bad}; {retrain}")
+    model.load_state_dict(tensors)
+    if device is not None:
+        model = model.to(device)
+    return model.eval()

@@ -97,7 +97,7 @@ def _find_checkpoint(root: Path) -> Path:
 def bootstrap(preset: str) -> dict[str, str]:
     """Collect demos → SFT → reward model with `preset`, cached by the preset's content. Returns the paths."""
     preset_path = resolve_preset(preset)
-    sections = {s: load_section(preset, s) for s in ("collect_demos", "sft_wla", "train_reward")}
+    sections = {s: load_section(preset, s) for s in ("collect_demos", "sft_wla", "train_reward", "train_state_reward")}
     key = hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:12]
     cache_root = Path(
         os.environ.get("WLARL_CACHE", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wlarl")
@@ -145,9 +145,24 @@ def bootstrap(preset: str) -> dict[str, str]:
         log,
     )
     reward_dir = _find_checkpoint(tmp / "reward")
+    # the state reward model (state_success / state_progress) on the same demonstrations' full states: seconds
+    _run_stage(
+        [
+            str(RECIPES / "train_state_reward.py"),
+            *cfg_arg,
+            "--dataset_path",
+            str(tmp / "data"),
+            "--output_dir",
+            str(tmp / "state_reward"),
+            "--progress_bar",
+            "false",
+        ],
+        log,
+    )
     rel = {
         "policy_path": str(policy_dir.relative_to(tmp)),
         "reward_model_path": str(reward_dir.relative_to(tmp)),
+        "state_reward_path": "state_reward",
         "dataset_path": "data",
     }
     shutil.rmtree(root, ignore_errors=True)
@@ -206,6 +221,7 @@ def main() -> None:
             paths = bootstrap(preset)
         cfg.policy_path = paths["policy_path"]
         cfg.reward_model_path = cfg.reward_model_path or paths["reward_model_path"]
+        cfg.state_reward_path = cfg.state_reward_path or paths.get("state_reward_path")
         cfg.dataset_path = cfg.dataset_path or paths["dataset_path"]
     if cfg.dataset_path is None:
         raise ValueError("grpo_world: set --dataset_path (episodes whose frames are the start states)")
@@ -236,6 +252,7 @@ def main() -> None:
     scorer = build_reward_scorer(
         cfg.reward_funcs, cfg.reward_weights, reward_model_path=cfg.reward_model_path, dataset_path=cfg.dataset_path,
         policy=snapshot, reward_kwargs=cfg.reward_kwargs, subtask_rules=SUBTASK_RULES,
+        state_reward_path=cfg.state_reward_path,
     )  # fmt: skip
     classifier, classifier_threshold = scorer.find_success_classifier() or (None, 0.5)
     imagines = cfg.engine == "imagined" or cfg.verify_steps > 0  # verification imagines even with the real engine

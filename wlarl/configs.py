@@ -132,6 +132,13 @@ class GRPOWorldConfig(GRPOConfig):
         default=None,
         metadata={"help": "Trained subgoal reward model (success classifier). None: the recipe bootstraps one."},
     )
+    state_reward_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Trained state reward model (recipes/train_state_reward.py) of the state_success / state_progress "
+            "rewards. None: the bootstrap's."
+        },
+    )
     reward_kwargs: dict | str | None = field(
         default=None,
         metadata={

@@ -62,7 +62,10 @@ def test_debug_one_process_bootstraps_trains_evaluates_and_checkpoints(tmp_path,
     assert any("verify/imagination_gap" in r for r in rows)
     assert (out / "checkpoint-2" / "model.safetensors").is_file()
     assert (out / "final" / "model.safetensors").is_file()
-    assert json.loads((out / "config.json").read_text())["max_steps"] == 2
+    config = json.loads((out / "config.json").read_text())
+    assert config["max_steps"] == 2
+    # the bootstrap also trains the state reward model of state_success / state_progress
+    assert (Path(config["state_reward_path"]) / "final" / "model.safetensors").is_file()
     assert list((out / "imagined").glob("*.png"))
 
 
@@ -70,7 +73,12 @@ def test_debug_one_process_bootstraps_trains_evaluates_and_checkpoints(tmp_path,
 @pytest.mark.parametrize(
     "source, extra, logged",
     [
-        ("keyframes", ["--keyframe_stride", "4"], "(keyframes)"),
+        # keyframe starts carry full states: the World Expert imagines them and state_progress scores them
+        (
+            "keyframes",
+            ["--keyframe_stride", "4", "--reward_funcs", "subgoal_success", "state_progress"],
+            "(keyframes)",
+        ),
         ("reset", ["--tasks", "reach-v3", "--num_reset_starts", "2"], "start states: 2 (reset)"),
     ],
 )
@@ -84,7 +92,10 @@ def test_debug_start_state_sources_and_head_signal(tmp_path, cache, source, extr
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-6000:]
     assert logged in text
-    assert len([r for r in read_metrics(out) if "loss/policy" in r]) == 1
+    train = [r for r in read_metrics(out) if "loss/policy" in r]
+    assert len(train) == 1
+    if "state_progress" in extra:
+        assert 0.0 <= train[0]["reward/state_progress"] <= 1.0
 
 
 @requires_metaworld

@@ -7,7 +7,8 @@ policy samples G continuations of h chunks in imagination (the frozen World Expe
 executed actions are replayed open-loop in the real simulator. Every reward is scored twice — on the real replay (its
 ceiling: what it could tell GRPO with a perfect World Expert) and on the imagined rows (what GRPO in imagination
 receives) — and compared within each group with the real outcome: success within the h chunks and the simulator's
-shaped return.
+shaped return. With `--state_reward_path` the state rewards (`state_success`, `state_progress`) are scored too: on the
+replay's real full states, and on the World Expert's predicted ones (a policy trained with `world_full_state`).
 
 Usage (the default bootstrap; JSON and a markdown table):
 
@@ -92,6 +93,7 @@ def run(args) -> dict:
     scorer = build_reward_scorer(
         args.rewards, reward_model_path=args.reward_model_path, dataset_path=args.dataset_path, policy=world,
         subtask_rules=SUBTASK_RULES, state_reward_path=args.state_reward_path,
+        reward_kwargs=json.loads(args.reward_kwargs) if args.reward_kwargs else None,
     )  # fmt: skip
     found = scorer.find_success_classifier()
     classifier, threshold = found if found else (None, 0.5)
@@ -145,6 +147,8 @@ def run(args) -> dict:
             sel = [g for g in groups if g["bp"].source == src and g["bp"].position == pos]
             if sel:
                 slices[f"{src}/{pos}"] = sel
+    for task in sorted({g["bp"].task_name for g in groups}):
+        slices[f"task/{task}"] = [g for g in groups if g["bp"].task_name == task]
     return {
         "args": vars(args),
         "seconds": seconds,
@@ -182,6 +186,10 @@ def main() -> None:
         "--state_reward_path", default=None,
         help="a recipes/train_state_reward.py output: adds state_success and state_progress (scored @predicted when "
         "the World Expert models full states)",
+    )  # fmt: skip
+    p.add_argument(
+        "--reward_kwargs", default=None,
+        help='options of reward factories as JSON, e.g. \'{"state_progress": {"mode": "max"}}\'',
     )  # fmt: skip
     p.add_argument("--tasks", nargs="*", default=None, help="default: the default preset's tasks")
     p.add_argument("--rewards", nargs="+", default=DEFAULT_REWARDS)

@@ -35,7 +35,10 @@ class CollectConfig:
     episodes_per_task: int = field(default=20, metadata={"help": "Episodes collected per task."})
     noise_modes: list[str] = field(
         default_factory=lambda: ["clean", "gaussian", "random_segments", "perturbed_start"],
-        metadata={"help": f"Noise modes of the mix, from {NOISE_MODES}."},
+        metadata={
+            "help": f"Noise modes of the mix, from {NOISE_MODES} (`near_miss`: the clean expert stopped a few steps "
+            "before its first success, then held still: hard negatives for the success classifier)."
+        },
     )
     noise_weights: list[float] = field(
         default_factory=lambda: [0.4, 0.2, 0.2, 0.2],
@@ -52,6 +55,24 @@ class CollectConfig:
     )
     start_steps_max: int = field(
         default=50, metadata={"help": "Most wrong-target steps at the start (`perturbed_start`)."}
+    )
+    stop_before_min: int = field(
+        default=1, metadata={"help": "`near_miss`: fewest steps before the clean expert's first success to stop at."}
+    )
+    stop_before_max: int = field(
+        default=8, metadata={"help": "`near_miss`: most steps before the clean expert's first success to stop at."}
+    )
+    hold_steps: int = field(
+        default=15,
+        metadata={
+            "help": "`near_miss`: steps of holding still (zero arm motion, gripper kept) after the stop; then the "
+            "episode ends. The stop is found by a frameless clean pass from the same seed; an episode whose clean "
+            "expert never succeeds is a clean one."
+        },
+    )
+    ensure_miss: bool = field(
+        default=False,
+        metadata={"help": "`near_miss`: move the stop earlier until holding from it leaves the task unsolved."},
     )
     image_size: int = field(default=64, metadata={"help": "Camera frame side in pixels."})
     camera: str = field(default="corner", metadata={"help": "Meta-World camera name."})
@@ -98,6 +119,9 @@ class CollectConfig:
             segment_prob=self.segment_prob,
             segment_len=(self.segment_len_min, self.segment_len_max),
             start_steps=(self.start_steps_min, self.start_steps_max),
+            stop_before=(self.stop_before_min, self.stop_before_max),
+            hold_steps=self.hold_steps,
+            ensure_miss=self.ensure_miss,
         )
 
     def mode_counts(self) -> dict[str, int]:

@@ -10,6 +10,15 @@ Experts are Meta-World's own scripted policies (`metaworld.policies`), which rea
   random gripper command). Undirected uniform noise mostly averages out; a wrong target actually moves the arm
   away, knocks objects and costs time, so long segments produce real failures.
 - `perturbed_start`: the first `start_steps` steps are one wrong-target motion, then the clean expert.
+- `near_miss`: the clean expert stopped shortly before it would succeed. Meta-World is deterministic given the seed,
+  so `run_episode` first rolls the clean expert from the seeded reset (no frames) to find its first-success step t*,
+  resets with the same seed, runs the clean expert for t* - d steps (d drawn from `stop_before` with the episode's
+  rng), then *holds* for `hold_steps` steps (zero arm motion, the last gripper command kept) and ends the episode.
+  The hand ends near the success pose with the task not solved: hard negatives for the success classifier. Frames
+  keep the simulator's own `success`: momentum can still finish the task during the hold (drawers and windows keep
+  sliding for 5–12 steps), and `ensure_miss` moves the stop earlier, one step at a time (more frameless passes),
+  until holding from it does not succeed. When the clean expert never succeeds within `max_episode_steps`, the
+  episode is a plain clean one.
 
 Subtask phase rules (one family per task, see `TASK_SUBTASKS`). `d` is the distance between the hand and the
 task's main object (`full_state[4:7]`); `r` is the task's contact radius (`contact_radius`: 6 cm, wider where the
@@ -32,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-NOISE_MODES = ("clean", "gaussian", "random_segments", "perturbed_start")
+NOISE_MODES = ("clean", "gaussian", "random_segments", "perturbed_start", "near_miss")
 FAMILIES = ("reach", "press", "slide", "push", "pick", "articulated")
 DEFAULT_CONTACT_RADIUS = 0.06  # metres
 MOVED_THRESHOLD = 0.02  # metres
@@ -191,11 +200,16 @@ class NoiseSpec:
     """How a scripted expert is perturbed.
 
     Attributes:
-        mode: one of `clean`, `gaussian`, `random_segments`, `perturbed_start`.
+        mode: one of `NOISE_MODES` (`clean`, `gaussian`, `random_segments`, `perturbed_start`, `near_miss`).
         sigma: std of the Gaussian action noise (`gaussian`).
         segment_prob: per-step probability of starting a wrong-target segment (`random_segments`).
         segment_len: (min, max) length of a wrong-target segment in steps (`random_segments`).
         start_steps: (min, max) number of wrong-target steps at the start (`perturbed_start`).
+        stop_before: (min, max) steps before the clean expert's first success at which it stops (`near_miss`);
+            min >= 1, so the step that would succeed is never taken.
+        hold_steps: steps of holding still after the stop, then the episode ends (`near_miss`); >= 1.
+        ensure_miss: move the stop earlier until holding from it does not solve the task (`near_miss`): momentum
+            finishes drawers and windows from several steps out, so a plain stop often still succeeds.
     """
 
     mode: str = "clean"
@@ -203,6 +217,9 @@ class NoiseSpec:
     segment_prob: float = 0.03
     segment_len: tuple[int, int] = (20, 60)
     start_steps: tuple[int, int] = (20, 50)
+    stop_before: tuple[int, int] = (1, 8)
+    hold_steps: int = 15
+    ensure_miss: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in NOISE_MODES:
@@ -211,11 +228,14 @@ class NoiseSpec:
             raise ValueError(f"sigma={self.sigma}: expected >= 0")
         if not 0.0 <= self.segment_prob <= 1.0:
             raise ValueError(f"segment_prob={self.segment_prob}: expected a probability in [0, 1]")
-        for name in ("segment_len", "start_steps"):
+        for name, low in (("segment_len", 0), ("start_steps", 0), ("stop_before", 1)):
             lo, hi = getattr(self, name)
-            if not 0 <= lo <= hi:
-                raise ValueError(f"{name}={getattr(self, name)}: expected (min, max) with 0 <= min <= max")
+            if not low <= lo <= hi:
+                raise ValueError(f"{name}={getattr(self, name)}: expected (min, max) with {low} <= min <= max")
             setattr(self, name, (int(lo), int(hi)))
+        if self.hold_steps < 1:
+            raise ValueError(f"hold_steps={self.hold_steps}: expected >= 1 step of holding after a near-miss stop")
+        self.hold_steps = int(self.hold_steps)
 
 
 class ScriptedExpert:
@@ -242,20 +262,52 @@ class ScriptedExpert:
         self._segment_left = 0
         self._target = np.zeros(3)
         self._grip = 0.0
+        self.stop_step: int | None = None
+        self.end_step: int | None = None
+        self._hold_grip: float | None = None
 
-    def reset(self, full_state: np.ndarray, seed: int) -> str:
-        """Start an episode (noise drawn from `seed`); returns the first subtask label."""
+    def reset(self, full_state: np.ndarray, seed: int, stop_step: int | None = None) -> str:
+        """Start an episode (noise drawn from `seed`); returns the first subtask label.
+
+        Args:
+            full_state: the 39-d state after the seeded reset.
+            seed: the episode seed (also seeds the noise).
+            stop_step: `near_miss` only: clean actions before the hold (`plan_near_miss`); None when the clean
+                expert never succeeds from this seed, and the episode is then a clean one.
+        """
         self._rng = np.random.default_rng([int(seed), 104729])
         self._t = 0
         self._segment_left = 0
+        self.stop_step = None  # near_miss: clean actions before the hold
+        self.end_step = None  # near_miss: the episode ends after this many actions
+        self._hold_grip = None
         if self.noise.mode == "perturbed_start":
             self._start_segment(self._rng.integers(self.noise.start_steps[0], self.noise.start_steps[1] + 1))
+        elif self.noise.mode == "near_miss" and stop_step is not None:
+            self.stop_step = int(stop_step)
+            self.end_step = self.stop_step + self.noise.hold_steps
         return self.labeler.reset(full_state)
+
+    def draw_stop_step(self, seed: int, first_success: int) -> int:
+        """`near_miss`: first_success - d, d drawn from `stop_before` with the episode's rng (clamped at 0)."""
+        lo, hi = self.noise.stop_before
+        return max(int(first_success) - int(np.random.default_rng([int(seed), 104729]).integers(lo, hi + 1)), 0)
+
+    def clean_action(self, full_state: np.ndarray) -> np.ndarray:
+        """float32 [4] action of the clean scripted policy for the 39-d state `full_state`."""
+        return np.clip(self._scripted(full_state), -1.0, 1.0).astype(np.float32)
 
     def act(self, full_state: np.ndarray) -> np.ndarray:
         """float32 [4] action for the 39-d state `full_state`."""
         self._t += 1
         mode = self.noise.mode
+        if self.stop_step is not None:  # near_miss: the clean expert, then hold still with the gripper as it was
+            if self._t <= self.stop_step or self._hold_grip is None:
+                action = self.clean_action(full_state)
+                self._hold_grip = float(action[3])
+                if self._t <= self.stop_step:
+                    return action
+            return np.array([0.0, 0.0, 0.0, self._hold_grip], dtype=np.float32)
         if mode == "random_segments" and self._segment_left == 0 and self._rng.random() < self.noise.segment_prob:
             lo, hi = self.noise.segment_len
             self._start_segment(self._rng.integers(lo, hi + 1))
@@ -264,7 +316,7 @@ class ScriptedExpert:
             hand = np.asarray(full_state[:3], dtype=np.float64)
             delta = np.clip(10.0 * (self._target - hand), -1.0, 1.0)
             return np.append(delta, self._grip).astype(np.float32)
-        action = np.asarray(self.policy.get_action(np.asarray(full_state, dtype=np.float64)), dtype=np.float64)
+        action = self._scripted(full_state)
         if mode == "gaussian":
             action = action + self._rng.normal(0.0, self.noise.sigma, size=action.shape)
         return np.clip(action, -1.0, 1.0).astype(np.float32)
@@ -272,10 +324,59 @@ class ScriptedExpert:
     def subtask(self, full_state: np.ndarray) -> str:
         return self.labeler(full_state)
 
+    def _scripted(self, full_state: np.ndarray) -> np.ndarray:
+        """float64 [4] raw (unclipped) action of Meta-World's scripted policy."""
+        return np.asarray(self.policy.get_action(np.asarray(full_state, dtype=np.float64)), dtype=np.float64)
+
     def _start_segment(self, length: int) -> None:
         self._segment_left = int(length)
         self._target = self._rng.uniform(_WORKSPACE_LOW, _WORKSPACE_HIGH)
         self._grip = float(self._rng.choice([-1.0, 1.0]))
+
+
+def clean_then_hold(env: Any, expert: ScriptedExpert, seed: int, stop_step: int | None = None) -> int | None:
+    """First success of the clean expert from the reset of `seed` when it holds still after `stop_step` actions
+    for `expert.noise.hold_steps` steps (None: never stops): the number of actions after which `success` was first
+    set, or None when it was not before the end. A first pass for `near_miss` (Meta-World is deterministic given the
+    seed); renders no frames where the env allows it (`render_images`)."""
+    render = getattr(env, "render_images", None)
+    if render is not None:
+        env.render_images = False
+    try:
+        _, info = env.reset(seed=seed)
+        end = None if stop_step is None else stop_step + expert.noise.hold_steps
+        grip = None
+        t = 0
+        while True:
+            action = expert.clean_action(info["full_state"])
+            if stop_step is not None and t >= stop_step:  # hold: zero arm motion, the gripper as it was
+                grip = float(action[3]) if grip is None else grip
+                action = np.array([0.0, 0.0, 0.0, grip], dtype=np.float32)
+            else:
+                grip = float(action[3])
+            _, _, terminated, truncated, info = env.step(action)
+            t += 1
+            if info["success"]:
+                return t
+            if terminated or truncated or (end is not None and t >= end):
+                return None
+    finally:
+        if render is not None:
+            env.render_images = render
+
+
+def plan_near_miss(env: Any, expert: ScriptedExpert, seed: int) -> int | None:
+    """`near_miss` stop step for `seed`: t* - d, where t* is the clean expert's first success (`clean_then_hold`)
+    and d is drawn from `stop_before`; with `ensure_miss` moved earlier, one step at a time, until holding from it
+    does not succeed (down to 0). None when the clean expert never succeeds (the episode is then a clean one)."""
+    first_success = clean_then_hold(env, expert, seed)
+    if first_success is None:
+        return None
+    stop = expert.draw_stop_step(seed, first_success)
+    if expert.noise.ensure_miss:
+        while stop > 0 and clean_then_hold(env, expert, seed, stop) is not None:
+            stop -= 1
+    return stop
 
 
 def run_episode(
@@ -287,17 +388,19 @@ def run_episode(
     """Roll one episode of `expert` in a Meta-World contract env.
 
     The episode ends at truncation (`env.max_episode_steps`) or `steps_after_success` steps after the first
-    success (so the dataset holds a few successful frames).
+    success (so the dataset holds a few successful frames). In `near_miss` mode first passes without frames choose
+    the stop step (`plan_near_miss`), and the episode also ends after the hold (`expert.end_step`).
 
     Returns:
         An episode dict for `wlarl.data.write_episodes`: per-observation arrays with T+1 rows (`image`, `state`,
         `full_state`, `subtask`), per-action arrays with T rows (`action`, `reward`, `success`), and `instruction`,
         `task_name`, `seed`, `noise_mode`.
     """
+    stop_step = plan_near_miss(env, expert, seed) if expert.noise.mode == "near_miss" else None
     obs, info = env.reset(seed=seed)
     full = info["full_state"]
     images, states, fulls = [obs["image"]], [obs["state"]], [full]
-    subtasks = [expert.reset(full, seed)]
+    subtasks = [expert.reset(full, seed, stop_step=stop_step)]
     actions, rewards, successes = [], [], []
     first_success: int | None = None
     while True:
@@ -315,6 +418,8 @@ def run_episode(
         if info["success"] and first_success is None:
             first_success = t
         if terminated or truncated or (first_success is not None and t - first_success >= steps_after_success):
+            break
+        if expert.end_step is not None and t >= expert.end_step:  # near_miss: the hold is over
             break
     return {
         "image": np.stack(images),

@@ -114,3 +114,39 @@ def test_a_second_collection_in_one_process_uses_its_own_env_settings():
 
     assert lengths(6) == [6]
     assert lengths(11) == [11]
+
+
+def test_near_miss_config_ranges_are_validated():
+    cfg = CollectConfig(noise_modes=["clean", "near_miss"], noise_weights=[1, 1], stop_before_min=2, hold_steps=3)
+    spec = cfg.noise_spec("near_miss")
+    assert spec.stop_before == (2, 8) and spec.hold_steps == 3 and not spec.ensure_miss
+    with pytest.raises(ValueError, match="stop_before"):
+        CollectConfig(noise_modes=["near_miss"], noise_weights=[1.0], stop_before_min=0)
+    with pytest.raises(ValueError, match="stop_before"):
+        CollectConfig(noise_modes=["near_miss"], noise_weights=[1.0], stop_before_min=5, stop_before_max=3)
+    with pytest.raises(ValueError, match="hold_steps"):
+        parse_config(CollectConfig, "collect_demos", ["--config", "debug", "--hold_steps", "0"])
+
+
+@pytest.mark.metaworld
+@requires_metaworld
+def test_mixed_collection_with_near_miss_writes_a_valid_dataset(tmp_path):
+    from rewards.success_classifier import frames_from_dataset
+    from rollout.collect import collect
+    from wlarl.data import load_episodes
+
+    cfg = CollectConfig(
+        output_dir=str(tmp_path / "nm"), tasks=["reach-v3"], episodes_per_task=4, noise_modes=["clean", "near_miss"],
+        noise_weights=[1.0, 1.0], hold_steps=5, ensure_miss=True, image_size=16, max_episode_steps=80, num_workers=0,
+        progress=False,
+    )  # fmt: skip
+    result = collect(cfg)
+    rows = {r["noise_mode"]: r for r in result["rows"] if r["task"] == "reach-v3"}
+    assert rows["clean"]["success_rate"] == 1.0 and rows["near_miss"]["success_rate"] == 0.0
+    ds = load_episodes(cfg.output_dir)
+    assert ds.num_episodes == 4 and ds.meta["collection_config"]["hold_steps"] == 5
+    modes = ds.dataset.unique("noise_mode")
+    assert sorted(modes) == ["clean", "near_miss"]
+    frames = frames_from_dataset(cfg.output_dir)
+    assert frames.hard_negative.any()  # the held near misses sit where the clean episodes succeeded
+    assert not frames.labels[frames.hard_negative].any()

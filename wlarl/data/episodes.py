@@ -25,7 +25,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 META_FILE = "wlarl_meta.json"
-NOISE_MODES = ("clean", "gaussian", "random_segments", "perturbed_start", "policy")
+NOISE_MODES = ("clean", "gaussian", "random_segments", "perturbed_start", "near_miss", "policy")
 _PER_OBS = ("image", "state", "full_state")  # T+1 rows
 _PER_ACTION = ("action", "reward", "success")  # T rows
 _EPISODE_KEYS = ("instruction", "task_name", "seed", "noise_mode")

@@ -3,12 +3,17 @@
     python recipes/train_reward.py --config debug --dataset_path runs/demos --output_dir runs/reward
     python recipes/train_reward.py --config default --dataset_path runs/demos --output_dir runs/reward \
         --policy_path runs/sft/final      # also evaluate (and optionally fine-tune) on World-Expert frames
+    python recipes/train_reward.py --config default --dataset_path runs/demos --output_dir runs/reward \
+        --extra_dataset_paths runs/near_miss   # add near misses (collect_demos --noise_modes near_miss)
 
 Episodes are split by episode into train / validation / test. Training samples positives, hard negatives (arm in a
 success pose, object not) and other negatives with fixed shares, with augmentation that imitates World-Expert
 frames. Platt scaling and the decision threshold are fitted on the validation split; AUROC, calibration (ECE,
 reliability table) and the hard-negative false-positive rate are reported on the held-out test split and, with
-`--policy_path`, on World-Expert-predicted frames labelled with the real outcome.
+`--policy_path`, on World-Expert-predicted frames labelled with the real outcome. Extra datasets
+(`--extra_dataset_paths`) are split by episode the same way and added to every split; their hard negatives are found
+against the success poses of all datasets; `eval/real/` stays on the held-out episodes of `--dataset_path` (comparable
+with a run without extras) and `eval/extra/` reports the held-out episodes of the extras.
 
 Writes to output_dir: config.json (this config), final/ (the model, save_pretrained; load with
 `rewards.success_classifier.load_success_classifier(output_dir)` or use `--reward_model_path output_dir` in
@@ -35,7 +40,7 @@ from rewards.success_classifier import (  # noqa: E402
     calibrate_classifier,
     evaluate_classifier,
     format_reliability,
-    frames_from_dataset,
+    frames_from_datasets,
     load_success_classifier,
     predicted_frames,
     split_by_episode,
@@ -50,6 +55,13 @@ class TrainRewardConfig:
 
     dataset_path: str = field(
         default="", metadata={"help": "Episode dataset (save_to_disk folder) with success labels."}
+    )
+    extra_dataset_paths: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "More episode datasets (e.g. collect_demos --noise_modes near_miss), split by episode like "
+            "dataset_path and added to every split; reported apart as eval/extra/."
+        },
     )
     output_dir: str = field(default="runs/reward", metadata={"help": "Where the model, metrics and config go."})
     policy_path: str = field(
@@ -134,14 +146,24 @@ def main() -> None:
         metrics_file.flush()
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 
-    # --- data: labelled frames, hard negatives, split by episode
+    # --- data: labelled frames, hard negatives, split by episode (each dataset on its own, then concatenated)
     t0 = time.perf_counter()
-    frames = frames_from_dataset(
-        cfg.dataset_path, cfg.hard_negative_radius, cfg.early_negative_fraction, cfg.boundary_margin
+    per_dataset = frames_from_datasets(
+        [cfg.dataset_path, *cfg.extra_dataset_paths],
+        cfg.hard_negative_radius,
+        cfg.early_negative_fraction,
+        cfg.boundary_margin,
     )
-    train, val, test = split_by_episode(frames, [cfg.val_fraction, cfg.test_fraction], seed=cfg.seed)
+    splits = [split_by_episode(f, [cfg.val_fraction, cfg.test_fraction], seed=cfg.seed) for f in per_dataset]
+    frames = per_dataset[0] if len(per_dataset) == 1 else FrameSet.cat(per_dataset)
+    train, val = (FrameSet.cat([s[i] for s in splits]) for i in (0, 1))
     train = train.subset(np.flatnonzero(~train.boundary))  # near-identical to positives: label noise in training
-    for name, part in (("all", frames), ("train", train), ("val", val), ("test", test)):
+    test = splits[0][2]  # held-out episodes of dataset_path; those of the extras are reported apart
+    test_extra = FrameSet.cat([s[2] for s in splits[1:]]) if cfg.extra_dataset_paths else None
+    parts = [("all", frames), ("train", train), ("val", val), ("test", test)]
+    if test_extra is not None:
+        parts += [("extra", FrameSet.cat(per_dataset[1:])), ("test_extra", test_extra)]
+    for name, part in parts:
         print(f"[train_reward] {name}: {part.summary()}", flush=True)
 
     # --- model: new, or a trained one to continue from (e.g. to fine-tune on World-Expert frames only)
@@ -181,7 +203,8 @@ def main() -> None:
 
         policy = WLAPolicy.from_pretrained(cfg.policy_path).eval()
         horizon = cfg.predicted_horizon or _policy_horizon(policy)
-        for name, part in (("train", train), ("val", val), ("test", test)):
+        # on episodes of dataset_path (predicted_frames reads that dataset; extras keep ids past its own)
+        for name, part in (("train", splits[0][0]), ("val", splits[0][1]), ("test", test)):
             if len(part) and (name != "train" or cfg.predicted_finetune_steps > 0):
                 predicted[name] = predicted_frames(
                     policy,
@@ -223,6 +246,8 @@ def main() -> None:
         results.update(evaluate_classifier(model, val, "val/"))
     if len(test):
         results.update(evaluate_classifier(model, test, "eval/real/"))
+    if test_extra is not None and len(test_extra):
+        results.update(evaluate_classifier(model, test_extra, "eval/extra/"))
     if "test" in predicted:
         results.update(evaluate_classifier(model, predicted["test"], "eval/predicted/"))
     results["time/total_s"] = time.perf_counter() - t0
@@ -231,7 +256,7 @@ def main() -> None:
 
     model.save_pretrained(out / "final")
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    for key in ("eval/real/", "eval/predicted/", "val/"):
+    for key in ("eval/real/", "eval/extra/", "eval/predicted/", "val/"):
         if f"{key}reliability" in results:
             print(
                 f"\n[train_reward] reliability on {key.rstrip('/')} (AUROC {results[f'{key}auroc']:.4f}, "

@@ -164,13 +164,9 @@ def boundary_mask(labels: np.ndarray, episode: np.ndarray, step: np.ndarray, mar
     return mask
 
 
-def frames_from_dataset(
-    dataset: Any, hard_negative_radius: float = 0.05, early_fraction: float = 0.3, boundary_margin: int = 2
-) -> FrameSet:
-    """Labelled frames from an episode dataset (a `datasets.Dataset`, a path saved with `save_to_disk`, or an
-    `EpisodeDataset` with `.dataset`), with hard negatives (`hard_negative_radius`, metres) and early negatives (the
-    first `early_fraction` of each successful episode before its success), and the `boundary_margin` frames right
-    before each first success marked."""
+def _frame_columns(dataset: Any) -> dict[str, Any]:
+    """The columns labelling needs, as arrays, from a `datasets.Dataset`, a `save_to_disk` path or an
+    `EpisodeDataset`; validates the schema."""
     if isinstance(dataset, (str, Path)):
         from datasets import load_from_disk
 
@@ -186,17 +182,70 @@ def frames_from_dataset(
     images = np.asarray(cols["image"], dtype=np.uint8)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"episode dataset: expected images [M, H, W, 3] uint8, got {images.shape}")
-    state = np.asarray(cols["state"], dtype=np.float32)
-    success = np.asarray(cols["success"], dtype=bool)
-    episode = np.asarray(cols["episode_index"], dtype=np.int64)
-    step = np.asarray(cols["step_index"], dtype=np.int64)
-    ep_success = np.asarray(cols["episode_success"], dtype=bool)
-    task_names = [str(t) for t in dataset["task_name"]]
-    labels = frame_labels(success, episode, step)
-    hard = hard_negative_mask(labels, state[:, :3], task_names, ep_success, hard_negative_radius)
-    early = early_negative_mask(labels, episode, step, early_fraction)
-    boundary = boundary_mask(labels, episode, step, boundary_margin)
-    return FrameSet(images, labels, task_names, episode, hard_negative=hard, early_negative=early, boundary=boundary)
+    return {
+        "images": images,
+        "hand": np.asarray(cols["state"], dtype=np.float32)[:, :3],
+        "success": np.asarray(cols["success"], dtype=bool),
+        "episode": np.asarray(cols["episode_index"], dtype=np.int64),
+        "step": np.asarray(cols["step_index"], dtype=np.int64),
+        "episode_success": np.asarray(cols["episode_success"], dtype=bool),
+        "task_names": [str(t) for t in dataset["task_name"]],
+    }
+
+
+def frames_from_dataset(
+    dataset: Any, hard_negative_radius: float = 0.05, early_fraction: float = 0.3, boundary_margin: int = 2
+) -> FrameSet:
+    """Labelled frames from an episode dataset (a `datasets.Dataset`, a path saved with `save_to_disk`, or an
+    `EpisodeDataset` with `.dataset`), with hard negatives (`hard_negative_radius`, metres) and early negatives (the
+    first `early_fraction` of each successful episode before its success), and the `boundary_margin` frames right
+    before each first success marked."""
+    (frames,) = frames_from_datasets([dataset], hard_negative_radius, early_fraction, boundary_margin)
+    return frames
+
+
+def frames_from_datasets(
+    datasets: Sequence[Any],
+    hard_negative_radius: float = 0.05,
+    early_fraction: float = 0.3,
+    boundary_margin: int = 2,
+) -> list[FrameSet]:
+    """Labelled frames of several episode datasets, one `FrameSet` each (arguments as in `frames_from_dataset`).
+
+    Hard negatives are found against the success poses of every dataset (a near-miss collection has few successes
+    of its own); episode ids of the i-th dataset are offset past those of the datasets before it, so they stay
+    unique when the sets are concatenated (the first keeps its own ids).
+    """
+    cols = [_frame_columns(d) for d in datasets]
+    offset = 0
+    for c in cols:
+        c["episode"] = c["episode"] + offset
+        if len(c["episode"]):
+            offset = int(c["episode"].max()) + 1
+        c["labels"] = frame_labels(c["success"], c["episode"], c["step"])
+    hard = hard_negative_mask(
+        np.concatenate([c["labels"] for c in cols]),
+        np.concatenate([c["hand"] for c in cols]),
+        [t for c in cols for t in c["task_names"]],
+        np.concatenate([c["episode_success"] for c in cols]),
+        hard_negative_radius,
+    )
+    out, start = [], 0
+    for c in cols:
+        labels, episode, step = c["labels"], c["episode"], c["step"]
+        out.append(
+            FrameSet(
+                c["images"],
+                labels,
+                c["task_names"],
+                episode,
+                hard_negative=hard[start : start + len(labels)],
+                early_negative=early_negative_mask(labels, episode, step, early_fraction),
+                boundary=boundary_mask(labels, episode, step, boundary_margin),
+            )
+        )
+        start += len(labels)
+    return out
 
 
 def split_by_episode(frames: FrameSet, fractions: Sequence[float], seed: int = 0) -> list[FrameSet]:

@@ -44,6 +44,25 @@ def test_train_reward_debug_raises_auroc_above_chance(tmp_path):
     assert load_success_classifier(out).config.task_names == ["push-v3", "reach-v3"]
 
 
+def test_train_reward_with_an_extra_dataset_reports_it_apart(tmp_path):
+    """--extra_dataset_paths: split by episode like the main dataset, held-out episodes reported as eval/extra/."""
+    data, extra, out = tmp_path / "demos", tmp_path / "misses", tmp_path / "reward"
+    make_episode_dataset(n_episodes=12, steps=8, seed=3).save_to_disk(str(data))
+    make_episode_dataset(n_episodes=12, steps=8, seed=6).filter(lambda r: not r["episode_success"]).save_to_disk(
+        str(extra)
+    )
+    proc = subprocess.run(
+        [sys.executable, "recipes/train_reward.py", "--config", "debug", "--dataset_path", str(data),
+         "--extra_dataset_paths", str(extra), "--output_dir", str(out), "--max_steps", "5"],
+        cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[train_reward] test_extra:" in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["eval/extra/positives"] == 0 and results["eval/extra/count"] > 0
+    assert "eval/extra/hard_negative_false_positive_rate" in results and "eval/real/auroc" in results
+
+
 def test_train_reward_config_errors_are_clear(tmp_path):
     proc = subprocess.run(
         [sys.executable, "recipes/train_reward.py", "--config", "debug", "--output_dir", str(tmp_path)],

@@ -22,6 +22,7 @@ from rewards.success_classifier import (
     fit_platt,
     frame_labels,
     frames_from_dataset,
+    frames_from_datasets,
     load_success_classifier,
     predicted_frames,
     reliability_table,
@@ -54,6 +55,20 @@ def test_frames_and_hard_negatives_from_dataset():
     # hard negatives come from failed episodes only and are never positives
     assert not (frames.hard_negative & frames.labels).any()
     assert set(frames.episode[frames.hard_negative]) <= {1, 3}
+
+
+def test_frames_from_datasets_find_hard_negatives_against_every_datasets_successes():
+    """A near-miss collection has no successes of its own: its hard negatives come from the demos' success poses."""
+    demos = make_episode_dataset(n_episodes=4, steps=12)
+    misses = make_episode_dataset(n_episodes=6, steps=12, seed=1).filter(lambda r: not r["episode_success"])
+    alone = frames_from_dataset(misses)
+    assert alone.summary()["positives"] == 0 and not alone.hard_negative.any()
+    first, extra = frames_from_datasets([demos, misses])
+    same = frames_from_dataset(demos)
+    np.testing.assert_array_equal(first.hard_negative, same.hard_negative)  # the first dataset is labelled as alone
+    np.testing.assert_array_equal(first.episode, same.episode)
+    assert extra.hard_negative.any() and not extra.labels.any()
+    assert extra.episode.min() > first.episode.max()  # ids stay unique across datasets
 
 
 def test_split_by_episode_keeps_episodes_whole_and_stratifies():

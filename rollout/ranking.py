@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
 from wlarl.types import Trajectories
 from wlarl.utils.stats import auroc as stats_auroc
+from wlarl.utils.stats import spearman
 
 POSITIONS = ("early", "middle", "late")
 
@@ -284,14 +284,6 @@ def real_replay_trajectories(imagined: Trajectories, replays: Sequence[dict[str,
 
 
 # ------------------------------------------------------------------------------------------------- agreement
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman rank correlation; 0 when either side is constant (it orders nothing)."""
-    ra, rb = rankdata(np.asarray(a, np.float64)), rankdata(np.asarray(b, np.float64))
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    den = float(np.sqrt((ra**2).sum() * (rb**2).sum()))
-    return float((ra * rb).sum() / den) if den > 0 else 0.0
-
-
 def within_group_agreement(scores: Any, outcome: Any) -> dict[str, float]:
     """How a reward orders the rows of each group, against the real outcome.
 

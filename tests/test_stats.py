@@ -89,3 +89,15 @@ def test_video_writing_falls_back_to_gif(tmp_path):
     assert frame_strip(frames, max_frames=2).shape == (8, 12, 3)
     with pytest.raises(TypeError, match="uint8"):
         write_video(frames.astype(np.float32), tmp_path / "z")
+
+
+def test_spearman_ranks_ties_and_reports_a_constant_side_as_asked():
+    import math
+
+    from wlarl.utils.stats import spearman
+
+    assert spearman([1, 2, 2, 3], [1, 2, 2, 3]) == 1.0
+    assert spearman([3, 1, 2], [1, 3, 2]) == -1.0
+    assert spearman([1, 1, 1], [1, 2, 3]) == 0.0
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3], constant=float("nan")))
+    assert math.isnan(spearman([5], [1], constant=float("nan")))

@@ -31,7 +31,7 @@ from rewards.state_reward.model import (
     write_atomic,
 )
 from rewards.success_classifier.calibration import choose_threshold, fit_platt
-from wlarl.utils.stats import auroc
+from wlarl.utils.stats import auroc, spearman
 
 logger = logging.getLogger(__name__)
 
@@ -133,14 +133,6 @@ def calibrate_state_reward(model: StateRewardModel, rows: StateRows, rule: str =
     return {"calibration/platt_scale": a, "calibration/platt_bias": b, "calibration/threshold": threshold}
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(spearmanr(a, b).statistic)
-
-
 def evaluate_state_reward(model: StateRewardModel, rows: StateRows, prefix: str = "heldout/") -> dict[str, Any]:
     """Metrics of `model` on `rows`, keys prefixed by `prefix`.
 
@@ -173,7 +165,7 @@ def evaluate_state_reward(model: StateRewardModel, rows: StateRows, prefix: str 
         "episodes": len(episodes),
         "episode_success_accuracy": float((ep_pred == ep_true).mean()),
         "progress_mse": float(np.mean((prog - target) ** 2)),
-        "progress_spearman": _spearman(prog, target),
+        "progress_spearman": spearman(prog, target, constant=float("nan")),
     }
     tasks = np.asarray(rows.task_names)
     for task in sorted(set(rows.task_names)):

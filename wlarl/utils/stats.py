@@ -71,6 +71,17 @@ def auroc(scores: Any, labels: Any) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def spearman(a: Any, b: Any, constant: float = 0.0) -> float:
+    """Spearman rank correlation (average ranks for ties); `constant` when either side is constant or has fewer than
+    two values (it orders nothing: 0 for a reward's within-group order, NaN for a metric)."""
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(np.asarray(a, np.float64)), rankdata(np.asarray(b, np.float64))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = float(np.sqrt((ra**2).sum() * (rb**2).sum()))
+    return float((ra * rb).sum() / den) if den > 0 else float(constant)
+
+
 def binary_confusion(predicted: Any, actual: Any) -> dict[str, int]:
     """Confusion matrix of predicted vs actual binary outcomes.
 

@@ -35,6 +35,7 @@ if not torch.cuda.is_available():
 from accelerate import PartialState  # noqa: E402
 
 from rewards import build_reward_scorer  # noqa: E402
+from rollout.agreement import AdvantageAgreement, agreement_points  # noqa: E402
 from rollout.experts import SUBTASK_RULES  # noqa: E402
 from rollout.imagined import ImaginationEngine, freeze_snapshot  # noqa: E402
 from rollout.real import EnvWorkerPool, make_real_evaluator, reset_start_states  # noqa: E402
@@ -54,6 +55,7 @@ from wlarl.data import (  # noqa: E402
 from wlarl.models.wla import WLAPolicy, WLAProcessor  # noqa: E402
 from wlarl.trainer import GRPOWorldTrainer  # noqa: E402
 from wlarl.trainer.callbacks import (  # noqa: E402
+    AgreementCallback,
     KeepBestRealCallback,
     RealEvalCallback,
     RefreshWorldCallback,
@@ -255,7 +257,8 @@ def main() -> None:
         state_reward_path=cfg.state_reward_path,
     )  # fmt: skip
     classifier, classifier_threshold = scorer.find_success_classifier() or (None, 0.5)
-    imagines = cfg.engine == "imagined" or cfg.verify_steps > 0  # verification imagines even with the real engine
+    # verification and advantage agreement imagine even with the real engine
+    imagines = cfg.engine == "imagined" or cfg.verify_steps > 0 or cfg.agreement_steps > 0
     success_signal = cfg.success_signal
     if classifier is None and success_signal != "head" and imagines:
         if cfg.engine == "imagined":
@@ -324,6 +327,21 @@ def main() -> None:
                 episodes_train=cfg.refresh_world_steps > 0,  # the refresh fine-tunes on them
             )
         )
+    if cfg.agreement_steps:
+        points = agreement_points(
+            episodes, tasks, cfg.agreement_points_per_task, cfg.agreement_positions,
+            late_steps=cfg.agreement_late_chunks * policy.config.chunk_size,
+        )  # fmt: skip
+        agreement = AdvantageAgreement(
+            imagination, scorer, points, group_size=cfg.num_generations, horizon=cfg.horizon,
+            chunk_size=policy.config.chunk_size, temperature=cfg.temperature,
+            aggregation=cfg.multi_objective_aggregation, scale_rewards=cfg.scale_rewards, env_kwargs=env_kwargs,
+            seed=20_000 + cfg.seed,
+        )  # fmt: skip
+        logger.info("advantage agreement: %d branch points × %d rows every %d steps", len(points),
+                    cfg.num_generations, cfg.agreement_steps)  # fmt: skip
+        # before the refresh of the same step: the agreement of the simulator GRPO trained in
+        callbacks.append(AgreementCallback(agreement, cfg.agreement_steps))
     if cfg.refresh_world_steps:
         refresh = WorldRefresh(snapshot, verifier, steps=cfg.refresh_grad_steps, lr=cfg.refresh_lr)
         callbacks.append(RefreshWorldCallback(refresh, cfg.refresh_world_steps))

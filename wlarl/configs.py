@@ -29,6 +29,7 @@ from trl import GRPOConfig
 from wlarl.algorithms.grpo import AGGREGATIONS, IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES, SCALE_REWARDS
 
 START_STATE_SOURCES = ("auto", "dataset", "reset", "keyframes")
+BRANCH_POSITIONS = ("early", "middle", "late")  # rollout.ranking.POSITIONS (wlarl does not import rollout)
 START_SAMPLING_MODES = ("uniform", "signal")
 ENGINES = ("imagined", "real")
 SUCCESS_SIGNALS = ("classifier", "head", "both")
@@ -377,6 +378,29 @@ class GRPOWorldConfig(GRPOConfig):
         metadata={"help": "Imagination gap (imagined − real success rate) above which mask_unverified acts."},
     )
 
+    # ------------------------------------------------------------------ advantage agreement (imagined vs real)
+    agreement_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Advantage agreement every X optimizer steps (and at train begin and end); 0 disables. Branch "
+            "points inside the dataset's successful episodes are rebuilt in the real simulator, the policy imagines "
+            "num_generations chunk sequences of `horizon` chunks from each, the training rewards give advantages, and "
+            "the same actions are replayed in reality: verify/advantage_agreement is the share of rows whose "
+            "imagined advantage has the sign of the real outcome's (see rollout.agreement). Its real episodes count "
+            "as evaluation."
+        },
+    )
+    agreement_points_per_task: int = field(
+        default=1, metadata={"help": "Advantage agreement: successful dataset episodes per task to branch from."}
+    )
+    agreement_positions: list[str] = field(
+        default_factory=lambda: ["middle", "late"],
+        metadata={"help": "Advantage agreement: where in those episodes to branch ('early', 'middle', 'late')."},
+    )
+    agreement_late_chunks: int = field(
+        default=3, metadata={"help": "Advantage agreement: a 'late' branch point lies this many chunks before success."}
+    )
+
     # ------------------------------------------------------------------ logging
     log_image_steps: int = field(
         default=0, metadata={"help": "Save a strip of imagined subgoal images every X steps; 0 disables."}
@@ -524,7 +548,7 @@ class GRPOWorldConfig(GRPOConfig):
         for name in ("nll_coef", "world_aux_coef", "bc_coef", "subtask_coef", "subtask_beta", "keep_best_margin"):
             if getattr(self, name) < 0:
                 raise bad(name, f"must be ≥ 0 (0 disables), got {getattr(self, name)}")
-        for name in ("verify_steps", "refresh_world_steps", "log_image_steps"):
+        for name in ("verify_steps", "refresh_world_steps", "log_image_steps", "agreement_steps"):
             if getattr(self, name) < 0:
                 raise bad(name, f"must be ≥ 0 (0 disables), got {getattr(self, name)}")
         if self.eval_steps is not None and self.eval_steps < 0:
@@ -541,6 +565,7 @@ class GRPOWorldConfig(GRPOConfig):
             "num_reset_starts",
             "keyframe_stride",
             "env_slots_per_worker",
+            "agreement_points_per_task",
         ):
             if getattr(self, name) < 1:
                 raise bad(name, f"must be ≥ 1, got {getattr(self, name)}")
@@ -555,6 +580,13 @@ class GRPOWorldConfig(GRPOConfig):
                 "refresh_world_steps",
                 "refreshes the World Expert on the real episodes verification gathers: set verify_steps > 0",
             )
+        bad_positions = [p for p in self.agreement_positions if p not in BRANCH_POSITIONS]
+        if bad_positions or not self.agreement_positions:
+            raise bad(
+                "agreement_positions", f"expected one or more of {list(BRANCH_POSITIONS)}, got {self.agreement_positions}"
+            )
+        if self.agreement_late_chunks < 0:
+            raise bad("agreement_late_chunks", f"must be ≥ 0, got {self.agreement_late_chunks}")
         if self.mask_unverified and self.verify_steps == 0:
             raise bad("mask_unverified", "needs verification: set verify_steps > 0 (or mask_unverified False)")
 

@@ -73,10 +73,12 @@ def test_debug_one_process_bootstraps_trains_evaluates_and_checkpoints(tmp_path,
 @pytest.mark.parametrize(
     "source, extra, logged",
     [
-        # keyframe starts carry full states: the World Expert imagines them and state_progress scores them
+        # keyframe starts carry full states: the World Expert imagines them and state_progress scores them; the
+        # advantage agreement replays imagined chunks in the real simulator at start and after the step
         (
             "keyframes",
-            ["--keyframe_stride", "4", "--reward_funcs", "subgoal_success", "state_progress"],
+            ["--keyframe_stride", "4", "--reward_funcs", "subgoal_success", "state_progress", "--agreement_steps",
+             "1", "--agreement_positions", "late", "--horizon", "2"],
             "(keyframes)",
         ),
         ("reset", ["--tasks", "reach-v3", "--num_reset_starts", "2"], "start states: 2 (reset)"),
@@ -96,6 +98,13 @@ def test_debug_start_state_sources_and_head_signal(tmp_path, cache, source, extr
     assert len(train) == 1
     if "state_progress" in extra:
         assert 0.0 <= train[0]["reward/state_progress"] <= 1.0
+    if "--agreement_steps" in extra:
+        rows = [r for r in read_metrics(out) if "verify/agreement_points" in r]
+        assert len(rows) == 2  # train begin and step 1 (the end is the same step)
+        for r in rows:
+            assert 0.0 <= r["verify/advantage_agreement_return"] <= 1.0
+            assert r["verify/agreement/real_episodes_used"] == r["verify/agreement_points"] * 4  # G rows each
+        assert train[0]["budget/real_eval_episodes"] >= rows[0]["verify/agreement/real_episodes_used"]
 
 
 @requires_metaworld

@@ -164,3 +164,84 @@ def test_policy_branch_points_sit_at_chunk_boundaries_of_the_rollouts():
     assert all(b.source == "policy" and b.row == -1 for b in bps)
     with pytest.raises(ValueError, match="full_states"):
         policy_branch_points(dataclasses.replace(traj, full_states=None), seeds=[11, 12])
+
+
+class _PlannedEngine:
+    """An imagination engine that 'imagines' fixed action chunks and fixed successes: the real replay decides what
+    they are worth, so the agreement of the imagined successes with reality is known in advance."""
+
+    def __init__(self, plan: np.ndarray, imagined_success: list[bool]):
+        self.plan = torch.as_tensor(plan)  # [G, h, H, A]
+        self.imagined_success = torch.tensor(imagined_success)
+
+    def rollout(self, policy, starts, group_size=1, temperature=1.0, horizon=None, generator=None):
+        from wlarl.types import ActionSample, Trajectories
+
+        G, h, H, A = self.plan.shape
+        assert len(starts) == 1 and group_size == G and horizon == h
+        obs = starts.repeat_interleave(G)
+        samples = [
+            ActionSample(
+                actions=self.plan[:, t].float(), log_prob=torch.zeros(G), log_prob_terms=torch.zeros(G, H, A),
+                subtask_ids=torch.zeros(G, 1, dtype=torch.long), subtask_mask=torch.ones(G, 1, dtype=torch.bool),
+                subtask_log_probs=torch.zeros(G, 1), subtask_text=[""] * G,
+            )  # fmt: skip
+            for t in range(h)
+        ]
+        S = starts.images.shape[1]
+        return Trajectories(
+            observations=[obs] * h, samples=samples, subgoal_images=torch.zeros(G, h, S, S, 3, dtype=torch.uint8),
+            subgoal_latents=torch.zeros(G, h, 1, 1, 1), states=torch.zeros(G, h, starts.states.shape[1]),
+            success_logits=torch.zeros(G, h), alive=torch.ones(G, h, dtype=torch.bool),
+            success=self.imagined_success.clone(), instructions=list(obs.instructions),
+            task_names=list(obs.task_names), group_size=G,
+        )  # fmt: skip
+
+
+def _success_scorer(traj, trainer_state=None):
+    from wlarl.types import RewardOutput
+
+    return RewardOutput(traj.success.float()[:, None], ["success"], torch.ones(1))
+
+
+@pytest.mark.metaworld
+@requires_metaworld
+@pytest.mark.parametrize("honest", [True, False])
+def test_advantage_agreement_is_one_when_imagination_ranks_as_reality_and_zero_when_it_inverts(demos, honest):
+    from rollout.agreement import AdvantageAgreement, agreement_points
+
+    late = agreement_points(demos, ["reach-v3"], per_task=1, positions=["late"], late_steps=16)
+    assert len(late) == 1
+    ep = demos.episode(late[0].episode_index)
+    recorded = np.asarray(ep["action"], np.float32)[late[0].step : late[0].step + 16].reshape(2, 8, 4)
+    plan = np.stack([recorded, np.zeros_like(recorded), recorded, np.zeros_like(recorded)])  # rows 0, 2 succeed
+    really = [True, False, True, False]
+    imagined = really if honest else [not s for s in really]
+    check = AdvantageAgreement(
+        _PlannedEngine(plan, imagined), _success_scorer, late, group_size=4, horizon=2, chunk_size=8,
+        env_kwargs={"image_size": 16},
+    )  # fmt: skip
+    out = check(policy=None, step=3)
+    assert out["verify/advantage_agreement"] == (1.0 if honest else 0.0)
+    assert out["verify/advantage_spearman"] == pytest.approx(1.0 if honest else -1.0)
+    # the same reward on what reality made of the rows: a perfect ranking either way
+    assert out["verify/advantage_agreement_ceiling"] == 1.0
+    assert out["verify/agreement_groups"] == 1.0 and out["verify/agreement_real_success"] == 0.5
+    assert out["verify/agreement_gap"] == 0.0  # half imagined, half real successes either way
+    assert out["real_episodes"] == 4 and out["real_env_steps"] == 4 * (late[0].step + 16)
+    assert check.history[-1]["success"].tolist() == [[1.0, 0.0, 1.0, 0.0]]
+    check.close()
+
+
+def test_advantage_agreement_refuses_points_without_observations_and_single_row_groups():
+    from rollout.agreement import AdvantageAgreement
+    from rollout.ranking import BranchPoint
+
+    bp = BranchPoint("reach-v3", 0, 0, np.zeros((0, 4), np.float32), None, -1, "early")
+    with pytest.raises(ValueError, match="no observation"):
+        AdvantageAgreement(None, _success_scorer, [bp], group_size=4, horizon=1, chunk_size=8)
+    with pytest.raises(ValueError, match="at least one branch point"):
+        AdvantageAgreement(None, _success_scorer, [], group_size=4, horizon=1, chunk_size=8)
+    bp = dataclasses.replace(bp, observation={"image": np.zeros((8, 8, 3), np.uint8)})
+    with pytest.raises(ValueError, match="G ≥ 2"):
+        AdvantageAgreement(None, _success_scorer, [bp], group_size=1, horizon=1, chunk_size=8)

@@ -444,6 +444,25 @@ class VerifyCallback(_PeriodicCallback):
         return metrics
 
 
+class AgreementCallback(_PeriodicCallback):
+    """Advantage agreement at train begin, every `agreement_steps` optimizer steps and at train end.
+
+    Args:
+        agreement: ``agreement(policy, step) -> dict`` (e.g. `rollout.agreement.AdvantageAgreement`) returning
+            ``verify/advantage_agreement`` and related metrics, ``real_episodes`` and ``real_env_steps``.
+        agreement_steps: period in optimizer steps (0: only at start and end).
+        **kwargs: as `_PeriodicCallback` (at_start, at_end, log_fn, …).
+
+    Its real replays count as evaluation episodes in the run's budget (logged as
+    ``verify/agreement/real_episodes_used``); a failed call logs ``verify/agreement/error``.
+    """
+
+    prefix = "verify/agreement"
+
+    def __init__(self, agreement: Evaluator, agreement_steps: int, **kwargs: Any):
+        super().__init__(agreement, agreement_steps, **kwargs)
+
+
 class RefreshWorldCallback(_PeriodicCallback):
     """Every `refresh_steps`, runs ``refresh_fn(policy, step) -> dict`` (e.g. fine-tune the simulator snapshot's
     World Expert on the real episodes gathered so far, `rollout.refresh.WorldRefresh`) and logs its metrics
@@ -626,6 +645,7 @@ class KeepBestRealCallback(TrainerCallback):
 
 
 __all__ = [
+    "AgreementCallback",
     "KeepBestRealCallback",
     "RealEvalCallback",
     "RefreshWorldCallback",

@@ -91,6 +91,11 @@ class EvaluateConfig:
             raise ValueError(f"evaluate: max_episode_steps must be ≥ 1, got {self.max_episode_steps}")
         if not 0.0 < self.success_threshold < 1.0:
             raise ValueError(f"evaluate: success_threshold must lie in (0, 1), got {self.success_threshold}")
+        if self.success_signal == "state":
+            raise ValueError(
+                "evaluate: success_signal='state' (the state reward model) is for grpo_world; use 'classifier', "
+                "'head' or 'both' here"
+            )
         if self.success_signal not in SUCCESS_SIGNALS:
             raise ValueError(f"evaluate: success_signal must be one of {SUCCESS_SIGNALS}, got {self.success_signal!r}")
         if self.success_signal != "head" and not self.reward_model_path:

@@ -35,6 +35,7 @@ if not torch.cuda.is_available():
 from accelerate import PartialState  # noqa: E402
 
 from rewards import build_reward_scorer  # noqa: E402
+from rewards.state_reward import load_state_reward  # noqa: E402
 from rollout.agreement import AdvantageAgreement, agreement_points  # noqa: E402
 from rollout.experts import SUBTASK_RULES  # noqa: E402
 from rollout.imagined import ImaginationEngine, freeze_snapshot  # noqa: E402
@@ -260,7 +261,20 @@ def main() -> None:
     # verification and advantage agreement imagine even with the real engine
     imagines = cfg.engine == "imagined" or cfg.verify_steps > 0 or cfg.agreement_steps > 0
     success_signal = cfg.success_signal
-    if classifier is None and success_signal != "head" and imagines:
+    state_success, state_threshold = None, 0.5
+    if success_signal == "state" and imagines:
+        if not cfg.state_reward_path:
+            raise ValueError(
+                "grpo_world: success_signal='state' decides imagined success with the state reward model: pass "
+                "--state_reward_path (recipes/train_state_reward.py's output), or choose another success_signal"
+            )
+        state_model = load_state_reward(cfg.state_reward_path)
+        state_threshold = state_model.threshold
+
+        def state_success(full_states: torch.Tensor, task_names: list[str]) -> torch.Tensor:
+            return state_model.predict(full_states, task_names)[0]
+
+    if classifier is None and success_signal in ("classifier", "both") and imagines:
         if cfg.engine == "imagined":
             raise ValueError(
                 f"grpo_world: success_signal={success_signal!r} decides imagined success with the success "
@@ -274,8 +288,8 @@ def main() -> None:
     if imagines:
         imagination = ImaginationEngine(
             snapshot, horizon=cfg.horizon, success_threshold=cfg.success_threshold, success_signal=success_signal,
-            success_classifier=classifier, classifier_threshold=classifier_threshold,
-            reencode=cfg.reencode_predictions, clip_actions=cfg.clip_imagined_actions,
+            success_classifier=classifier, classifier_threshold=classifier_threshold, state_success=state_success,
+            state_threshold=state_threshold, reencode=cfg.reencode_predictions, clip_actions=cfg.clip_imagined_actions,
             simulator_subtask="policy" if cfg.imagine_with_policy_subtask else "own",
         )  # fmt: skip
     if cfg.engine == "real":

@@ -50,6 +50,7 @@ def freeze_snapshot(policy: torch.nn.Module) -> torch.nn.Module:
 
 
 SuccessClassifierFn = Callable[[torch.Tensor, list[str]], torch.Tensor]
+StateSuccessFn = Callable[[torch.Tensor, list[str]], torch.Tensor]  # full states [N, F], task names -> probs [N]
 
 
 def bound_actions(actions: torch.Tensor, low: float = -1.0, high: float = 1.0) -> torch.Tensor:
@@ -103,10 +104,14 @@ class ImaginationEngine:
             "eager" decodes every chunk as it is imagined. Frames are decoded every chunk anyway when `reencode`
             or a success classifier needs them.
         success_signal: what ends an episode and counts as its success: "head" (the World Expert's success
-            head), "classifier" (`success_classifier` on the predicted frame ≥ `classifier_threshold`) or "both".
+            head), "classifier" (`success_classifier` on the predicted frame ≥ `classifier_threshold`), "both", or
+            "state" (`state_success` on the predicted full state ≥ `state_threshold`).
         success_classifier: ``fn(images uint8 [N, H, W, 3], task_names) -> probs [N]`` (e.g. the success reward
             model's `predict_proba`); needed by "classifier" and "both".
         classifier_threshold: the classifier's decision threshold (its calibrated one).
+        state_success: ``fn(full_states float [N, F], task_names) -> probs [N]`` (e.g. a state reward model's
+            calibrated success probability); needed by "state", with a World Expert that models full states.
+        state_threshold: its decision threshold.
         reencode: feed the policy encode(decode(prediction)) instead of the raw predicted latent.
         action_low, action_high: the bounds actions are clipped to before the World Expert executes them.
         clip_actions, simulator_subtask: ablations only, to measure what the rules above are worth:
@@ -123,6 +128,8 @@ class ImaginationEngine:
         success_signal: str = "head",
         success_classifier: SuccessClassifierFn | None = None,
         classifier_threshold: float = 0.5,
+        state_success: StateSuccessFn | None = None,
+        state_threshold: float = 0.5,
         reencode: bool = False,
         action_low: float = -1.0,
         action_high: float = 1.0,
@@ -139,7 +146,12 @@ class ImaginationEngine:
             raise ValueError(
                 f"ImaginationEngine: success_signal must be one of {list(SUCCESS_SIGNALS)}, got {success_signal!r}"
             )
-        if success_signal != "head" and success_classifier is None:
+        if success_signal == "state" and state_success is None:
+            raise ValueError(
+                "ImaginationEngine: success_signal='state' needs state_success (a state reward model's success "
+                "probability of full states); pass one or use another success_signal"
+            )
+        if success_signal in ("classifier", "both") and success_classifier is None:
             raise ValueError(
                 f"ImaginationEngine: success_signal={success_signal!r} needs a success_classifier (the success reward "
                 "model's predict_proba); pass one or use success_signal='head'"
@@ -157,19 +169,30 @@ class ImaginationEngine:
         self.success_signal = success_signal
         self.success_classifier = success_classifier
         self.classifier_threshold = float(classifier_threshold)
+        self.state_success = state_success
+        self.state_threshold = float(state_threshold)
         self.reencode = bool(reencode)
         self.action_bounds = (float(action_low), float(action_high))
         self.clip_actions = bool(clip_actions)
         self.simulator_subtask = simulator_subtask
 
     def _decode_each_chunk(self) -> bool:
-        return self.decode_images == "eager" or self.reencode or self.success_signal != "head"
+        return self.decode_images == "eager" or self.reencode or self.success_signal in ("classifier", "both")
 
     def _succeeded(self, pred: WorldPrediction, task_names: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """bool [N] success after this chunk by `success_signal`, and the classifier's probs [N] (None: not run)."""
         head = torch.sigmoid(pred.success_logits.float().cpu()) >= self.success_threshold  # [N]
         if self.success_signal == "head":
             return head, None
+        if self.success_signal == "state":
+            if pred.full_states is None:
+                raise ValueError(
+                    "ImaginationEngine: success_signal='state' reads the predicted full state, but the World Expert "
+                    "predicted none: use a policy trained with sft_wla --world_full_state true and starts that carry "
+                    "full_state, or another success_signal"
+                )
+            probs = torch.as_tensor(self.state_success(pred.full_states.float().cpu(), task_names)).float().cpu()
+            return probs >= self.state_threshold, None
         probs = torch.as_tensor(self.success_classifier(pred.images, task_names), dtype=torch.float32).cpu()
         by_classifier = probs >= self.classifier_threshold
         return (by_classifier if self.success_signal == "classifier" else by_classifier & head), probs

@@ -32,7 +32,7 @@ START_STATE_SOURCES = ("auto", "dataset", "reset", "keyframes")
 BRANCH_POSITIONS = ("early", "middle", "late")  # rollout.ranking.POSITIONS (wlarl does not import rollout)
 START_SAMPLING_MODES = ("uniform", "signal")
 ENGINES = ("imagined", "real")
-SUCCESS_SIGNALS = ("classifier", "head", "both")
+SUCCESS_SIGNALS = ("classifier", "head", "both", "state")
 
 # Fields of trl.GRPOConfig that drive TRL's own generation (vLLM, sampling filters, text-model options, other losses).
 # wlarl samples action chunks and subtasks itself and never reads them: setting one to anything but TRL's default is
@@ -221,7 +221,9 @@ class GRPOWorldConfig(GRPOConfig):
         metadata={
             "help": "What ends an imagined episode and counts as its success: 'both' (the World Expert's success head "
             "and the success reward model on the predicted frame must agree; the smallest imagination gap in "
-            "BENCHMARKS), 'classifier' (the reward model alone, at its calibrated threshold) or 'head' (the head alone)."
+            "BENCHMARKS), 'classifier' (the reward model alone, at its calibrated threshold), 'head' (the head alone) "
+            "or 'state' (the state reward model of state_reward_path on the World Expert's predicted full state, at its "
+            "calibrated threshold: needs a World Expert that models full states)."
         },
     )
     clip_imagined_actions: bool = field(
@@ -398,7 +400,8 @@ class GRPOWorldConfig(GRPOConfig):
         metadata={"help": "Advantage agreement: where in those episodes to branch ('early', 'middle', 'late')."},
     )
     agreement_late_chunks: int = field(
-        default=3, metadata={"help": "Advantage agreement: a 'late' branch point lies this many chunks before success."}
+        default=3,
+        metadata={"help": "Advantage agreement: a 'late' branch point lies this many chunks before success."},
     )
 
     # ------------------------------------------------------------------ logging
@@ -583,7 +586,8 @@ class GRPOWorldConfig(GRPOConfig):
         bad_positions = [p for p in self.agreement_positions if p not in BRANCH_POSITIONS]
         if bad_positions or not self.agreement_positions:
             raise bad(
-                "agreement_positions", f"expected one or more of {list(BRANCH_POSITIONS)}, got {self.agreement_positions}"
+                "agreement_positions",
+                f"expected one or more of {list(BRANCH_POSITIONS)}, got {self.agreement_positions}",
             )
         if self.agreement_late_chunks < 0:
             raise bad("agreement_late_chunks", f"must be ≥ 0, got {self.agreement_late_chunks}")

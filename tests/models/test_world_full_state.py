@@ -98,3 +98,27 @@ def test_observations_pick_up_full_states_from_dicts():
     assert obs.index([2, 0]).full_states[:, 0].tolist() == [2.0, 0.0]
     assert Observation.cat([obs, obs]).full_states.shape == (6, F)
     assert Observation.from_dicts([dict(item, full_state=[])]).full_states is None  # an env without one
+
+
+def test_state_success_signal_ends_rows_whose_predicted_full_state_the_state_model_calls_solved():
+    policy = tiny_policy(full_state_dim=F)
+    obs = _with_full(tiny_obs(4), seed=3)
+    solved = obs.full_states[:, 0] > 0  # an untrained expert keeps the start's full state: these stay 'solved'
+    assert 0 < int(solved.sum()) < 4
+    seen = []
+
+    def state_success(full_states, task_names):
+        seen.append(len(task_names))
+        return (full_states[:, 0] > 0).float()
+
+    engine = ImaginationEngine(
+        freeze_snapshot(policy), horizon=3, success_signal="state", state_success=state_success, state_threshold=0.5
+    )
+    traj = engine.rollout(policy, obs, group_size=2)
+    assert traj.success.tolist() == solved.repeat_interleave(2).tolist()
+    assert traj.alive[:, 1].tolist() == (~solved).repeat_interleave(2).tolist()  # success ends the row
+    assert seen == [8, 8, 8] and traj.classifier_probs is None
+    with pytest.raises(ValueError, match="full state"):
+        engine.rollout(policy, tiny_obs(2))  # starts without full states: nothing to read
+    with pytest.raises(ValueError, match="state_success"):
+        ImaginationEngine(freeze_snapshot(policy), success_signal="state")

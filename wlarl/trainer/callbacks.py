@@ -139,7 +139,8 @@ def success_confidence(
 
     A success the World Expert's head hallucinated must not be confirmed by that head: with ``success_signal``
     "head" the check is the success classifier on the last counted predicted frame; with "classifier" it is the
-    head; with "both" (both had to agree) it is the smaller of the two.
+    head; with "both" (both had to agree) it is the smaller of the two; with "state" (the state reward model on the
+    predicted full state decided) it is the head.
 
     Args:
         traj: `Trajectories` (alive [N, T], success_logits [N, T], classifier_probs [N, T] or None, subgoal_images).
@@ -147,14 +148,14 @@ def success_confidence(
         success_classifier: ``fn(images uint8 [n, H, W, 3], task_names) -> probs [n]``, used when
             `traj.classifier_probs` is missing.
     """
-    if success_signal == "classifier":
+    if success_signal in ("classifier", "state"):
         return trajectory_success_probs(traj)
     if success_signal == "head":
         return classifier_success_probs(traj, success_classifier)
     if success_signal == "both":
         return torch.minimum(trajectory_success_probs(traj), classifier_success_probs(traj, success_classifier))
     raise ValueError(
-        f"success_confidence: success_signal must be 'classifier', 'head' or 'both', got {success_signal!r}"
+        f"success_confidence: success_signal must be 'classifier', 'head', 'both' or 'state', got {success_signal!r}"
     )
 
 
@@ -360,7 +361,7 @@ class VerifyCallback(_PeriodicCallback):
             rejects unscored and counts them as failures.
         mask_gap_threshold: imagination gap above which masking acts.
         mask_confidence: probability an imagined success needs while masking is active.
-        success_signal: what decided success in imagination ("classifier", "head" or "both"; the engine's).
+        success_signal: what decided success in imagination ("classifier", "head", "both" or "state"; the engine's).
         success_classifier: ``fn(images uint8 [n, H, W, 3], task_names) -> probs [n]`` (the success reward model);
             needed by masking with ``success_signal="head"``, and with "both" when trajectories lack
             `classifier_probs`.
@@ -390,9 +391,9 @@ class VerifyCallback(_PeriodicCallback):
         super().__init__(verifier, verify_steps, output_dir, at_start=at_start, at_end=at_end, **kwargs)
         # With a World-Expert refresh the verification episodes are also its training data: count them as such.
         self.budget_kind = "train" if episodes_train else "eval"
-        if success_signal not in ("classifier", "head", "both"):
+        if success_signal not in ("classifier", "head", "both", "state"):
             raise ValueError(
-                f"VerifyCallback: success_signal must be 'classifier', 'head' or 'both', got {success_signal!r}"
+                f"VerifyCallback: success_signal must be 'classifier', 'head', 'both' or 'state', got {success_signal!r}"
             )
         if mask_unverified and success_signal == "head" and success_classifier is None:
             raise ValueError(

@@ -7,8 +7,9 @@ policy samples G continuations of h chunks in imagination (the frozen World Expe
 executed actions are replayed open-loop in the real simulator. Every reward is scored twice — on the real replay (its
 ceiling: what it could tell GRPO with a perfect World Expert) and on the imagined rows (what GRPO in imagination
 receives) — and compared within each group with the real outcome: success within the h chunks and the simulator's
-shaped return. With `--state_reward_path` the state rewards (`state_success`, `state_progress`) are scored too: on the
-replay's real full states, and on the World Expert's predicted ones (a policy trained with `world_full_state`).
+shaped return. With `--state_reward_path` the state rewards (`state_success`, `state_progress`, and `state_value` when
+the model has a value head) are scored too: on the replay's real full states, and on the World Expert's predicted
+ones (a policy trained with `world_full_state`).
 
 Usage (the default bootstrap; JSON and a markdown table):
 
@@ -37,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rewards import build_reward_scorer  # noqa: E402
+from rewards.state_reward import load_state_reward  # noqa: E402
 from rollout.experts import SUBTASK_RULES  # noqa: E402
 from rollout.imagined import ImaginationEngine, freeze_snapshot  # noqa: E402
 from rollout.ranking import (  # noqa: E402
@@ -55,7 +57,13 @@ from wlarl.models.wla import WLAPolicy  # noqa: E402
 from wlarl.types import Observation  # noqa: E402
 
 DEFAULT_REWARDS = ["subgoal_success", "predicted_success", "trajectory_success", "progress", "goal_similarity"]
-STATE_REWARDS = ["state_success", "state_progress"]
+STATE_REWARDS = ["state_success", "state_progress", "state_value"]  # state_value: models with a value head only
+
+
+def _state_rewards(state_reward_path: str) -> list[str]:
+    """The state rewards a model scores: `state_value` needs its value head (trained with --value_head true)."""
+    value_head = load_state_reward(state_reward_path).config.value_head
+    return [r for r in STATE_REWARDS if value_head or r != "state_value"]
 
 
 def _default_tasks() -> list[str]:
@@ -184,8 +192,8 @@ def main() -> None:
     p.add_argument("--reward_model_path", default=None)
     p.add_argument(
         "--state_reward_path", default=None,
-        help="a recipes/train_state_reward.py output: adds state_success and state_progress (scored @predicted when "
-        "the World Expert models full states)",
+        help="a recipes/train_state_reward.py output: adds state_success, state_progress and, with a value head, "
+        "state_value (scored @predicted when the World Expert models full states)",
     )  # fmt: skip
     p.add_argument(
         "--reward_kwargs", default=None,
@@ -207,7 +215,7 @@ def main() -> None:
     if not args.reward_model_path:
         args.rewards = [r for r in args.rewards if r != "subgoal_success"]
     if args.state_reward_path:
-        args.rewards += [r for r in STATE_REWARDS if r not in args.rewards]
+        args.rewards += [r for r in _state_rewards(args.state_reward_path) if r not in args.rewards]
     res = run(args)
     table = markdown(res)
     print(table)

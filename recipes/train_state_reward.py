@@ -1,15 +1,18 @@
-"""Train the state reward model (the `state_success` / `state_progress` rewards) on full states and success labels.
+"""Train the state reward model (the `state_success` / `state_progress` / `state_value` rewards) on full states.
 
     python recipes/train_state_reward.py --dataset_path runs/demos --output_dir runs/state_reward
     python recipes/train_state_reward.py --dataset_path runs/demos runs/round1 --output_dir runs/state_reward --steps 5000
 
-Rows are the full simulator states after every action, labelled with that step's success and shaped reward. Each
-task's episodes are split into train, calibration (Platt scaling and the success threshold) and held-out (the
-reported metrics: success AUROC, accuracy at the threshold, progress Spearman / MSE, per-task AUROC).
+Rows are the full simulator states after every action, labelled with that step's success and shaped reward, and
+(value head) with the discounted success-to-go value_discount ** (env steps to the episode's next successful state).
+Each task's episodes are split into train, calibration (Platt scaling and the success threshold) and held-out (the
+reported metrics: success AUROC, accuracy at the threshold, progress Spearman / MSE, per-task AUROC, value MAE /
+Spearman and AUROC for success within 24 env steps).
 
 Writes to output_dir: config.json (this config), final/ (config.json + model.safetensors; load with
 `rewards.state_reward.load_state_reward(output_dir)`), metrics.json. Use it in GRPO with
-``--reward_funcs state_progress --reward_kwargs '{"state_progress": {"state_reward_path": "runs/state_reward"}}'``.
+``--reward_funcs state_progress --reward_kwargs '{"state_progress": {"state_reward_path": "runs/state_reward"}}'``
+(``state_value`` likewise: it needs the value head, ``--value_head true``, the default).
 """
 
 from __future__ import annotations
@@ -44,6 +47,13 @@ class TrainStateRewardConfig:
     )
     reward_scale: float = field(default=10.0, metadata={"help": "Progress target = clip(reward / scale, 0, 1)."})
     progress_weight: float = field(default=1.0, metadata={"help": "Weight of the progress MSE (0: success only)."})
+    value_head: bool = field(
+        default=True, metadata={"help": "Train a value head (discounted success-to-go; the state_value reward)."}
+    )
+    value_discount: float = field(
+        default=0.99, metadata={"help": "Value target γ^k per env step k to the next success, γ in (0, 1]."}
+    )
+    value_weight: float = field(default=1.0, metadata={"help": "Weight of the value BCE (with --value_head true)."})
     holdout_fraction: float = field(default=0.1, metadata={"help": "Episodes per task held out for the metrics."})
     calibration_fraction: float = field(
         default=0.1, metadata={"help": "Episodes per task for Platt scaling and the threshold."}
@@ -72,6 +82,8 @@ class TrainStateRewardConfig:
             raise ValueError(
                 f"train_state_reward: steps ({self.steps}) and batch_size ({self.batch_size}) must be > 0"
             )
+        if not 0 < self.value_discount <= 1:
+            raise ValueError(f"train_state_reward: value_discount must be in (0, 1], got {self.value_discount}")
         fractions = (self.holdout_fraction, self.calibration_fraction)
         if any(not 0 <= f < 1 for f in fractions) or sum(fractions) >= 1:
             raise ValueError(
@@ -96,6 +108,9 @@ def main() -> None:
         features=cfg.features,
         reward_scale=cfg.reward_scale,
         progress_weight=cfg.progress_weight,
+        value_head=cfg.value_head,
+        value_discount=cfg.value_discount,
+        value_weight=cfg.value_weight,
         holdout_fraction=cfg.holdout_fraction,
         calibration_fraction=cfg.calibration_fraction,
         threshold_rule=cfg.threshold_rule,

@@ -78,6 +78,7 @@ BUILTIN_REWARDS: dict[str, str] = {
     "shaping": "rewards.shaping:build_shaping_reward",
     "state_success": "rewards.state_reward.reward:build_state_success_reward",
     "state_progress": "rewards.state_reward.reward:build_state_progress_reward",
+    "state_value": "rewards.state_reward.reward:build_state_value_reward",
 }
 
 

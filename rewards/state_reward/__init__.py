@@ -1,13 +1,20 @@
-"""The state reward model behind the `state_success` and `state_progress` rewards, one module per job.
+"""The state reward model behind the `state_success`, `state_progress` and `state_value` rewards, one module per job.
 
-- `model`: `StateRewardConfig`, `StateRewardModel` (full state + task → success logit, progress),
+- `model`: `StateRewardConfig`, `StateRewardModel` (full state + task → success logit, progress, value),
   `save_state_reward`, `load_state_reward`.
-- `data`: labelled full states from episode datasets (`StateRows`), splits by episode.
+- `data`: labelled full states from episode datasets (`StateRows`), value targets, splits by episode.
 - `training`: training, calibration (Platt scaling, threshold) and held-out evaluation, `train_state_reward`.
 - `reward`: the rewards (`StateReward`) and their factories, registered in `rewards.base.BUILTIN_REWARDS`.
 """
 
-from rewards.state_reward.data import StateRows, split_by_episode, state_rows, state_rows_from_datasets
+from rewards.state_reward.data import (
+    StateRows,
+    split_by_episode,
+    state_rows,
+    state_rows_from_datasets,
+    steps_to_success,
+    value_targets,
+)
 from rewards.state_reward.model import (
     StateRewardConfig,
     StateRewardModel,
@@ -15,7 +22,12 @@ from rewards.state_reward.model import (
     save_state_reward,
     state_features,
 )
-from rewards.state_reward.reward import StateReward, build_state_progress_reward, build_state_success_reward
+from rewards.state_reward.reward import (
+    StateReward,
+    build_state_progress_reward,
+    build_state_success_reward,
+    build_state_value_reward,
+)
 from rewards.state_reward.training import (
     calibrate_state_reward,
     evaluate_state_reward,
@@ -31,6 +43,7 @@ __all__ = [
     "StateRows",
     "build_state_progress_reward",
     "build_state_success_reward",
+    "build_state_value_reward",
     "calibrate_state_reward",
     "evaluate_state_reward",
     "fit_state_reward",
@@ -41,5 +54,7 @@ __all__ = [
     "state_features",
     "state_rows",
     "state_rows_from_datasets",
+    "steps_to_success",
     "train_state_reward",
+    "value_targets",
 ]

@@ -3,6 +3,8 @@
 An episode of T actions has T+1 observation rows; row t holds observation t and the action taken there, with that
 step's shaped ``reward`` and ``success``. The state *after* action t is observation t+1, so observation t+1 is
 labelled with row t's ``success`` and ``reward``; observation 0 (before any action) has no label and is left out.
+The value target of a labelled observation counts env steps to its episode's first successful observation at or
+after it (`steps_to_success`, `value_targets`).
 """
 
 from __future__ import annotations
@@ -138,6 +140,35 @@ def state_rows_from_datasets(datasets: Any) -> StateRows:
         parts.append(rows)
         offset = int(rows.episode.max()) + 1
     return StateRows.cat(parts)
+
+
+def steps_to_success(rows: StateRows) -> np.ndarray:
+    """float64 [M]: env steps from each row's state to the first successful state of its episode at or after it.
+
+    0 for a successful state, ``inf`` when no successful state follows in the episode. Rows label the state after
+    each action with that action's ``success`` (see the module docstring), so a row with ``step`` s and ``success``
+    True is observation s being successful, and k = s' − s for the first such s' ≥ s.
+    """
+    if len(rows) == 0:
+        return np.zeros(0)
+    order = np.lexsort((rows.step, rows.episode))  # [M] by (episode, step)
+    step = rows.step[order].astype(np.float64)
+    _, ep_rank = np.unique(rows.episode[order], return_inverse=True)  # [M] 0, 1, … per episode, increasing
+    # One increasing key over all rows (episode-major); the smallest successful key at or after each row is its
+    # episode's next success when it lies in the same episode, else the episode has none left.
+    base = step.max() + 1.0
+    key = ep_rank * base + step  # [M]
+    next_key = np.minimum.accumulate(np.where(rows.success[order], key, np.inf)[::-1])[::-1]  # [M]
+    out = np.empty(len(rows))
+    out[order] = np.where(next_key < (ep_rank + 1) * base, next_key - key, np.inf)
+    return out
+
+
+def value_targets(rows: StateRows, discount: float) -> np.ndarray:
+    """float32 [M]: discount ** `steps_to_success` (1 at a successful state), 0 when no success follows."""
+    k = steps_to_success(rows)
+    finite = np.isfinite(k)
+    return np.where(finite, float(discount) ** np.where(finite, k, 0.0), 0.0).astype(np.float32)
 
 
 def split_by_episode(rows: StateRows, fractions: Sequence[float], seed: int = 0) -> list[StateRows]:

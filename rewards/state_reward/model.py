@@ -4,8 +4,9 @@ Image rewards miss 2–3 px objects at 64 px; Meta-World's success is a function
 object and goal positions), so a head on ``full_state`` [F] sees what decides it. Inputs are the full state, with
 Meta-World's object−goal, hand−goal and hand−object offsets and their lengths appended (``features="metaworld"``,
 F = 39), standardised with the training split's mean and std, and a one-hot of the task. Outputs: a success logit
-(Platt-scaled into a probability, decided at a calibrated ``threshold``) and a progress value in [0, 1] that
-regresses clip(shaped reward / reward_scale, 0, 1).
+(Platt-scaled into a probability, decided at a calibrated ``threshold``), a progress value in [0, 1] that
+regresses clip(shaped reward / reward_scale, 0, 1) and, with ``value_head``, a value in [0, 1]: the discounted
+success-to-go, value_discount ** (env steps until the episode's next successful frame), 0 when none follows.
 
 Saved as ``config.json`` + ``model.safetensors`` (`save_state_reward`, `load_state_reward`).
 """
@@ -47,6 +48,9 @@ class StateRewardConfig:
         reward_scale: progress target = clip(shaped reward / reward_scale, 0, 1) (Meta-World's reward is in [0, 10]).
         platt_scale, platt_bias: calibration, p = sigmoid(platt_scale · logit + platt_bias).
         threshold: decision threshold on the calibrated success probability.
+        value_head: a third output, the value (discounted success-to-go); False for models saved before it existed.
+        value_discount: γ per env step of the value target γ^k (k: env steps until the next successful frame), in
+            (0, 1].
     """
 
     full_state_dim: int = METAWORLD_FULL_STATE_DIM
@@ -58,6 +62,8 @@ class StateRewardConfig:
     platt_scale: float = 1.0
     platt_bias: float = 0.0
     threshold: float = 0.5
+    value_head: bool = False
+    value_discount: float = 0.99
     model_type: str = MODEL_TYPE
 
     def __post_init__(self) -> None:
@@ -81,6 +87,10 @@ class StateRewardConfig:
             raise ValueError(f"StateRewardConfig.reward_scale must be > 0, got {self.reward_scale}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"StateRewardConfig.threshold must be in [0, 1], got {self.threshold}")
+        if not isinstance(self.value_head, bool):
+            raise ValueError(f"StateRewardConfig.value_head must be true or false, got {self.value_head!r}")
+        if not 0.0 < self.value_discount <= 1.0:
+            raise ValueError(f"StateRewardConfig.value_discount must be in (0, 1], got {self.value_discount}")
         if self.model_type != MODEL_TYPE:
             raise ValueError(f"StateRewardConfig: model_type is {self.model_type!r}, expected {MODEL_TYPE!r}")
 
@@ -113,7 +123,7 @@ def state_features(full_states: torch.Tensor, features: str) -> torch.Tensor:
 
 
 class StateRewardModel(nn.Module):
-    """Task-conditioned MLP: full state + task → success logit and progress.
+    """Task-conditioned MLP: full state + task → success logit, progress and (with ``value_head``) value.
 
     Buffers ``mean``, ``std`` [D] standardise the features (std clamped ≥ 1e-3) and ``active`` [D] masks out the
     features that were constant in training (e.g. Meta-World's unused second object), so that a World Expert's small
@@ -123,6 +133,8 @@ class StateRewardModel(nn.Module):
         >>> model = StateRewardModel(StateRewardConfig(tasks=["reach-v3"]))
         >>> prob, progress = model.predict(torch.zeros(2, 39), ["reach-v3", "reach-v3"])
     """
+
+    source: str | None = None  # the folder `load_state_reward` read it from (named in errors)
 
     def __init__(self, config: StateRewardConfig) -> None:
         super().__init__()
@@ -137,7 +149,7 @@ class StateRewardModel(nn.Module):
             blocks += [nn.Linear(width, config.hidden), nn.SiLU()]
             width = config.hidden
         self.trunk = nn.Sequential(*blocks)
-        self.head = nn.Linear(width, 2)  # [success logit, progress logit]
+        self.head = nn.Linear(width, 3 if config.value_head else 2)  # [success logit, progress logit, value logit]
         self._index = {name: i for i, name in enumerate(config.tasks)}
 
     @property
@@ -177,15 +189,16 @@ class StateRewardModel(nn.Module):
 
     def forward(
         self, full_states: torch.Tensor, tasks: Sequence[str] | torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw success logits and progress.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Raw success logits, progress and value logits.
 
         Args:
             full_states: float [N, F].
             tasks: N task names, or long [N] indices from `task_ids`.
 
         Returns:
-            (success logits float [N] (uncalibrated), progress float [N] in [0, 1]).
+            (success logits float [N] (uncalibrated), progress float [N] in [0, 1], value logits float [N] — the value
+            is their sigmoid — or None without ``value_head``).
         """
         x = self._check(full_states)
         ids = tasks.to(self.device) if isinstance(tasks, torch.Tensor) else self.task_ids(tasks)
@@ -193,8 +206,8 @@ class StateRewardModel(nn.Module):
             raise ValueError(f"state reward: {x.shape[0]} full states but {tuple(ids.shape)} tasks")
         z = (state_features(x, self.config.features) - self.mean) / self.std * self.active  # [N, D]
         one_hot = nn.functional.one_hot(ids, len(self.config.tasks)).to(z.dtype)  # [N, K]
-        out = self.head(self.trunk(torch.cat([z, one_hot], dim=1)))  # [N, 2]
-        return out[:, 0], torch.sigmoid(out[:, 1])
+        out = self.head(self.trunk(torch.cat([z, one_hot], dim=1)))  # [N, 2 or 3]
+        return out[:, 0], torch.sigmoid(out[:, 1]), out[:, 2] if self.config.value_head else None
 
     def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
         """Platt-scaled logits: platt_scale · logit + platt_bias."""
@@ -218,13 +231,50 @@ class StateRewardModel(nn.Module):
         self.eval()
         probs, progress = [], []
         for i in range(0, len(ids), batch_size):
-            logit, prog = self(full_states[i : i + batch_size], ids[i : i + batch_size])
+            logit, prog, _ = self(full_states[i : i + batch_size], ids[i : i + batch_size])
             probs.append(torch.sigmoid(self.calibrate(logit)).cpu())
             progress.append(prog.cpu())
         self.train(was_training)
         if not probs:
             return torch.zeros(0), torch.zeros(0)
         return torch.cat(probs), torch.cat(progress)
+
+    def require_value_head(self, what: str = "state reward") -> None:
+        """Raise a ValueError naming the model and the fix when it has no value head."""
+        if not self.config.value_head:
+            where = f"state reward model {self.source!r}" if self.source else "this state reward model"
+            raise ValueError(
+                f"{what}: {where} has no value head (config value_head is false: trained before value heads existed "
+                f"or with --value_head false); retrain it with `python recipes/train_state_reward.py "
+                f"--value_head true --dataset_path ... --output_dir ...`"
+            )
+
+    @torch.no_grad()
+    def predict_value(
+        self, full_states: torch.Tensor, task_names: Sequence[str], batch_size: int = 8192
+    ) -> torch.Tensor:
+        """Value (discounted success-to-go, sigmoid of the value logit), float [N] in [0, 1] on CPU, in eval mode.
+
+        Args:
+            full_states: float [N, F].
+            task_names: N names from ``config.tasks``.
+
+        Raises:
+            ValueError: the model has no value head (``config.value_head`` false).
+        """
+        self.require_value_head("predict_value")
+        full_states = self._check(full_states)
+        if len(task_names) != len(full_states):
+            raise ValueError(f"state reward: {len(full_states)} full states but {len(task_names)} task names")
+        ids = self.task_ids(task_names)
+        was_training = self.training
+        self.eval()
+        values = [
+            torch.sigmoid(self(full_states[i : i + batch_size], ids[i : i + batch_size])[2]).cpu()
+            for i in range(0, len(ids), batch_size)
+        ]
+        self.train(was_training)
+        return torch.cat(values) if values else torch.zeros(0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -304,14 +354,21 @@ def load_state_reward(path: str | os.PathLike, device: str | torch.device | None
                 k: f"{got[k]} (expected {expected[k]})" for k in set(got) & set(expected) if got[k] != expected[k]
             },
         }
+        head = (
+            f" (config value_head is {str(config.value_head).lower()}: the head has {expected['head.weight'][0]} "
+            f"outputs, the weights {got['head.weight'][0]})"
+            if "head.weight" in diff["shape"] and expected["head.weight"][0] != got["head.weight"][0]
+            else ""
+        )
         raise ValueError(
-            f"state reward model: {weights_file} does not match {config_file}: "
+            f"state reward model: {weights_file} does not match {config_file}{head}: "
             f"{ {k: v for k, v in diff.items() if v} }; {retrain}"
         )
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise ValueError(f"state reward model: {weights_file} holds non-finite values in {bad}; {retrain}")
     model.load_state_dict(tensors)
+    model.source = str(path)
     if device is not None:
         model = model.to(device)
     return model.eval()

@@ -1,10 +1,12 @@
-"""The `state_success` and `state_progress` built-ins: a trained `StateRewardModel` scores the full states.
+"""The `state_success`, `state_progress` and `state_value` built-ins: a trained `StateRewardModel` scores full states.
 
-Both read ``full_states`` [N, T, F] (the simulator's with the real engine, the World Expert's prediction in
+All read ``full_states`` [N, T, F] (the simulator's with the real engine, the World Expert's prediction in
 imagination when it models full states) and score one chunk per row ("final": the last chunk run) or every chunk
 run ("max": the best of them). `state_success` is the calibrated success probability; `state_progress` is 1.0 when
 that probability reaches the model's threshold, else ``failure_scale`` · progress, so that in a group every
-predicted success outranks every failure and failures are ordered by how far they got.
+predicted success outranks every failure and failures are ordered by how far they got. `state_value` is the same
+with the value head (discounted success-to-go) in place of progress: a short branch that has not finished is scored
+by how likely, and how soon, it succeeds later.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from rewards.base import RewardLoadError, last_alive_index, reward_factory
 from rewards.state_reward.model import StateRewardModel, load_state_reward
 
 MODES = ("final", "max")
+KINDS = ("success", "progress", "value")
 
 
 class StateReward:
@@ -25,15 +28,18 @@ class StateReward:
 
     Args:
         model: a trained, calibrated `StateRewardModel`.
-        kind: "success" (the probability) or "progress" (1.0 at success, else failure_scale · progress).
+        kind: "success" (the probability), "progress" (1.0 at success, else failure_scale · progress) or "value"
+            (1.0 at success, else failure_scale · value; needs a model with a value head).
         mode: "final" (the last chunk each row ran) or "max" (the largest value over the chunks it ran).
-        failure_scale: in [0, 1); the most a failure can score with kind "progress".
+        failure_scale: in [0, 1); the most a failure can score with kinds "progress" and "value".
     """
 
     def __init__(self, model: StateRewardModel, kind: str, mode: str = "final", failure_scale: float = 0.9) -> None:
-        if kind not in ("success", "progress"):
-            raise ValueError(f"state reward: kind must be 'success' or 'progress', got {kind!r}")
+        if kind not in KINDS:
+            raise ValueError(f"state reward: kind must be one of {KINDS}, got {kind!r}")
         self.__name__ = f"state_{kind}"
+        if kind == "value":
+            model.require_value_head(self.__name__)
         if mode not in MODES:
             raise ValueError(f"{self.__name__}: mode must be one of {MODES}, got {mode!r}")
         if not 0.0 <= failure_scale < 1.0:
@@ -52,13 +58,15 @@ class StateReward:
         """Per-chunk values float [N, T] of full states float [N, T, F]."""
         n, t, f = full_states.shape
         flat = full_states.reshape(n * t, f)  # [N*T, F]
-        probs, progress = self.model.predict(flat, [name for name in task_names for _ in range(t)])  # [N*T] each
-        return self._values(probs, progress).reshape(n, t)  # [N, T]
+        return self._values(flat, [name for name in task_names for _ in range(t)]).reshape(n, t)  # [N, T]
 
-    def _values(self, probs: torch.Tensor, progress: torch.Tensor) -> torch.Tensor:
+    def _values(self, full_states: torch.Tensor, task_names: Sequence[str]) -> torch.Tensor:
+        """Values float [M] of full states float [M, F]."""
+        probs, progress = self.model.predict(full_states, task_names)  # [M] each
         if self.kind == "success":
             return probs
-        return torch.where(probs >= self.threshold, torch.ones_like(progress), self.failure_scale * progress)
+        dense = self.model.predict_value(full_states, task_names) if self.kind == "value" else progress  # [M]
+        return torch.where(probs >= self.threshold, torch.ones_like(dense), self.failure_scale * dense)
 
     def __call__(
         self,
@@ -85,8 +93,7 @@ class StateReward:
             raise ValueError(f"{self.__name__}: alive is {tuple(alive.shape)}, full_states {(n, t)} chunks")
         if self.mode == "final":  # only the last chunk each row ran: T times cheaper than every chunk
             last = last_alive_index(alive)  # [N]
-            probs, progress = self.model.predict(full_states[torch.arange(n), last], list(task_names))  # [N] each
-            return self._values(probs, progress).tolist()
+            return self._values(full_states[torch.arange(n), last], list(task_names)).tolist()
         values = self.chunk_values(full_states, task_names)  # [N, T]
         ran = alive.clone()
         ran[~alive.any(dim=1), 0] = True  # a row that ran no chunk is scored at chunk 0, as last_alive_index does
@@ -125,3 +132,16 @@ def build_state_progress_reward(
     """The `state_progress` built-in: 1.0 at predicted success, else failure_scale · progress (options `mode`,
     `failure_scale`)."""
     return StateReward(_load("state_progress", state_reward_path, device), "progress", mode, failure_scale)
+
+
+@reward_factory
+def build_state_value_reward(
+    state_reward_path: str | None = None,
+    mode: str = "final",
+    failure_scale: float = 0.9,
+    device: str | torch.device | None = None,
+    **unused: Any,
+) -> StateReward:
+    """The `state_value` built-in: 1.0 at predicted success, else failure_scale · value (discounted success-to-go;
+    options `mode`, `failure_scale`). Needs a model trained with ``--value_head true``."""
+    return StateReward(_load("state_value", state_reward_path, device), "value", mode, failure_scale)

@@ -1,9 +1,10 @@
 """Training, calibration and evaluation of the state reward model (used by recipes/train_state_reward.py).
 
 Loss: BCE on success with ``pos_weight`` = negatives / positives (successes are a few percent of the states) plus
-``progress_weight`` · MSE of the progress head against clip(reward / reward_scale, 0, 1). Episodes are split per
-task into train / calibration / held-out; Platt scaling and the threshold are fitted on the calibration episodes,
-the metrics are reported on the held-out ones.
+``progress_weight`` · MSE of the progress head against clip(reward / reward_scale, 0, 1), plus, with a value head,
+``value_weight`` · BCE of the value logit against the soft target value_discount ** k (k: env steps to the episode's
+next successful state; 0 when none follows). Episodes are split per task into train / calibration / held-out; Platt
+scaling and the threshold are fitted on the calibration episodes, the metrics are reported on the held-out ones.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from rewards.state_reward.data import StateRows, split_by_episode, state_rows_from_datasets
+from rewards.state_reward.data import (
+    StateRows,
+    split_by_episode,
+    state_rows_from_datasets,
+    steps_to_success,
+    value_targets,
+)
 from rewards.state_reward.model import (
     METAWORLD_FULL_STATE_DIM,
     StateRewardConfig,
@@ -36,6 +43,7 @@ from wlarl.utils.stats import auroc, spearman
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
+VALUE_AUROC_STEPS = 24  # held-out value AUROC: "succeeds within the next 24 env steps" (3 chunks of 8)
 
 
 def progress_targets(reward: np.ndarray, reward_scale: float) -> np.ndarray:
@@ -51,7 +59,7 @@ def _raw_outputs(model: StateRewardModel, rows: StateRows, batch_size: int = 819
     ids = model.task_ids(rows.task_names)
     logits, progress = [], []
     for i in range(0, len(rows), batch_size):
-        z, p = model(x[i : i + batch_size], ids[i : i + batch_size])
+        z, p, _ = model(x[i : i + batch_size], ids[i : i + batch_size])
         logits.append(z.cpu())
         progress.append(p.cpu())
     if not logits:
@@ -68,12 +76,16 @@ def fit_state_reward(
     lr: float = 3e-3,
     weight_decay: float = 1e-4,
     progress_weight: float = 1.0,
+    value_weight: float = 1.0,
     seed: int = 0,
     progress_bar: bool = True,
     log_fn: Callable[[int, dict[str, float]], None] | None = None,
     log_steps: int = 500,
 ) -> dict[str, float]:
-    """Train `model` in place on `train` (normalisation fitted first); returns the last logged losses."""
+    """Train `model` in place on `train` (normalisation fitted first); returns the last logged losses.
+
+    The value loss (weight `value_weight`) is used when ``model.config.value_head`` is set.
+    """
     if not train.success.any() or train.success.all():
         raise ValueError(
             f"train_state_reward: the training split needs both successful and failed states, got {train.summary()}; "
@@ -85,6 +97,7 @@ def fit_state_reward(
     ids = model.task_ids(train.task_names)  # [M]
     y = torch.from_numpy(train.success).float().to(model.device)  # [M]
     target = torch.from_numpy(progress_targets(train.reward, model.config.reward_scale)).to(model.device)  # [M]
+    value_target = torch.from_numpy(value_targets(train, model.config.value_discount)).to(model.device)  # [M]
     model.set_normalisation(x)
     pos = float(train.success.sum())
     pos_weight = torch.tensor((len(train) - pos) / pos, device=model.device)
@@ -95,25 +108,30 @@ def fit_state_reward(
     )
     model.train()
     metrics: dict[str, float] = {}
-    running: list[tuple[float, float]] = []
+    running: list[tuple[float, float, float]] = []
     bar = tqdm(range(1, steps + 1), desc="train_state_reward", disable=not progress_bar, mininterval=1.0)
     for step in bar:
         idx = torch.randint(len(train), (batch_size,), generator=gen).to(model.device)  # [B]
-        logit, progress = model(x[idx], ids[idx])
+        logit, progress, value_logit = model(x[idx], ids[idx])
         success_loss = F.binary_cross_entropy_with_logits(logit, y[idx], pos_weight=pos_weight)
         progress_loss = F.mse_loss(progress, target[idx])
         loss = success_loss + progress_weight * progress_loss
+        value_loss = torch.zeros(())
+        if value_logit is not None:  # BCE with a soft target: its minimiser is the expected discounted success
+            value_loss = F.binary_cross_entropy_with_logits(value_logit, value_target[idx])
+            loss = loss + value_weight * value_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        running.append((success_loss.item(), progress_loss.item()))
+        running.append((success_loss.item(), progress_loss.item(), value_loss.item()))
         if step % log_steps == 0 or step == steps:
-            s, p = np.mean(running, axis=0)
+            s, p, v = np.mean(running, axis=0)
             running = []
             metrics = {
                 "train/success_loss": float(s),
                 "train/progress_loss": float(p),
+                **({"train/value_loss": float(v)} if model.config.value_head else {}),
                 "train/lr": sched.get_last_lr()[0],
             }
             bar.set_postfix(success_loss=f"{s:.4f}", progress_loss=f"{p:.4f}")
@@ -138,8 +156,11 @@ def evaluate_state_reward(model: StateRewardModel, rows: StateRows, prefix: str 
 
     Success: AUROC, accuracy, balanced accuracy, precision, recall at the threshold, positives/negatives; episode
     accuracy (some state ≥ threshold vs the episode succeeded, as the "max" mode scores a trajectory). Progress: MSE
-    and Spearman against clip(reward / reward_scale, 0, 1). Per task: ``<prefix><task>/success_auroc`` where both
-    classes occur.
+    and Spearman against clip(reward / reward_scale, 0, 1). Value (with a value head): MAE and Spearman against the
+    target value_discount ** k, AUROC for "succeeds within the next 24 env steps" (k ≤ 24) over all states and over
+    the states not yet successful (``value_auroc_unsuccessful``: what a branch that did not finish is scored on), and
+    ``value_positives``, the states that succeed within those 24 steps. Per
+    task: ``<prefix><task>/success_auroc`` where both classes occur.
     """
     if len(rows) == 0:
         return {f"{prefix}rows": 0}
@@ -167,6 +188,19 @@ def evaluate_state_reward(model: StateRewardModel, rows: StateRows, prefix: str 
         "progress_mse": float(np.mean((prog - target) ** 2)),
         "progress_spearman": spearman(prog, target, constant=float("nan")),
     }
+    if model.config.value_head:
+        value = model.predict_value(torch.from_numpy(rows.full_states), rows.task_names).numpy()
+        value_target = value_targets(rows, model.config.value_discount)
+        soon = steps_to_success(rows) <= VALUE_AUROC_STEPS  # [M] succeeds within the next 24 env steps
+        out.update(
+            {
+                "value_mae": float(np.mean(np.abs(value - value_target))),
+                "value_spearman": spearman(value, value_target, constant=float("nan")),
+                "value_auroc": auroc(value, soon),
+                "value_auroc_unsuccessful": auroc(value[~y], soon[~y]),
+                "value_positives": int(soon.sum()),
+            }
+        )
     tasks = np.asarray(rows.task_names)
     for task in sorted(set(rows.task_names)):
         m = tasks == task
@@ -199,6 +233,9 @@ def train_state_reward(
     features: str = "auto",
     reward_scale: float = 10.0,
     progress_weight: float = 1.0,
+    value_head: bool = True,
+    value_discount: float = 0.99,
+    value_weight: float = 1.0,
     holdout_fraction: float = 0.1,
     calibration_fraction: float = 0.1,
     threshold_rule: str = "f1",
@@ -220,6 +257,8 @@ def train_state_reward(
         hidden, layers, reward_scale: model config (`StateRewardConfig`).
         features: "metaworld", "raw", or "auto" (metaworld when the full state is 39-d).
         progress_weight: weight of the progress MSE (0 trains the success head alone).
+        value_head, value_discount: a value head (discounted success-to-go, γ = value_discount per env step).
+        value_weight: weight of the value BCE.
         threshold_rule: "f1" or "youden" (balanced accuracy).
         progress_bar: show a tqdm bar.
         log_fn: called as log_fn(step, losses) every 500 steps and at the end.
@@ -251,6 +290,8 @@ def train_state_reward(
         layers=layers,
         features=features,
         reward_scale=reward_scale,
+        value_head=value_head,
+        value_discount=value_discount,
     )
     torch.manual_seed(seed)  # the initial weights, whatever ran before
     model = StateRewardModel(config)
@@ -266,6 +307,7 @@ def train_state_reward(
             lr=lr,
             weight_decay=weight_decay,
             progress_weight=progress_weight,
+            value_weight=value_weight,
             seed=seed,
             progress_bar=progress_bar,
             log_fn=log_fn,

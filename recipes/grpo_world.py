@@ -35,8 +35,9 @@ if not torch.cuda.is_available():
 from accelerate import PartialState  # noqa: E402
 
 from rewards import build_reward_scorer  # noqa: E402
-from rewards.state_reward import load_state_reward  # noqa: E402
+from rewards.state_reward import StateReward, load_state_reward, train_state_reward  # noqa: E402
 from rollout.agreement import AdvantageAgreement, agreement_points  # noqa: E402
+from rollout.coevolution import CoevolutionRound  # noqa: E402
 from rollout.experts import SUBTASK_RULES  # noqa: E402
 from rollout.imagined import ImaginationEngine, freeze_snapshot  # noqa: E402
 from rollout.real import EnvWorkerPool, make_real_evaluator, reset_start_states  # noqa: E402
@@ -57,6 +58,7 @@ from wlarl.models.wla import WLAPolicy, WLAProcessor  # noqa: E402
 from wlarl.trainer import GRPOWorldTrainer  # noqa: E402
 from wlarl.trainer.callbacks import (  # noqa: E402
     AgreementCallback,
+    CoevolutionCallback,
     KeepBestRealCallback,
     RealEvalCallback,
     RefreshWorldCallback,
@@ -198,6 +200,44 @@ def load_start_states(
     return starts
 
 
+def coevolution_callback(
+    cfg: GRPOWorldConfig, tasks: list[str], snapshot, scorer, engine, pool, env_kwargs: dict
+) -> CoevolutionCallback:
+    """Co-evolution rounds (`rollout.coevolution`): collect with the policy, refresh the snapshot's World Expert and
+    the state reward model (swapped into every state reward function and into `success_signal` state), add starts."""
+    reward_refresh = reward_restore = None
+    if cfg.round_refresh_reward and cfg.state_reward_path:
+
+        def swap(model) -> None:
+            for f in scorer.funcs:
+                if isinstance(f, StateReward):
+                    f.model = model.eval()
+            if engine is not None and engine.success_signal == "state":
+                engine.state_success = lambda full_states, task_names: model.predict(full_states, task_names)[0]
+                engine.state_threshold = model.threshold
+
+        def reward_refresh(dataset_paths, round_dir):
+            model, metrics = train_state_reward(dataset_paths, round_dir / "state_reward", progress_bar=False)
+            swap(model)
+            keep = ("heldout/success_auroc", "heldout/value_spearman", "heldout/value_auroc")
+            return {f"state_reward_{k.split('/', 1)[1]}": metrics[k] for k in keep if k in metrics}
+
+        def reward_restore(round_dir):
+            swap(load_state_reward(round_dir / "state_reward"))
+
+    rounds = CoevolutionRound(
+        tasks=tasks, episodes_per_task=cfg.round_episodes_per_task, output_dir=Path(cfg.output_dir) / "rounds",
+        demo_dataset_path=cfg.dataset_path, world=snapshot, refresh_steps=cfg.round_refresh_steps,
+        refresh_lr=cfg.round_refresh_lr, keyframe_stride=cfg.keyframe_stride, temperature=cfg.temperature,
+        max_episode_steps=cfg.real_max_episode_steps, pool=pool, num_workers=cfg.num_env_workers,
+        env_kwargs=env_kwargs, timeout_s=cfg.eval_timeout_s, reward_refresh=reward_refresh,
+        reward_restore=reward_restore, newest_weight=cfg.round_newest_weight, seed=300_000 + 10_000 * cfg.seed,
+    )  # fmt: skip
+    logger.info("co-evolution: %d rounds of %d steps, %d real episodes per task each", cfg.rounds,
+                cfg.max_steps // cfg.rounds, cfg.round_episodes_per_task)  # fmt: skip
+    return CoevolutionCallback(rounds, cfg.max_steps // cfg.rounds, cfg.rounds, restore_fn=rounds.restore)
+
+
 def rewards_chosen(preset: str, argv: list[str]) -> bool:
     """Whether the reward functions were chosen for the real engine: on the command line, or in a preset section
     that also sets ``engine: real`` (a preset's rewards for imagination do not carry over to the real engine)."""
@@ -306,7 +346,8 @@ def main() -> None:
         SFTWindows(episodes, horizon=policy.config.chunk_size) if cfg.world_aux_coef > 0 or cfg.bc_coef > 0 else None
     )
     # A refresh fine-tunes the simulator on real episodes; the KL / anchor reference must stay the starting policy.
-    ref_model = freeze_snapshot(policy) if cfg.refresh_world_steps > 0 else None
+    refreshes = cfg.refresh_world_steps > 0 or (cfg.round_episodes_per_task > 0 and cfg.round_refresh_steps > 0)
+    ref_model = freeze_snapshot(policy) if refreshes else None
 
     # --- evaluation, paired verification, refresh, keep-best ----------------------------------------------------
     real = {
@@ -356,6 +397,8 @@ def main() -> None:
                     cfg.num_generations, cfg.agreement_steps)  # fmt: skip
         # before the refresh of the same step: the agreement of the simulator GRPO trained in
         callbacks.append(AgreementCallback(agreement, cfg.agreement_steps))
+    if cfg.round_episodes_per_task:
+        callbacks.append(coevolution_callback(cfg, tasks, snapshot, scorer, imagination, pool, env_kwargs))
     if cfg.refresh_world_steps:
         refresh = WorldRefresh(snapshot, verifier, steps=cfg.refresh_grad_steps, lr=cfg.refresh_lr)
         callbacks.append(RefreshWorldCallback(refresh, cfg.refresh_world_steps))

@@ -71,6 +71,8 @@ def as_episode_list(episodes: Any) -> list[dict[str, Any]]:
                     "task_name": ep["task_name"][0],
                     "seed": int(ep["seed"][0]),
                     "noise_mode": ep["noise_mode"][0],
+                    # the World Expert's full-state target (a refresh of one that models it needs it)
+                    **({"full_state": np.asarray(ep["full_state"], np.float32)} if "full_state" in ep else {}),
                 }
             )
         return out

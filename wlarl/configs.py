@@ -380,6 +380,32 @@ class GRPOWorldConfig(GRPOConfig):
         metadata={"help": "Imagination gap (imagined − real success rate) above which mask_unverified acts."},
     )
 
+    # ------------------------------------------------------------------ co-evolution rounds
+    rounds: int = field(
+        default=1,
+        metadata={
+            "help": "R co-evolution rounds, each max_steps / R GRPO steps long (with round_episodes_per_task > 0). "
+            "A round, at train begin and then every max_steps / R steps: the current policy runs "
+            "round_episodes_per_task sampled real episodes per task (training budget), the World Expert of the "
+            "simulator is refreshed on the demonstrations and all policy episodes so far, the state reward model is "
+            "retrained on them, and keyframes of the new episodes join the start states (see rollout.coevolution)."
+        },
+    )
+    round_episodes_per_task: int = field(
+        default=0, metadata={"help": "Real episodes per task each co-evolution round collects; 0: no rounds."}
+    )
+    round_refresh_steps: int = field(
+        default=100, metadata={"help": "World-Expert gradient steps of each round's refresh (0: no refresh)."}
+    )
+    round_refresh_lr: float = field(default=1e-4, metadata={"help": "Learning rate of each round's refresh."})
+    round_newest_weight: int = field(
+        default=2, metadata={"help": "How many times the newest round's episodes count in the refresh (≥ 1)."}
+    )
+    round_refresh_reward: bool = field(
+        default=True,
+        metadata={"help": "Retrain the state reward model (state_reward_path) on each round's data and use it."},
+    )
+
     # ------------------------------------------------------------------ advantage agreement (imagined vs real)
     agreement_steps: int = field(
         default=0,
@@ -591,6 +617,23 @@ class GRPOWorldConfig(GRPOConfig):
             )
         if self.agreement_late_chunks < 0:
             raise bad("agreement_late_chunks", f"must be ≥ 0, got {self.agreement_late_chunks}")
+        if self.rounds < 1 or self.round_episodes_per_task < 0 or self.round_refresh_steps < 0:
+            raise bad(
+                "rounds",
+                f"rounds ({self.rounds}) must be ≥ 1, round_episodes_per_task ({self.round_episodes_per_task}) and "
+                f"round_refresh_steps ({self.round_refresh_steps}) ≥ 0",
+            )
+        if self.round_newest_weight < 1:
+            raise bad("round_newest_weight", f"must be ≥ 1, got {self.round_newest_weight}")
+        if self.rounds > 1 and self.round_episodes_per_task == 0:
+            raise bad("round_episodes_per_task", f"rounds={self.rounds} needs episodes to collect: set it ≥ 1")
+        if self.round_episodes_per_task > 0:
+            if self.engine != "imagined":
+                raise bad("rounds", "co-evolution rounds refresh the imagination: they need engine='imagined'")
+            if self.max_steps < self.rounds or self.max_steps % self.rounds:
+                raise bad("max_steps", f"{self.max_steps} steps do not split into {self.rounds} equal rounds")
+            if self.start_sampling != "uniform":
+                raise bad("start_sampling", "co-evolution rounds add starts every round: use 'uniform'")
         if self.mask_unverified and self.verify_steps == 0:
             raise bad("mask_unverified", "needs verification: set verify_steps > 0 (or mask_unverified False)")
 

@@ -77,8 +77,19 @@ def test_debug_one_process_bootstraps_trains_evaluates_and_checkpoints(tmp_path,
         # advantage agreement replays imagined chunks in the real simulator at start and after the step
         (
             "keyframes",
-            ["--keyframe_stride", "4", "--reward_funcs", "subgoal_success", "state_progress", "--agreement_steps",
-             "1", "--agreement_positions", "late", "--horizon", "2"],
+            [
+                "--keyframe_stride",
+                "4",
+                "--reward_funcs",
+                "subgoal_success",
+                "state_progress",
+                "--agreement_steps",
+                "1",
+                "--agreement_positions",
+                "late",
+                "--horizon",
+                "2",
+            ],
             "(keyframes)",
         ),
         ("reset", ["--tasks", "reach-v3", "--num_reset_starts", "2"], "start states: 2 (reset)"),
@@ -163,3 +174,33 @@ def test_bad_override_is_a_clear_error(tmp_path, cache):
     )  # fmt: skip
     assert proc.returncode != 0
     assert "num_generations" in proc.stderr and "at least 2" in proc.stderr
+
+
+@requires_metaworld
+def test_debug_coevolution_rounds_collect_refresh_and_resume_bitwise(tmp_path, cache):
+    out = tmp_path / "coevolve"
+    flags = [
+        "--output_dir", str(out), "--max_steps", "2", "--rounds", "2", "--round_episodes_per_task", "1",
+        "--round_refresh_steps", "2", "--real_max_episode_steps", "16", "--tasks", "reach-v3", "--eval_steps", "0",
+        "--verify_steps", "0", "--log_image_steps", "0", "--start_states", "keyframes", "--keyframe_stride", "4",
+        "--reward_funcs", "state_progress", "--success_signal", "state", "--save_steps", "1",
+    ]  # fmt: skip
+    proc = launch("cpu_1proc.yaml", *flags, cache=cache)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-6000:]
+    rows = read_metrics(out)
+    rounds = [r for r in rows if "round/collected_episodes" in r]
+    assert [r["round/index"] for r in rounds] == [0.0, 1.0] and [r["step"] for r in rounds] == [0, 1]
+    assert rounds[1]["round/start_states"] > rounds[0]["round/start_states"]  # each round adds branch points
+    train = [r for r in rows if "loss/policy" in r]
+    assert train[-1]["budget/real_train_episodes"] == 2  # one episode per round of the one task
+    for r in range(2):
+        rdir = out / "rounds" / f"round_{r:03d}"
+        assert (rdir / "episodes" / "wlarl_meta.json").is_file() and (rdir / "world.safetensors").is_file()
+        assert (rdir / "state_reward" / "final" / "model.safetensors").is_file()
+    first = (out / "final" / "model.safetensors").read_bytes()
+    # kill after step 1 and resume: the rounds are rebuilt from disk, and the run ends where it ended
+    proc = launch("cpu_1proc.yaml", *flags, "--resume_from_checkpoint", str(out / "checkpoint-1"), cache=cache)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-6000:]
+    assert (out / "final" / "model.safetensors").read_bytes() == first

@@ -381,3 +381,43 @@ def test_masking_does_not_ask_the_head_that_hallucinated():
     assert by_classifier.success_filter(traj).tolist() == [True, True, False]  # the head confirms both
     with pytest.raises(ValueError, match="success classifier"):
         VerifyCallback(lambda p, s: {}, 1, mask_unverified=True, success_signal="head")
+
+
+def test_coevolution_rounds_run_at_begin_and_every_k_steps_and_add_their_starts(tmp_path):
+    from wlarl.trainer.callbacks import CoevolutionCallback
+
+    calls, added = [], []
+
+    def round_fn(policy, round_index):
+        calls.append((round_index, torch.is_grad_enabled()))
+        return {"round/collected_success": 0.25, "starts": [{"round": round_index}] * 2, "real_episodes": 3,
+                "real_env_steps": 30}  # fmt: skip
+
+    cb = CoevolutionCallback(round_fn, steps_per_round=2, rounds=3)
+    trainer = _trainer(tmp_path, [cb], max_steps=6)
+    trainer.add_starts = added.extend  # what GRPOWorldTrainer.add_starts does with them
+    budget = []
+    trainer.count_real = lambda kind, episodes, steps: budget.append((kind, episodes, steps))
+    trainer.train()
+    assert calls == [(0, True), (1, True), (2, True)]  # steps 0, 2 and 4; never at the end (step 6)
+    assert [s["round"] for s in added] == [0, 0, 1, 1, 2, 2]
+    assert budget == [("train", 3, 30)] * 3  # the collected episodes are training episodes
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in rows if "round/collected_success" in r] == [0, 2, 4]
+
+
+def test_a_resumed_coevolution_rebuilds_its_rounds_instead_of_running_one(tmp_path):
+    from types import SimpleNamespace
+
+    from wlarl.trainer.callbacks import CoevolutionCallback
+
+    restored, added = [], []
+    cb = CoevolutionCallback(lambda p, r: pytest.fail("no new round at a resumed begin"), 2, 3, restore_fn=lambda d: (
+        restored.append(d) or [{"r": i} for i in range(d)]))  # fmt: skip
+    cb.trainer = SimpleNamespace(add_starts=added.extend)
+    cb.on_train_begin(SimpleNamespace(world_size=1), SimpleNamespace(global_step=3), None)
+    assert restored == [2] and len(added) == 2  # rounds at steps 0 and 2 ran before the step-3 checkpoint
+    cb.on_train_begin(SimpleNamespace(world_size=1), SimpleNamespace(global_step=4), None)
+    assert restored[-1] == 3  # the round of step 4 ran before its checkpoint was written
+    with pytest.raises(ValueError, match="one process"):
+        cb.on_train_begin(SimpleNamespace(world_size=2), SimpleNamespace(global_step=0), None)

@@ -464,6 +464,75 @@ class AgreementCallback(_PeriodicCallback):
         super().__init__(agreement, agreement_steps, **kwargs)
 
 
+class CoevolutionCallback(_PeriodicCallback):
+    """Co-evolution rounds: at train begin and every `steps_per_round` optimizer steps, `rounds` times in all.
+
+    Args:
+        round_fn: ``round_fn(policy, round_index) -> dict`` (e.g. `rollout.coevolution.CoevolutionRound`): collects
+            real episodes with the current policy, refreshes the simulator and the reward models, and returns
+            ``round/*`` metrics, ``real_episodes`` / ``real_env_steps`` (counted as training episodes) and
+            ``starts``: the new start states, added to the trainer's (`GRPOWorldTrainer.add_starts`).
+        steps_per_round: K optimizer steps between rounds.
+        rounds: R.
+        restore_fn: ``restore_fn(rounds_done) -> starts``: a resumed run rebuilds the rounds it had done instead of
+            running a new one at train begin (e.g. `CoevolutionRound.restore`).
+
+    One process only for now: the refreshed simulator lives on the main process.
+    """
+
+    prefix = "round"
+    needs_grad = True  # a round refreshes the World Expert
+    budget_kind = "train"  # the collected episodes are training data
+
+    def __init__(
+        self,
+        round_fn: Callable[[torch.nn.Module, int], dict[str, Any]],
+        steps_per_round: int,
+        rounds: int,
+        restore_fn: Callable[[int], list[dict[str, Any]]] | None = None,
+        **kwargs: Any,
+    ):
+        if steps_per_round < 1 or rounds < 1:
+            raise ValueError(
+                f"CoevolutionCallback: steps_per_round ({steps_per_round}) and rounds ({rounds}) must be ≥ 1"
+            )
+        self.steps_per_round, self.rounds = int(steps_per_round), int(rounds)
+        self.round_fn, self.restore_fn = round_fn, restore_fn
+        kwargs.update(at_start=True, at_end=False)
+        super().__init__(lambda model, step: round_fn(model, step // self.steps_per_round), steps_per_round, **kwargs)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if getattr(args, "world_size", 1) > 1:
+            raise ValueError(
+                "co-evolution rounds run on one process for now (the refreshed simulator lives on the main process); "
+                "launch with one process or set rounds 1"
+            )
+        if state.global_step > 0:  # resumed: the rounds up to this step ran before the checkpoint was written
+            done = min(self.rounds, state.global_step // self.steps_per_round + 1)
+            if self.restore_fn is None:
+                raise ValueError("CoevolutionCallback: resuming needs restore_fn to rebuild the rounds already done")
+            self._add_starts(self.restore_fn(done))
+            self.last_step = state.global_step
+            return
+        super().on_train_begin(args, state, control, model=model, **kwargs)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step < self.rounds * self.steps_per_round:
+            super().on_step_end(args, state, control, model=model, **kwargs)
+
+    def _add_starts(self, starts: list[dict[str, Any]]) -> None:
+        add = getattr(self.trainer, "add_starts", None)
+        if not callable(add):
+            raise TypeError("CoevolutionCallback: the bound trainer has no add_starts (use GRPOWorldTrainer)")
+        add(starts)
+
+    def _extra_metrics(self, model: torch.nn.Module, step: int, out: dict[str, Any]) -> dict[str, float]:
+        starts = out.get("starts")
+        if starts:
+            self._add_starts(list(starts))
+        return {"round/start_states": float(len(self.trainer.train_dataset))} if self.trainer is not None else {}
+
+
 class RefreshWorldCallback(_PeriodicCallback):
     """Every `refresh_steps`, runs ``refresh_fn(policy, step) -> dict`` (e.g. fine-tune the simulator snapshot's
     World Expert on the real episodes gathered so far, `rollout.refresh.WorldRefresh`) and logs its metrics
@@ -647,6 +716,7 @@ class KeepBestRealCallback(TrainerCallback):
 
 __all__ = [
     "AgreementCallback",
+    "CoevolutionCallback",
     "KeepBestRealCallback",
     "RealEvalCallback",
     "RefreshWorldCallback",

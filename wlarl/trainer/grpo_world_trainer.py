@@ -166,7 +166,7 @@ class GRPOWorldTrainer(Trainer):
         self.reward_scorer = reward_scorer
         self.world_aux_dataset = world_aux_dataset
         self.world_aux_collate = world_aux_collate
-        self._world_aux_iter = None
+        self._world_aux_step, self._world_aux_draws = -1, 0  # see _world_aux_batch
         # Every loss option of the config reaches `grpo.policy_loss` through this one dict.
         self._loss_kwargs = {
             "loss_type": args.loss_type,
@@ -184,6 +184,7 @@ class GRPOWorldTrainer(Trainer):
         self._round_real = [0, 0]  # this process's real episodes and env steps in the current step's rounds
         self._buffered_inputs: dict[str, Any] | None = None
         self._step = 0
+        self._draws_starts = False  # set by add_starts
         # Masks imagined successes that verification does not trust (set by the verification callback).
         self.success_filter: Callable[[Trajectories], torch.Tensor] | None = None
         self.resumed_from: str | None = None  # the checkpoint `train` resumed from
@@ -214,6 +215,16 @@ class GRPOWorldTrainer(Trainer):
             drop_last=True,
             num_workers=0,
         )
+
+    def add_starts(self, starts: Sequence[dict[str, Any]]) -> None:
+        """Add start states (e.g. branch points of a co-evolution round's real episodes). From then on every batch's
+        starts are drawn uniformly from all of them by the trainer (seeded by step), not by the dataloader."""
+        if self.start_sampler is not None:
+            raise ValueError("add_starts: start_sampling='signal' keeps per-start statistics of a fixed set of starts")
+        if not isinstance(self.train_dataset, list):
+            self.train_dataset = list(self.train_dataset)
+        self.train_dataset.extend(starts)
+        self._draws_starts = True
 
     def _sample_starts(self, n: int, round_index: int = 0) -> dict[str, Any]:
         """n fresh start states for refill round `round_index` of this step (seeded by step, round and rank)."""
@@ -314,8 +325,10 @@ class GRPOWorldTrainer(Trainer):
         lo, hi = self.args.dynamic_sampling_range
         rounds: list[tuple[Trajectories, RewardOutput, torch.Tensor]] = []
         keep_masks: list[torch.Tensor] = []  # per round: bool [B] groups kept
-        # the signal sampler draws every round itself (the dataloader's batch is uniform)
-        batch = inputs if self.start_sampler is None else self._sample_starts(B, round_index=0)
+        # the signal sampler draws every round itself (the dataloader's batch is uniform), and so does a trainer
+        # whose starts grew (`add_starts`: the dataloader only knows the starts it began with)
+        drawn_here = self.start_sampler is not None or self._draws_starts
+        batch = self._sample_starts(B, round_index=0) if drawn_here else inputs
         drawn: list[tuple[torch.Tensor, torch.Tensor]] = []  # per round: start indices [B], signal [B]
         while True:
             traj, rewards, counted = self._rollout_round(batch)
@@ -581,23 +594,21 @@ class GRPOWorldTrainer(Trainer):
     def _real_window_losses(self, model) -> tuple[torch.Tensor, torch.Tensor]:
         """SFT losses on a batch of real windows: the World Expert's, weighted as in SFT (it keeps modelling reality
         while the backbone it reads moves), and the Action Expert's behaviour-cloning loss (`bc_coef`)."""
-        if self._world_aux_iter is None:
-            self._world_aux_iter = self._cycle_world_aux()
-        losses = model(sft_batch=next(self._world_aux_iter))
+        losses = model(sft_batch=self._world_aux_batch())
         return self.accelerator.unwrap_model(model).world_loss(losses), losses["loss/action"]
 
-    def _cycle_world_aux(self):
-        gen = torch.Generator().manual_seed(self.args.seed + 31 * self.args.process_index)
-        while True:
-            loader = DataLoader(
-                self.world_aux_dataset,
-                batch_size=self.args.world_aux_batch_size,
-                shuffle=True,
-                generator=gen,
-                collate_fn=self.world_aux_collate,
-                drop_last=False,
-            )
-            yield from loader
+    def _world_aux_batch(self) -> dict[str, Any]:
+        """A batch of real windows drawn with replacement, seeded by (rank, optimizer step, draw within the step): a
+        run resumed from a checkpoint draws the windows the uninterrupted run drew."""
+        step = int(self.state.global_step)
+        if self._world_aux_step != step:
+            self._world_aux_step, self._world_aux_draws = step, 0
+        seed = self.args.seed + 31 * self.args.process_index + 1_000_003 * (step + 1) + 7919 * self._world_aux_draws
+        self._world_aux_draws += 1
+        gen = torch.Generator().manual_seed(seed)
+        n = len(self.world_aux_dataset)
+        idx = torch.randint(n, (min(self.args.world_aux_batch_size, n),), generator=gen).tolist()
+        return self.world_aux_collate([self.world_aux_dataset[i] for i in idx])
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         """`transformers.Trainer.train`; remembers the checkpoint it resumes from (callbacks restore their state)."""

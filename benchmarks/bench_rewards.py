@@ -3,10 +3,11 @@
     # cost of scoring one GRPO batch (B·G = 64 rows, T = 8 chunks, 64 px) with every built-in
     OMP_NUM_THREADS=1 python benchmarks/bench_rewards.py cost --rows 64 --threads 1
 
-    # AUROC / ECE / reliability of a trained classifier on the held-out real episodes of its run, and on
-    # World-Expert-predicted frames labelled with the real outcome (needs the trained policy)
+    # AUROC / ECE / reliability of a trained classifier on the held-out real episodes of its run, on
+    # World-Expert-predicted frames labelled with the real outcome (needs the trained policy), and on the policy's
+    # own real rollouts (benchmarks/collect_policy_episodes.py)
     python benchmarks/bench_rewards.py classifier --reward_dir runs/reward --dataset_path runs/demos \
-        --policy_path runs/sft/final
+        --policy_path runs/sft/final --policy_episodes runs/policy_episodes
 
 Results and the commands that produced them are in BENCHMARKS.md (## Rewards).
 """
@@ -173,7 +174,14 @@ def bench_classifier(args: argparse.Namespace) -> None:
         print(f"World-Expert-predicted frames (test episodes): {pred.summary()}")
         results.update(evaluate_classifier(model, pred, "predicted/"))
         print_per_task(model, pred, "predicted")
-    for key in ("real/", "predicted/"):
+    if args.policy_episodes:
+        # the policy's own sampled real episodes (benchmarks/collect_policy_episodes.py, or a co-evolution round's):
+        # frames the classifier never saw, in the policy's poses, solved states after the first success included
+        own = frames_from_dataset(args.policy_episodes, radius, early)
+        print(f"the policy's own real episodes: {own.summary()}")
+        results.update(evaluate_classifier(model, own, "policy/"))
+        print_per_task(model, own, "policy")
+    for key in ("real/", "predicted/", "policy/"):
         if f"{key}auroc" not in results:
             continue
         print(
@@ -206,6 +214,9 @@ def main() -> None:
     p.add_argument("--dataset_path", required=True, help="the episode dataset it was trained on")
     p.add_argument("--policy_path", default="", help="trained WLA policy for World-Expert-predicted frames")
     p.add_argument("--max_windows", type=int, default=1000)
+    p.add_argument(
+        "--policy_episodes", default="", help="an episode dataset of the policy's own real rollouts: AUROC on them too"
+    )
     p.add_argument("--hard_negative_radius", type=float, default=0.0, help="override the run's radius (metres)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default="")

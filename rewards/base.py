@@ -61,6 +61,7 @@ REWARD_KWARGS: tuple[str, ...] = (
     "success",
     "group_size",
     "start_latents",
+    "start_full_states",
     "trainer_state",
     "prompts",
     "completions",
@@ -79,6 +80,7 @@ BUILTIN_REWARDS: dict[str, str] = {
     "state_success": "rewards.state_reward.reward:build_state_success_reward",
     "state_progress": "rewards.state_reward.reward:build_state_progress_reward",
     "state_value": "rewards.state_reward.reward:build_state_value_reward",
+    "dynamics_disagreement": "rewards.dynamics_ensemble.reward:build_dynamics_disagreement_reward",
 }
 
 
@@ -341,6 +343,7 @@ def trajectory_reward_kwargs(traj: Trajectories, trainer_state: Any = None, **ex
                 ids.extend(s.subtask_ids[i][s.subtask_mask[i]].tolist())
         completion_ids.append(ids)
     start_latents = traj.observations[0].latents if traj.observations else None
+    start_full_states = traj.observations[0].full_states if traj.observations else None
     kwargs = dict(
         subgoal_images=traj.subgoal_images,
         subgoal_latents=traj.subgoal_latents,
@@ -356,6 +359,7 @@ def trajectory_reward_kwargs(traj: Trajectories, trainer_state: Any = None, **ex
         success=traj.success.bool(),
         group_size=traj.group_size,
         start_latents=start_latents,
+        start_full_states=start_full_states,  # float [N, F] the start's full state, or None
         trainer_state=trainer_state,
         prompts=list(traj.instructions),
         completions=join_subtasks(subtasks, alive),

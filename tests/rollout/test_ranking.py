@@ -182,9 +182,13 @@ class _PlannedEngine:
         obs = starts.repeat_interleave(G)
         samples = [
             ActionSample(
-                actions=self.plan[:, t].float(), log_prob=torch.zeros(G), log_prob_terms=torch.zeros(G, H, A),
-                subtask_ids=torch.zeros(G, 1, dtype=torch.long), subtask_mask=torch.ones(G, 1, dtype=torch.bool),
-                subtask_log_probs=torch.zeros(G, 1), subtask_text=[""] * G,
+                actions=self.plan[:, t].float(),
+                log_prob=torch.zeros(G),
+                log_prob_terms=torch.zeros(G, H, A),
+                subtask_ids=torch.zeros(G, 1, dtype=torch.long),
+                subtask_mask=torch.ones(G, 1, dtype=torch.bool),
+                subtask_log_probs=torch.zeros(G, 1),
+                subtask_text=[""] * G,
             )  # fmt: skip
             for t in range(h)
         ]

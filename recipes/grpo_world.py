@@ -228,7 +228,8 @@ def coevolution_callback(
     rounds = CoevolutionRound(
         tasks=tasks, episodes_per_task=cfg.round_episodes_per_task, output_dir=Path(cfg.output_dir) / "rounds",
         demo_dataset_path=cfg.dataset_path, world=snapshot, refresh_steps=cfg.round_refresh_steps,
-        refresh_lr=cfg.round_refresh_lr, keyframe_stride=cfg.keyframe_stride, temperature=cfg.temperature,
+        refresh_lr=cfg.round_refresh_lr, open_loop_chunks=cfg.round_open_loop_chunks,
+        open_loop_reencode=cfg.reencode_predictions, keyframe_stride=cfg.keyframe_stride, temperature=cfg.temperature,
         max_episode_steps=cfg.real_max_episode_steps, pool=pool, num_workers=cfg.num_env_workers,
         env_kwargs=env_kwargs, timeout_s=cfg.eval_timeout_s, reward_refresh=reward_refresh,
         reward_restore=reward_restore, newest_weight=cfg.round_newest_weight, seed=300_000 + 10_000 * cfg.seed,
@@ -385,7 +386,8 @@ def main() -> None:
     if cfg.agreement_steps:
         points = agreement_points(
             episodes, tasks, cfg.agreement_points_per_task, cfg.agreement_positions,
-            late_steps=cfg.agreement_late_chunks * policy.config.chunk_size,
+            late_steps=(cfg.agreement_late_chunks if cfg.agreement_late_chunks is not None else cfg.horizon)
+            * policy.config.chunk_size,
         )  # fmt: skip
         agreement = AdvantageAgreement(
             imagination, scorer, points, group_size=cfg.num_generations, horizon=cfg.horizon,

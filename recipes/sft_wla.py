@@ -6,7 +6,8 @@ Stages: build the word-level tokenizer from the dataset's instructions and subta
 instruction templates when `rollout` is installed); set state/action normalisation from the dataset; pre-train the
 image tokenizer (reconstruction); then train everything jointly: action loss (Gaussian: MSE of the mean + NLL of the
 log-std; flow: flow matching), World-Expert losses (latent + state + success, teacher-forced on the recorded chunks
-of clean and noisy episodes), subtask cross-entropy and reconstruction. Writes `metrics.jsonl`, `config.json`,
+of clean and noisy episodes; with `--world_open_loop_chunks K` > 1 rolled out over K chunks with the World Expert's
+own predictions fed back, as in imagination), subtask cross-entropy and reconstruction. Writes `metrics.jsonl`, `config.json`,
 `O/final` (save_pretrained: safetensors + tokenizer + processor) and, when the simulator is importable, the real-sim
 success of the trained policy on its tasks (`eval/...`, also in `O/eval_results.json`).
 """
@@ -69,6 +70,14 @@ class SFTWLAConfig:
         },
     )
     flow_steps: int = field(default=5, metadata={"help": "K denoising steps of the flow head."})
+    world_open_loop_chunks: int = field(
+        default=1,
+        metadata={
+            "help": "Chunks per window over which the World Expert is trained open loop, its own predictions fed "
+            "back (WLAPolicy.open_loop_world_losses); 1 = one chunk ahead from real inputs. Action, subtask and "
+            "reconstruction losses read the first chunk either way."
+        },
+    )
     latent_noise_std: float = field(
         default=0.1, metadata={"help": "Latent noise in training (closed-loop robustness)."}
     )
@@ -117,6 +126,10 @@ class SFTWLAConfig:
         for name in ("chunk_size", "batch_size", "logging_steps", "hidden_size", "num_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: expected >= 1")
+        if self.world_open_loop_chunks < 1:
+            raise ValueError(
+                f"world_open_loop_chunks={self.world_open_loop_chunks}: expected >= 1 (1 = one chunk ahead, as before)"
+            )
         if self.max_steps < 0 or self.tokenizer_steps < 0:
             raise ValueError("max_steps and tokenizer_steps must be >= 0")
         if self.hidden_size % self.num_heads:
@@ -128,10 +141,14 @@ class WindowBatches:
 
     Columns are read once into numpy, so a batch is a few fancy-indexing ops instead of N Arrow slices.
     Batches have the keys of `wlarl.data.collate_windows` plus `action_weight` [N] (1 where the actions are
-    imitated, see `bc_noise_modes` / `bc_successful_only`).
+    imitated, see `bc_noise_modes` / `bc_successful_only`); with `chunks` K > 1, those of K-chunk windows
+    (`SFTWindows(..., chunks=K)`).
     """
 
-    def __init__(self, ep_ds, horizon: int, bc_noise_modes: list[str], bc_successful_only: bool) -> None:
+    def __init__(
+        self, ep_ds, horizon: int, bc_noise_modes: list[str], bc_successful_only: bool, chunks: int = 1
+    ) -> None:
+        self.chunks = int(chunks)
         data = ep_ds.dataset.with_format("numpy")
         self.images = np.asarray(data["image"], dtype=np.uint8)  # [R, H_img, W, 3]
         self.states = np.asarray(data["state"], dtype=np.float32)  # [R, S]
@@ -158,8 +175,10 @@ class WindowBatches:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def batch(self, idx: np.ndarray) -> dict[str, Any]:
-        """Windows `idx` [N] -> collated batch."""
+    def batch(self, idx: np.ndarray, chunks: int | None = None) -> dict[str, Any]:
+        """Windows `idx` [N] -> collated batch of `chunks` K-chunk windows (default: the windows' K)."""
+        if (chunks or self.chunks) > 1:
+            return self._chunk_batch(idx, chunks or self.chunks)
         r, last = self.rows[idx], self.last[idx]  # [N]
         h = self.horizon
         steps = r[:, None] + np.arange(h)[None, :]  # [N, H]
@@ -177,6 +196,34 @@ class WindowBatches:
             "next_full_state": torch.from_numpy(self.full_states[nxt]),
             "next_success": torch.from_numpy(self.success[nxt - 1]),
             "subtask": [self.subtask[i] for i in r],
+            "instruction": [self.instruction[i] for i in r],
+            "task_name": [self.task_name[i] for i in r],
+            "action_weight": torch.from_numpy(self.action_weight[idx]),
+        }
+
+    def _chunk_batch(self, idx: np.ndarray, chunks: int) -> dict[str, Any]:
+        """K-chunk windows `idx` [N] (`wlarl.data.chunk_window_rows`): chunk k starts at row t + kH."""
+        r, last = self.rows[idx], self.last[idx][:, None]  # [N], [N, 1]
+        h = self.horizon
+        u = r[:, None] + h * np.arange(chunks)[None]  # [N, K] chunk start rows
+        steps = u[..., None] + np.arange(h)  # [N, K, H]
+        valid = steps < last[..., None]  # action rows before the final observation are real actions
+        clamped = np.minimum(steps, last[..., None] - 1)  # padding repeats the episode's last action
+        nxt = np.minimum(u + h, last)  # [N, K] targets, clamped to the final observation
+        start = np.minimum(u, last)  # [N, K]
+        return {
+            "image": torch.from_numpy(self.images[r]),
+            "state": torch.from_numpy(self.states[r]),
+            "actions": torch.from_numpy(self.actions[clamped]),  # [N, K, H, A]
+            "action_mask": torch.from_numpy(valid),  # [N, K, H]
+            "chunk_mask": torch.from_numpy(u < last),  # [N, K] the chunk has a real action
+            "next_image": torch.from_numpy(self.images[nxt]),  # [N, K, H_img, W, 3]
+            "next_state": torch.from_numpy(self.states[nxt]),  # [N, K, S]
+            "full_state": torch.from_numpy(self.full_states[r]),
+            "next_full_state": torch.from_numpy(self.full_states[nxt]),  # [N, K, F]
+            "next_success": torch.from_numpy(self.success[nxt - 1]),  # [N, K]
+            "subtask": [self.subtask[i] for i in r],
+            "chunk_subtasks": [[self.subtask[j] for j in row] for row in start],
             "instruction": [self.instruction[i] for i in r],
             "task_name": [self.task_name[i] for i in r],
             "action_weight": torch.from_numpy(self.action_weight[idx]),
@@ -262,7 +309,10 @@ def train_stage(policy, windows, cfg, stage: str, steps: int, log, rng: np.rando
     t_log = time.perf_counter()
     bar = tqdm(range(steps), desc=f"sft_wla[{stage}]", disable=not cfg.progress, dynamic_ncols=True)
     for step in bar:
-        batch = windows.batch(rng.integers(0, len(windows), cfg.batch_size))
+        # the tokenizer reconstructs frames: one-chunk windows; the joint stage reads K chunks when asked
+        batch = windows.batch(
+            rng.integers(0, len(windows), cfg.batch_size), chunks=1 if stage == "tokenizer" else None
+        )
         out = loss_fn(batch)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
@@ -336,7 +386,9 @@ def main(argv: list[str] | None = None) -> None:
         metrics_file.flush()
 
     ep_ds = load_episodes(cfg.dataset_path)
-    windows = WindowBatches(ep_ds, cfg.chunk_size, cfg.bc_noise_modes, cfg.bc_successful_only)
+    windows = WindowBatches(
+        ep_ds, cfg.chunk_size, cfg.bc_noise_modes, cfg.bc_successful_only, chunks=cfg.world_open_loop_chunks
+    )
     image_size = windows.images.shape[1]
     if windows.images.shape[2] != image_size:
         raise ValueError(f"{cfg.dataset_path}: images must be square, got {windows.images.shape[1:3]}")

@@ -44,6 +44,9 @@ class CoevolutionRound:
         world: the frozen simulator snapshot behind the imagination engine (refreshed in place).
         refresh_steps: World-Expert gradient steps per round (0: no refresh).
         refresh_lr: their learning rate.
+        open_loop_chunks: the refresh trains the World Expert open-loop over this many chunks (its predictions fed
+            back; `rollout.refresh.refresh_world_model`).
+        open_loop_reencode: feed back encode(decode(prediction)), as an engine with `reencode` does.
         keyframe_stride: steps between the branch points taken from the new episodes.
         temperature: sampling temperature of the collection (the training temperature).
         max_episode_steps: env steps per collected episode.
@@ -66,6 +69,8 @@ class CoevolutionRound:
         world: torch.nn.Module,
         refresh_steps: int = 100,
         refresh_lr: float = 1e-4,
+        open_loop_chunks: int = 3,
+        open_loop_reencode: bool = True,
         keyframe_stride: int = 8,
         temperature: float = 1.0,
         max_episode_steps: int = 150,
@@ -90,6 +95,7 @@ class CoevolutionRound:
         self.demo_dataset_path = Path(demo_dataset_path)
         self.world = world
         self.refresh_steps, self.refresh_lr = int(refresh_steps), float(refresh_lr)
+        self.open_loop_chunks, self.open_loop_reencode = int(open_loop_chunks), bool(open_loop_reencode)
         self.keyframe_stride = int(keyframe_stride)
         self.temperature = float(temperature)
         self.max_episode_steps = int(max_episode_steps)
@@ -134,7 +140,8 @@ class CoevolutionRound:
         episodes = self._demo_episodes() + policy_eps + newest * (self.newest_weight - 1)
         res = refresh_world_model(
             self.world, episodes, steps=self.refresh_steps, lr=self.refresh_lr, eval_episodes=newest,
-            seed=self.seed + len(self.episode_paths),
+            seed=self.seed + len(self.episode_paths), open_loop_chunks=self.open_loop_chunks,
+            open_loop_reencode=self.open_loop_reencode,
         )  # fmt: skip
         return refresh_metrics(res, prefix="round")
 

@@ -398,6 +398,13 @@ class GRPOWorldConfig(GRPOConfig):
         default=100, metadata={"help": "World-Expert gradient steps of each round's refresh (0: no refresh)."}
     )
     round_refresh_lr: float = field(default=1e-4, metadata={"help": "Learning rate of each round's refresh."})
+    round_open_loop_chunks: int = field(
+        default=3,
+        metadata={
+            "help": "Each round's refresh trains the World Expert open-loop over this many chunks: its own predictions "
+            "fed back, as in imagination (1: one chunk ahead, as SFT)."
+        },
+    )
     round_newest_weight: int = field(
         default=2, metadata={"help": "How many times the newest round's episodes count in the refresh (≥ 1)."}
     )
@@ -425,9 +432,12 @@ class GRPOWorldConfig(GRPOConfig):
         default_factory=lambda: ["middle", "late"],
         metadata={"help": "Advantage agreement: where in those episodes to branch ('early', 'middle', 'late')."},
     )
-    agreement_late_chunks: int = field(
-        default=3,
-        metadata={"help": "Advantage agreement: a 'late' branch point lies this many chunks before success."},
+    agreement_late_chunks: int | None = field(
+        default=None,
+        metadata={
+            "help": "Advantage agreement: a 'late' branch point lies this many chunks before the demonstration's "
+            "success; None: `horizon` chunks, so that a continuation as good as the demonstration succeeds inside it."
+        },
     )
 
     # ------------------------------------------------------------------ logging
@@ -595,6 +605,7 @@ class GRPOWorldConfig(GRPOConfig):
             "keyframe_stride",
             "env_slots_per_worker",
             "agreement_points_per_task",
+            "round_open_loop_chunks",
         ):
             if getattr(self, name) < 1:
                 raise bad(name, f"must be ≥ 1, got {getattr(self, name)}")
@@ -615,7 +626,7 @@ class GRPOWorldConfig(GRPOConfig):
                 "agreement_positions",
                 f"expected one or more of {list(BRANCH_POSITIONS)}, got {self.agreement_positions}",
             )
-        if self.agreement_late_chunks < 0:
+        if self.agreement_late_chunks is not None and self.agreement_late_chunks < 0:
             raise bad("agreement_late_chunks", f"must be ≥ 0, got {self.agreement_late_chunks}")
         if self.rounds < 1 or self.round_episodes_per_task < 0 or self.round_refresh_steps < 0:
             raise bad(

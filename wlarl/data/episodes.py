@@ -284,38 +284,87 @@ def window_rows(start: int, end: int, horizon: int, stride: int = 1) -> dict[str
     }
 
 
+def chunk_window_rows(start: int, end: int, horizon: int, chunks: int, stride: int = 1) -> dict[str, np.ndarray]:
+    """`window_rows` extended to K consecutive chunks: the rows of open-loop World-Expert training.
+
+    A window starts where a `window_rows` window starts (the same starts t, so as many windows); its chunk k
+    (k = 0..K-1) is the H-step window of `window_rows` that starts at row t + kH. A chunk that starts at or past the
+    final observation (the episode ended in an earlier chunk) holds still there: its action rows repeat the last real
+    action, its target is the final observation, and `chunk_valid` is False.
+
+    Returns:
+        `t` int64 [W] window start rows, `actions` int64 [W, K, H] action rows, `next` int64 [W, K] target observation
+        rows, `valid` bool [W, K, H] (False on padded action rows), `chunk_valid` bool [W, K] (the chunk has at least
+        one real action; chunk 0 always has).
+    """
+    if chunks < 1:
+        raise ValueError(f"chunk_window_rows: chunks={chunks} must be >= 1")
+    w = window_rows(start, end, horizon, stride)
+    last = int(end) - 1  # final observation row
+    u = w["t"][:, None] + horizon * np.arange(chunks, dtype=np.int64)[None]  # [W, K] chunk start rows
+    rows = u[..., None] + np.arange(horizon, dtype=np.int64)  # [W, K, H]
+    return {
+        "t": w["t"],
+        "actions": np.minimum(rows, last - 1),  # [W, K, H]; padding repeats the last real action row
+        "next": np.minimum(u + horizon, last),  # [W, K]
+        "valid": rows < last,  # [W, K, H]
+        "chunk_valid": u < last,  # [W, K]
+    }
+
+
 class SFTWindows(torch.utils.data.Dataset):
-    """SFT windows: observation at t, action chunk t..t+H-1, observation at t+H, subtask at t.
+    """SFT windows: observation at t, action chunk t..t+H-1, observation at t+H, subtask at t; with `chunks` K > 1,
+    the K consecutive chunks t..t+KH of open-loop World-Expert training (`WLAPolicy.open_loop_world_losses`).
 
     Args:
         ep_ds: an `EpisodeDataset`.
         horizon: H, actions per chunk.
         stride: spacing of window starts t within an episode.
+        chunks: K, chunks per window (`chunk_window_rows`); 1 gives the one-chunk items below.
 
-    Item: `image` uint8 [H_img, W, 3], `state` float32 [S], `actions` float32 [H, A], `action_mask` bool [H]
+    Item (K = 1): `image` uint8 [H_img, W, 3], `state` float32 [S], `actions` float32 [H, A], `action_mask` bool [H]
     (False on padding past the episode end, padded by repeating the last action), `next_image`, `next_state` at
     t+H clamped to the final observation, `full_state` / `next_full_state` float32 [F] at t and t+H,
     `next_success` bool (success of that observation), `subtask`,
     `instruction`, `task_name` (str).
+
+    Item (K > 1): the same keys, those after the observation at t with a leading chunk axis: `actions` [K, H, A],
+    `action_mask` [K, H], `next_image` [K, H_img, W, 3], `next_state` [K, S], `next_full_state` [K, F],
+    `next_success` [K] (the real targets after each chunk), plus `chunk_mask` bool [K] (`chunk_valid`) and
+    `chunk_subtasks` (K strings: the recorded subtask at the start of each chunk). Its chunk 0 is the K = 1 item.
     """
 
-    def __init__(self, ep_ds: EpisodeDataset, horizon: int, stride: int = 1) -> None:
-        if horizon < 1 or stride < 1:
-            raise ValueError(f"SFTWindows: horizon={horizon} and stride={stride} must both be >= 1")
+    def __init__(self, ep_ds: EpisodeDataset, horizon: int, stride: int = 1, chunks: int = 1) -> None:
+        if horizon < 1 or stride < 1 or chunks < 1:
+            raise ValueError(f"SFTWindows: horizon={horizon}, stride={stride} and chunks={chunks} must all be >= 1")
         self.ep_ds = ep_ds
         self.horizon = int(horizon)
         self.stride = int(stride)
+        self.chunks = int(chunks)
         self._data = ep_ds.dataset.with_format("arrow")
-        windows = [window_rows(s, e, self.horizon, self.stride) for s, e in ep_ds.episode_ranges]
+        if self.chunks > 1:
+            windows = [
+                chunk_window_rows(s, e, self.horizon, self.chunks, self.stride) for s, e in ep_ds.episode_ranges
+            ]
+            self._chunk_valid = np.concatenate([w["chunk_valid"] for w in windows])  # [W, K]
+        else:
+            windows = [window_rows(s, e, self.horizon, self.stride) for s, e in ep_ds.episode_ranges]
         self._row = np.concatenate([w["t"] for w in windows])  # [W] window start rows
-        self._actions = np.concatenate([w["actions"] for w in windows])  # [W, H] action rows
-        self._next = np.concatenate([w["next"] for w in windows])  # [W] target observation rows
-        self._valid = np.concatenate([w["valid"] for w in windows])  # [W, H]
+        self._actions = np.concatenate([w["actions"] for w in windows])  # [W, H] ([W, K, H]) action rows
+        self._next = np.concatenate([w["next"] for w in windows])  # [W] ([W, K]) target observation rows
+        self._valid = np.concatenate([w["valid"] for w in windows])  # [W, H] ([W, K, H])
 
     def __len__(self) -> int:
         return len(self._row)
 
+    @property
+    def full_chunk_windows(self) -> int:
+        """Windows all of whose K chunks lie inside their episode (all of them when K = 1)."""
+        return len(self) if self.chunks == 1 else int(self._chunk_valid.all(1).sum())
+
     def __getitem__(self, i: int) -> dict[str, Any]:
+        if self.chunks > 1:
+            return self._chunk_item(i)
         r, nxt = int(self._row[i]), int(self._next[i])
         chunk = _read(self._data, slice(r, nxt + 1), _WINDOW_COLUMNS)  # rows r..t+H (clamped), nxt > r always
         actions = np.asarray(chunk["action"], dtype=np.float32)[self._actions[i] - r]  # [H, A]
@@ -336,16 +385,45 @@ class SFTWindows(torch.utils.data.Dataset):
             "task_name": str(chunk["task_name"][0]),
         }
 
+    def _chunk_item(self, i: int) -> dict[str, Any]:
+        """Item i of K-chunk windows (see the class docstring)."""
+        r = int(self._row[i])
+        nxt = self._next[i]  # [K] target observation rows
+        rows = _read(self._data, slice(r, int(nxt[-1]) + 1), _WINDOW_COLUMNS)  # rows r..t+KH (clamped)
+        images = np.asarray(rows["image"], dtype=np.uint8)
+        states = np.asarray(rows["state"], dtype=np.float32)
+        full = np.asarray(rows["full_state"], dtype=np.float32)
+        j = nxt - r  # [K] target rows within `rows`; j >= 1 always
+        start = np.minimum(self.horizon * np.arange(self.chunks), len(images) - 1)  # [K] chunk starts, clamped
+        return {
+            "image": images[0],
+            "state": states[0],
+            "actions": np.asarray(rows["action"], dtype=np.float32)[self._actions[i] - r],  # [K, H, A]
+            "action_mask": self._valid[i].copy(),  # [K, H]
+            "chunk_mask": self._chunk_valid[i].copy(),  # [K]
+            "next_image": images[j],  # [K, H_img, W, 3]
+            "next_state": states[j],  # [K, S]
+            "full_state": full[0],
+            "next_full_state": full[j],  # [K, F]
+            # success[k] is the success after action k, i.e. of observation k+1
+            "next_success": np.asarray(rows["success"], dtype=bool)[j - 1],  # [K]
+            "subtask": str(rows["subtask"][0]),
+            "chunk_subtasks": [str(rows["subtask"][int(s)]) for s in start],  # K strings
+            "instruction": str(rows["instruction"][0]),
+            "task_name": str(rows["task_name"][0]),
+        }
+
 
 def collate_windows(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack SFT windows: tensors `image` uint8 [N, H_img, W, 3], `state` [N, S], `actions` [N, H, A],
     `action_mask` bool [N, H], `next_image`, `next_state`, `next_success` bool [N]; lists of N strings
-    `subtask`, `instruction`, `task_name`."""
+    `subtask`, `instruction`, `task_name`. K-chunk windows stack the same way, their chunk axis second (`actions`
+    [N, K, H, A], …), and `chunk_subtasks` becomes N lists of K strings."""
     if not items:
         raise ValueError("collate_windows: empty list of items")
     out: dict[str, Any] = {}
     for key, value in items[0].items():
-        if isinstance(value, str):
+        if isinstance(value, (str, list)):
             out[key] = [it[key] for it in items]
         else:
             out[key] = torch.from_numpy(np.stack([np.asarray(it[key]) for it in items]))

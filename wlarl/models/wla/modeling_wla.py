@@ -37,6 +37,8 @@ from wlarl.models.wla.processing_wla import (
 from wlarl.types import ActionSample, LazyImages, Observation, WorldPrediction
 
 SEG_INSTRUCTION, SEG_LATENT, SEG_STATE, SEG_SUBTASK, SEG_META = range(5)
+# The World Expert's SFT terms (`WLAPolicy.world_loss` weights them); the full-state one only with full_state_dim > 0.
+WORLD_TERMS = ("loss/world_latent", "loss/world_state", "loss/world_success", "loss/world_full_state")
 
 
 def _culprit(path: Path, err: Exception) -> str:
@@ -234,13 +236,19 @@ class WLAPolicy(WLAPreTrainedModel):
 
     def _prefix(self, obs: Observation, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings [N, P, D] and mask bool [N, P] of instruction | latents | state | [BOS]."""
+        return self._prefix_of(obs.instructions, obs.states, latents)
+
+    def _prefix_of(
+        self, instructions: list[str], states: torch.Tensor, latents: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_prefix` of N instructions, states [N, S] and latents [N, C, h, w] (states may carry gradients)."""
         proc = self._require_processor()
-        n, dev = len(obs), self.device
-        instr_ids, instr_mask = proc.encode_instructions(obs.instructions, dev)
+        n, dev = len(instructions), self.device
+        instr_ids, instr_mask = proc.encode_instructions(list(instructions), dev)
         emb_instr = self.backbone.get_input_embeddings()(instr_ids) + self.segment_emb.weight[SEG_INSTRUCTION]
         emb_lat = self.latent_proj(patchify(latents, self.config.latent_patch)) + self.latent_pos  # [N, h*w/p^2, D]
         emb_lat = emb_lat + self.segment_emb.weight[SEG_LATENT]
-        state_n = (obs.states.to(dev) - self.state_mean) / self.state_std
+        state_n = (states.to(dev) - self.state_mean) / self.state_std
         emb_state = (self.state_proj(state_n) + self.segment_emb.weight[SEG_STATE])[:, None]  # [N, 1, D]
         emb_bos = self._embed_text(torch.full((n, 1), BOS_ID, dtype=torch.long, device=dev))
         emb = torch.cat([emb_instr, emb_lat, emb_state, emb_bos], dim=1)
@@ -596,34 +604,33 @@ class WLAPolicy(WLAPreTrainedModel):
     def sft_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """Joint SFT losses on a collated window batch (`wlarl.data.collate_windows`).
 
+        A batch of K-chunk windows (`SFTWindows(..., chunks=K)`: a chunk axis after the row axis) trains the World
+        Expert open loop over its K chunks, as `open_loop_world_losses` does; everything else reads chunk 1 (the real
+        observation at t and the chunk after it), exactly as with one-chunk windows.
+
         Args:
             batch: `image` uint8 [N, H, W, 3], `state` [N, S], `actions` [N, H, A], optional `action_mask` bool
                 [N, H], `next_image` uint8 [N, H, W, 3], `next_state` [N, S], `next_success` bool [N], `full_state` and
                 `next_full_state` [N, F] (when `full_state_dim` > 0), `subtask`,
                 `instruction`, `task_name` (N strings each), optional `action_weight` float [N] (0 drops a row
-                from the action loss, e.g. for random-action segments).
+                from the action loss, e.g. for random-action segments). K-chunk windows: see `open_loop_world_losses`.
 
         Returns:
             "loss" (weighted sum), "loss/action", "loss/world_latent", "loss/world_state", "loss/world_success",
             "loss/subtask", "loss/recon", "loss/world_full_state" (when `full_state_dim` > 0), plus
-            "train/recon_psnr" and (gaussian) "train/action_std".
+            "train/recon_psnr" and (gaussian) "train/action_std". With K-chunk windows the world terms are the means
+            over the chunks, and the per-chunk keys and "loss/world_open_loop" of `open_loop_world_losses` come too.
         """
         c, dev = self.config, self.device
         proc = self._require_processor()
-        for key in ("image", "state", "actions", "next_image", "next_state", "next_success", "subtask", "instruction"):
-            if key not in batch:
-                raise KeyError(f"sft_losses: batch lacks {key!r} (expected the keys of wlarl.data.collate_windows)")
+        batch, chunks = self._chunk_view(batch, "sft_losses")
         n = batch["image"].shape[0]
         x = preprocess_images(batch["image"].to(dev), c.image_size, "batch['image']")
-        x_next = preprocess_images(batch["next_image"].to(dev), c.image_size, "batch['next_image']")
+        x_next = preprocess_images(batch["next_image"][:, 0].to(dev), c.image_size, "batch['next_image']")
         state = torch.as_tensor(batch["state"], dtype=torch.float32, device=dev)
-        next_state = torch.as_tensor(batch["next_state"], dtype=torch.float32, device=dev)
-        actions = torch.as_tensor(batch["actions"], dtype=torch.float32, device=dev)
-        if tuple(state.shape) != (n, c.state_dim):
-            raise ValueError(f"batch['state']: expected shape [{n}, {c.state_dim}], got {list(state.shape)}")
-        self._check_actions(actions, n, "batch['actions']")
+        actions = batch["actions"][:, 0]  # [N, H, A] the chunk at t
         action_mask = batch.get("action_mask")
-        m = torch.ones(n, c.chunk_size, device=dev) if action_mask is None else action_mask.to(dev).float()
+        m = torch.ones(n, c.chunk_size, device=dev) if action_mask is None else action_mask[:, 0].to(dev).float()
         if "action_weight" in batch:
             m = m * torch.as_tensor(batch["action_weight"], dtype=torch.float32, device=dev)[:, None]
         m = m[..., None]  # [N, H, 1]
@@ -638,28 +645,24 @@ class WLAPolicy(WLAPreTrainedModel):
         out["loss/recon"] = F.mse_loss(x_hat, x_rec)
         out["train/recon_psnr"] = 10 * torch.log10(4.0 / out["loss/recon"].detach().clamp_min(1e-10))
         # policy and world model see detached latents: the tokenizer is shaped by reconstruction only
-        with torch.no_grad():
-            z_all = self.image_tokenizer.encode(torch.cat([x, x_next]))  # [2N, C, h, w]
-        z, z_next = z_all.chunk(2)
+        z, z_next = self._encode_window(batch, x)
         z_in = (z + c.latent_noise_std * torch.randn_like(z)).clamp(-1, 1)
-        obs = Observation(images=batch["image"], states=state.cpu(), instructions=list(batch["instruction"]),
-                          task_names=list(batch.get("task_name", [""] * n)))  # fmt: skip
 
         # backbone, teacher-forcing the recorded subtask
-        emb, mask = self._prefix(obs, z_in)
+        emb, mask = self._prefix_of(list(batch["instruction"]), state, z_in)
         ids, sub_mask = proc.encode_subtasks(list(batch["subtask"]), dev)
         meta, sub_logp, _ = self._teacher_forced(emb, mask, ids, sub_mask)
         out["loss/subtask"] = -sub_logp.sum() / sub_mask.sum()
 
         # action expert
-        actions_n = (actions - self.action_mean) / self.action_std
+        actions_n = (actions.to(dev) - self.action_mean) / self.action_std
         denom = (m.sum() * c.action_dim).clamp_min(1.0)
         if c.action_head == "gaussian":
             mean_n = self.action_expert(meta)
             out["loss/action_mse"] = (((mean_n - actions_n) ** 2) * m).sum() / denom
             # log-std is fitted by NLL around the detached mean: the mean's gradient stays well scaled as std shrinks
             mean = mean_n.detach() * self.action_std + self.action_mean
-            nll = -gaussian_log_prob(actions, mean, self.action_expert.std())
+            nll = -gaussian_log_prob(actions.to(dev), mean, self.action_expert.std())
             out["loss/action_nll"] = (nll * m).sum() / denom
             out["loss/action"] = out["loss/action_mse"] + out["loss/action_nll"]
             out["train/action_std"] = self.action_expert.std().mean().detach()
@@ -671,24 +674,9 @@ class WLAPolicy(WLAPreTrainedModel):
             v = self.action_expert.velocity(self.action_expert.context_of(meta), xt, t)
             out["loss/action"] = (((v - (actions_n - x0)) ** 2) * m).sum() / denom
 
-        # world expert, teacher-forced on the recorded chunk (clean and noisy episodes alike)
-        state_n = (state - self.state_mean) / self.state_std
-        full_n = next_full_n = None
-        if c.full_state_dim > 0:
-            if "full_state" not in batch or "next_full_state" not in batch:
-                raise KeyError(
-                    f"sft_losses: the World Expert models full states (full_state_dim={c.full_state_dim}) but the "
-                    "batch lacks 'full_state'/'next_full_state' (wlarl.data.SFTWindows of episodes with full_state)"
-                )
-            full_n = self._full_state_norm(torch.as_tensor(batch["full_state"], dtype=torch.float32), n)
-            next_full_n = self._full_state_norm(torch.as_tensor(batch["next_full_state"], dtype=torch.float32), n)
-        pred_z, d_state, success_logit, d_full = self.world_expert(meta, z_in, state_n, actions_n, full_n)
-        out["loss/world_latent"] = F.mse_loss(pred_z, z_next)
-        out["loss/world_state"] = F.mse_loss(d_state, (next_state - state) / self.state_std)
-        if full_n is not None:
-            out["loss/world_full_state"] = F.mse_loss(d_full, next_full_n - full_n)
-        success = torch.as_tensor(batch["next_success"], device=dev).float()
-        out["loss/world_success"] = F.binary_cross_entropy_with_logits(success_logit, success)
+        # world expert, teacher-forced on the recorded chunk (clean and noisy episodes alike); open loop over K chunks
+        world = self._open_loop_world(batch, chunks, meta, z_in, z_next, detach=True, reencode=False)
+        out.update(world if chunks > 1 else {k: world[k] for k in WORLD_TERMS if k in world})
 
         out["loss"] = (
             c.action_loss_weight * out["loss/action"]
@@ -696,6 +684,194 @@ class WLAPolicy(WLAPreTrainedModel):
             + c.subtask_weight * out["loss/subtask"]
             + c.recon_weight * out["loss/recon"]
         )
+        return out
+
+    # ------------------------------------------------------------------ open-loop World-Expert training
+    def open_loop_world_losses(
+        self, batch: dict, chunks: int | None = None, detach: bool = True, reencode: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """World-Expert losses over K chunks open loop, as imagination runs it: chunk 1 from the real observation at
+        t, chunks 2..K from the World Expert's own previous prediction (latent, state, full state), each chunk
+        executing the real recorded actions and scored against the real target after it with the terms of
+        `sft_losses` (latent MSE, normalised state-change MSE, success BCE, full-state MSE); terms averaged over the
+        chunks. `world_loss(out)` weights them as in SFT (= "loss/world_open_loop"). With K = 1 it is the World-Expert
+        part of `sft_losses` on the same batch.
+
+        As in imagination, the backbone re-reads each predicted observation (its meta-query states condition the
+        next chunk), with the subtask recorded at the chunk's start teacher-forced (imagination generates its own
+        greedy one); chunk 1's latents get the SFT latent noise, fed-back predictions none (their error is the
+        noise). Chunks that start past their episode's end (`chunk_mask` False) are left out of that chunk's terms.
+
+        Args:
+            batch: collated K-chunk windows (`SFTWindows(ep_ds, H, chunks=K)`): `image` uint8 [N, H_img, W, 3],
+                `state` [N, S], `actions` [N, K, H, A], `next_image` uint8 [N, K, H_img, W, 3], `next_state`
+                [N, K, S], `next_success` bool [N, K], `chunk_subtasks` (N lists of K strings), optional `chunk_mask`
+                bool [N, K], `full_state` [N, F] / `next_full_state` [N, K, F] (when `full_state_dim` > 0),
+                `instruction` (N strings); or a one-chunk batch (`sft_losses`' keys), read as K = 1.
+            chunks: K, how many of the batch's chunks to roll out (default: all).
+            detach: feed each prediction back without gradient (default). Each chunk's loss then trains the step that
+                produced it from the inputs imagination will feed, not the earlier steps through a chain of
+                tanh/atanh residuals (whose gradient grows as latents saturate): the "pushforward" trick of
+                Brandstetter et al. 2022 (Message Passing Neural PDE Solvers). False backpropagates through the
+                rollout (BPTT).
+            reencode: feed back encode(decode(prediction)) through uint8 frames, as `ImaginationEngine(reencode=True)`
+                and `rollout.imagined.advance` do (always without gradient); default the raw predicted latent, as
+                `advance(reencode=False)` and `rollout.verify.world_fidelity` do.
+
+        Returns:
+            "loss" (= "loss/world_open_loop", the weighted world loss), the chunk means "loss/world_latent",
+            "loss/world_state", "loss/world_success", "loss/world_full_state" (when `full_state_dim` > 0), and per
+            chunk k = 1..K "loss/world_chunk{k}" (weighted), "loss/world_latent_chunk{k}", "loss/world_state_chunk{k}"
+            (a chunk no row reaches has no keys).
+        """
+        c, dev = self.config, self.device
+        proc = self._require_processor()
+        batch, available = self._chunk_view(batch, "open_loop_world_losses")
+        K = available if chunks is None else int(chunks)
+        if not 1 <= K <= available:
+            raise ValueError(
+                f"open_loop_world_losses: chunks={chunks} must lie in [1, {available}] (the chunks of the batch; "
+                "build windows with wlarl.data.SFTWindows(..., chunks=K))"
+            )
+        x = preprocess_images(batch["image"].to(dev), c.image_size, "batch['image']")
+        z, z_next = self._encode_window(batch, x, K)
+        z_in = (z + c.latent_noise_std * torch.randn_like(z)).clamp(-1, 1)
+        state = torch.as_tensor(batch["state"], dtype=torch.float32, device=dev)
+        emb, mask = self._prefix_of(list(batch["instruction"]), state, z_in)
+        ids, sub_mask = proc.encode_subtasks([s[0] for s in batch["chunk_subtasks"]], dev)
+        meta = self._teacher_forced(emb, mask, ids, sub_mask)[0]
+        out = self._open_loop_world(batch, K, meta, z_in, z_next, detach=detach, reencode=reencode)
+        out["loss"] = out["loss/world_open_loop"]
+        return out
+
+    def _chunk_view(self, batch: dict, name: str) -> tuple[dict, int]:
+        """The window batch with a chunk axis after the row axis, and its K; a one-chunk batch reads as K = 1."""
+        c = self.config
+        for key in ("image", "state", "actions", "next_image", "next_state", "next_success", "instruction"):
+            if key not in batch:
+                raise KeyError(f"{name}: batch lacks {key!r} (expected the keys of wlarl.data.collate_windows)")
+        n = batch["image"].shape[0]
+        state = torch.as_tensor(batch["state"])
+        if tuple(state.shape) != (n, c.state_dim):
+            raise ValueError(f"batch['state']: expected shape [{n}, {c.state_dim}], got {list(state.shape)}")
+        actions = torch.as_tensor(batch["actions"], dtype=torch.float32)
+        out = dict(batch)
+        if actions.ndim == 3:  # one-chunk windows
+            if "subtask" not in batch:
+                raise KeyError(f"{name}: batch lacks 'subtask' (expected the keys of wlarl.data.collate_windows)")
+            self._check_actions(actions, n, "batch['actions']")
+            out["actions"] = actions[:, None]
+            for key in ("action_mask", "next_image", "next_state", "next_full_state", "next_success", "chunk_mask"):
+                if batch.get(key) is not None:
+                    out[key] = torch.as_tensor(batch[key])[:, None]
+            out["chunk_subtasks"] = [[s] for s in batch["subtask"]]
+            return out, 1
+        want = f"[{n}, K, {c.chunk_size}, {c.action_dim}]"
+        if actions.ndim != 4 or tuple(actions.shape[2:]) != (c.chunk_size, c.action_dim) or actions.shape[0] != n:
+            raise ValueError(
+                f"batch['actions']: expected shape [{n}, {c.chunk_size}, {c.action_dim}] (one chunk) or {want} "
+                f"(K chunks), got {list(actions.shape)}"
+            )
+        K = actions.shape[1]
+        out["actions"] = actions
+        for key, rest in (("next_image", 3), ("next_state", 1), ("next_success", 0), ("action_mask", 1),
+                          ("chunk_mask", 0), ("next_full_state", 1)):  # fmt: skip
+            if batch.get(key) is None:
+                continue
+            value = torch.as_tensor(batch[key])
+            if value.ndim != 2 + rest or tuple(value.shape[:2]) != (n, K):
+                raise ValueError(
+                    f"batch[{key!r}]: expected shape [{n}, {K}, ...] with {rest} trailing dims (K-chunk windows of "
+                    f"wlarl.data.SFTWindows(..., chunks=K)), got {list(value.shape)}"
+                )
+            out[key] = value
+        subtasks = batch.get("chunk_subtasks")
+        if subtasks is None or len(subtasks) != n or any(len(s) != K for s in subtasks):
+            raise KeyError(f"{name}: K-chunk windows need 'chunk_subtasks' (N={n} lists of K={K} strings)")
+        return out, K
+
+    @torch.no_grad()
+    def _encode_window(
+        self, batch: dict, x: torch.Tensor, chunks: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents (no gradient) of the frame at t, [N, C, h, w], and of the real targets of the first K chunks,
+        [N, K, C, h, w], encoded in one pass (x: the preprocessed frames at t)."""
+        c = self.config
+        next_image = batch["next_image"][:, :chunks] if chunks is not None else batch["next_image"]
+        n, K = next_image.shape[:2]
+        x_next = preprocess_images(next_image.flatten(0, 1).to(self.device), c.image_size, "batch['next_image']")
+        z_all = self.image_tokenizer.encode(torch.cat([x, x_next]))  # [N + N*K, C, h, w]
+        return z_all[:n], z_all[n:].view(n, K, *z_all.shape[1:])
+
+    def _open_loop_world(
+        self, batch: dict, chunks: int, meta: torch.Tensor, z_in: torch.Tensor, z_next: torch.Tensor,
+        detach: bool, reencode: bool,
+    ) -> dict[str, torch.Tensor]:  # fmt: skip
+        """The World Expert rolled out over `chunks` K from chunk 1's meta-query states `meta` [N, M, D] and input
+        latents `z_in` [N, C, h, w], scored against the real targets (`z_next` [N, K, C, h, w] and the batch's
+        chunk view, see `_chunk_view`); see `open_loop_world_losses` for the rules and the keys returned."""
+        c, dev = self.config, self.device
+        proc = self._require_processor()
+        n, K = z_in.shape[0], int(chunks)
+        state = torch.as_tensor(batch["state"], dtype=torch.float32, device=dev)  # [N, S]
+        next_state = batch["next_state"][:, :K].to(dev, torch.float32)  # [N, K, S]
+        actions_n = (batch["actions"][:, :K].to(dev) - self.action_mean) / self.action_std  # [N, K, H, A]
+        success = batch["next_success"][:, :K].to(dev).float()  # [N, K]
+        chunk_mask = batch.get("chunk_mask")
+        valid = None if chunk_mask is None else chunk_mask[:, :K].to(dev, torch.bool)  # [N, K]
+        full_n = next_full_n = None
+        if c.full_state_dim > 0:
+            if batch.get("full_state") is None or batch.get("next_full_state") is None:
+                raise KeyError(
+                    f"World-Expert losses: the World Expert models full states (full_state_dim={c.full_state_dim}) "
+                    "but the batch lacks 'full_state'/'next_full_state' (wlarl.data.SFTWindows of episodes with "
+                    "full_state)"
+                )
+            full_n = self._full_state_norm(torch.as_tensor(batch["full_state"], dtype=torch.float32), n)  # [N, F]
+            nf = torch.as_tensor(batch["next_full_state"], dtype=torch.float32)[:, :K].flatten(0, 1)  # [N*K, F]
+            next_full_n = self._full_state_norm(nf, n * K).view(n, K, -1)  # [N, K, F]
+        instructions = list(batch["instruction"])
+        per_chunk: list[dict[str, torch.Tensor]] = []
+        out: dict[str, torch.Tensor] = {}
+        for k in range(K):
+            if k > 0:  # the backbone reads the predicted observation, as `imagine` does after `advance`
+                emb, mask = self._prefix_of(instructions, state, z_in)
+                ids, sub_mask = proc.encode_subtasks([s[k] for s in batch["chunk_subtasks"]], dev)
+                meta = self._teacher_forced(emb, mask, ids, sub_mask)[0]
+            state_n = (state - self.state_mean) / self.state_std
+            pred_z, d_state, success_logit, d_full = self.world_expert(meta, z_in, state_n, actions_n[:, k], full_n)
+            # rows whose episode reaches chunk k (a plain slice when all do: the one-chunk loss, value for value)
+            r = slice(None) if valid is None or bool(valid[:, k].all()) else valid[:, k]
+            if isinstance(r, slice) or bool(r.any()):
+                d_state_real = (next_state[:, k] - state) / self.state_std  # the real change from the state read
+                terms = {
+                    "loss/world_latent": F.mse_loss(pred_z[r], z_next[:, k][r]),
+                    "loss/world_state": F.mse_loss(d_state[r], d_state_real[r]),
+                    "loss/world_success": F.binary_cross_entropy_with_logits(success_logit[r], success[:, k][r]),
+                }
+                if full_n is not None:
+                    terms["loss/world_full_state"] = F.mse_loss(d_full[r], (next_full_n[:, k] - full_n)[r])
+                per_chunk.append(terms)
+                out[f"loss/world_chunk{k + 1}"] = self.world_loss(terms)
+                out[f"loss/world_latent_chunk{k + 1}"] = terms["loss/world_latent"]
+                out[f"loss/world_state_chunk{k + 1}"] = terms["loss/world_state"]
+            if k + 1 == K:
+                break
+            # feed the prediction back, as `rollout.imagined.advance` does: latent, state and full state
+            state = state + d_state * self.state_std
+            full_n = None if full_n is None else full_n + d_full
+            if reencode:  # through a uint8 frame, like the policy's input in imagination: no gradient
+                z_in = self.encode_images(self.decode_latents(pred_z.detach())).detach()
+            else:
+                z_in = pred_z.detach() if detach else pred_z
+            if detach:
+                state = state.detach()
+                full_n = None if full_n is None else full_n.detach()
+        if not per_chunk:
+            raise ValueError("open_loop_world_losses: no row has a valid chunk (batch['chunk_mask'] all False)")
+        for key in per_chunk[0]:
+            out[key] = per_chunk[0][key] if len(per_chunk) == 1 else torch.stack([t[key] for t in per_chunk]).mean()
+        out["loss/world_open_loop"] = self.world_loss(out)
         return out
 
     def world_loss(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:

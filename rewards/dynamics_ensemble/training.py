@@ -29,8 +29,8 @@ from rewards.dynamics_ensemble.model import (
     DynamicsEnsemble,
     DynamicsEnsembleConfig,
     save_dynamics_ensemble,
-    write_atomic,
 )
+from rewards.model_files import write_atomic
 from wlarl.utils.stats import spearman
 
 METRICS_FILE = "metrics.json"

@@ -13,9 +13,7 @@ Saved as ``config.json`` + ``model.safetensors`` (`save_state_reward`, `load_sta
 
 from __future__ import annotations
 
-import json
 import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -24,9 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from rewards.model_files import load_model_files, save_model_files
+
 MODEL_TYPE = "wlarl_state_reward"
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 MIN_STD = 1e-3  # dims whose training std is below this are constant: clamped std, and masked out of the input
 FEATURES = ("metaworld", "raw")
 METAWORLD_FULL_STATE_DIM = 39
@@ -282,27 +280,16 @@ class StateRewardModel(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def write_atomic(path: Path, write: Any) -> None:
-    """Write `path` through a temp file in the same folder and os.replace it: readers see the old or the new file."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_state_reward(model: StateRewardModel, output_dir: str | os.PathLike) -> Path:
     """Write ``model.safetensors`` and then ``config.json`` into `output_dir`, each atomically; returns the folder."""
-    from safetensors.torch import save_file
+    return save_model_files(model, output_dir)
 
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    write_atomic(out / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    text = json.dumps(model.config.to_dict(), indent=2)
-    write_atomic(out / CONFIG_FILE, lambda p: p.write_text(text))
-    return out
+
+def _head_hint(config: StateRewardConfig, expected: dict[str, tuple], got: dict[str, tuple]) -> str:
+    e, g = expected.get("head.weight"), got.get("head.weight")
+    if e is None or g is None or e[0] == g[0]:
+        return ""
+    return f" (config value_head is {str(config.value_head).lower()}: the head has {e[0]} outputs, the weights {g[0]})"
 
 
 def load_state_reward(path: str | os.PathLike, device: str | torch.device | None = None) -> StateRewardModel:
@@ -314,61 +301,8 @@ def load_state_reward(path: str | os.PathLike, device: str | torch.device | None
         ValueError: a config or weights file that cannot be read (truncated, corrupt, other keys or shapes); the
             message names the file and what was expected.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    p = Path(path)
-    if (p / "final" / CONFIG_FILE).is_file():
-        p = p / "final"
-    config_file, weights_file = p / CONFIG_FILE, p / WEIGHTS_FILE
-    retrain = "train one with `python recipes/train_state_reward.py --dataset_path ... --output_dir ...`"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"state reward model {str(path)!r}: no {CONFIG_FILE} there (nor in final/); {retrain}")
-    if not weights_file.is_file():
-        raise FileNotFoundError(f"state reward model {str(path)!r}: {weights_file} is missing; {retrain}")
-    try:
-        data = json.loads(config_file.read_text())
-        if not isinstance(data, dict):
-            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
-        config = StateRewardConfig.from_dict(data)
-    except (OSError, ValueError, TypeError) as e:
-        raise ValueError(
-            f"state reward model: cannot read {config_file} ({e}); expected the JSON object of a StateRewardConfig "
-            f"(model_type {MODEL_TYPE!r}); re-save it or {retrain}"
-        ) from e
-    model = StateRewardModel(config)
-    try:
-        tensors = load_file(str(weights_file))
-    except (OSError, SafetensorError) as e:
-        raise ValueError(
-            f"state reward model: cannot read the weights in {weights_file} ({type(e).__name__}: {str(e)[:200]}); "
-            f"the file is truncated or corrupt; {retrain}"
-        ) from e
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in tensors.items()}
-    if got != expected:
-        diff = {
-            "missing": sorted(set(expected) - set(got)),
-            "unexpected": sorted(set(got) - set(expected)),
-            "shape": {
-                k: f"{got[k]} (expected {expected[k]})" for k in set(got) & set(expected) if got[k] != expected[k]
-            },
-        }
-        head = (
-            f" (config value_head is {str(config.value_head).lower()}: the head has {expected['head.weight'][0]} "
-            f"outputs, the weights {got['head.weight'][0]})"
-            if "head.weight" in diff["shape"] and expected["head.weight"][0] != got["head.weight"][0]
-            else ""
-        )
-        raise ValueError(
-            f"state reward model: {weights_file} does not match {config_file}{head}: "
-            f"{ {k: v for k, v in diff.items() if v} }; {retrain}"
-        )
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise ValueError(f"state reward model: {weights_file} holds non-finite values in {bad}; {retrain}")
-    model.load_state_dict(tensors)
-    model.source = str(path)
-    if device is not None:
-        model = model.to(device)
-    return model.eval()
+    return load_model_files(
+        path, config_cls=StateRewardConfig, model_cls=StateRewardModel, what="state reward model",
+        retrain="train one with `python recipes/train_state_reward.py --dataset_path ... --output_dir ...`",
+        model_type=MODEL_TYPE, device=device, mismatch_hint=_head_hint,
+    )  # fmt: skip

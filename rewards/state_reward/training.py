@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from rewards.model_files import write_atomic
 from rewards.state_reward.data import (
     StateRows,
     split_by_episode,
@@ -35,7 +36,6 @@ from rewards.state_reward.model import (
     StateRewardConfig,
     StateRewardModel,
     save_state_reward,
-    write_atomic,
 )
 from rewards.success_classifier.calibration import choose_threshold, fit_platt
 from wlarl.utils.stats import auroc, spearman

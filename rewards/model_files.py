@@ -7,6 +7,7 @@ Light on purpose (torch and safetensors only): loading one model must not import
 from __future__ import annotations
 
 import json
+import math
 import os
 import uuid
 from collections.abc import Callable
@@ -27,6 +28,17 @@ def write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def json_safe(value: Any) -> Any:
+    """NaN/inf → None, recursively through dicts, lists and tuples, so a metrics.json is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def save_model_files(model: torch.nn.Module, output_dir: str | os.PathLike) -> Path:

@@ -30,7 +30,8 @@ from rewards.dynamics_ensemble.model import (
     DynamicsEnsembleConfig,
     save_dynamics_ensemble,
 )
-from rewards.model_files import write_atomic
+from rewards.model_files import json_safe, write_atomic
+from rewards.rows import Rows, rows_from_datasets, split_by_episode
 from wlarl.utils.stats import spearman
 
 METRICS_FILE = "metrics.json"
@@ -43,7 +44,7 @@ REQUIRED_COLUMNS = ("full_state", "action", "task_name", "episode_index", "step_
 
 
 @dataclass
-class ChunkPairs:
+class ChunkPairs(Rows):
     """R one-chunk transitions.
 
     Attributes:
@@ -61,31 +62,6 @@ class ChunkPairs:
     task_names: list[str]
     episode: np.ndarray
     step: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.episode)
-
-    def subset(self, idx: Any) -> ChunkPairs:
-        idx = np.asarray(idx, dtype=np.int64)
-        return ChunkPairs(
-            full_states=self.full_states[idx],
-            actions=self.actions[idx],
-            next_full_states=self.next_full_states[idx],
-            task_names=[self.task_names[i] for i in idx],
-            episode=self.episode[idx],
-            step=self.step[idx],
-        )
-
-    @staticmethod
-    def cat(items: Sequence[ChunkPairs]) -> ChunkPairs:
-        return ChunkPairs(
-            full_states=np.concatenate([p.full_states for p in items]),
-            actions=np.concatenate([p.actions for p in items]),
-            next_full_states=np.concatenate([p.next_full_states for p in items]),
-            task_names=[t for p in items for t in p.task_names],
-            episode=np.concatenate([p.episode for p in items]),
-            step=np.concatenate([p.step for p in items]),
-        )
 
     def summary(self) -> dict[str, int]:
         return {"pairs": len(self), "episodes": len(np.unique(self.episode)), "tasks": len(set(self.task_names))}
@@ -161,45 +137,19 @@ def chunk_pairs(dataset: Any, horizon: int, stride: int = 1, episode_offset: int
 
 def chunk_pairs_from_datasets(datasets: Any, horizon: int, stride: int = 1) -> ChunkPairs:
     """`chunk_pairs` of one or more datasets, concatenated, with episode ids kept unique across them."""
-    if isinstance(datasets, (str, os.PathLike)) or not isinstance(datasets, Sequence):
-        datasets = [datasets]
-    if not datasets:
-        raise ValueError("dynamics ensemble: no dataset given")
-    parts, offset = [], 0
-    for ds in datasets:
-        pairs = chunk_pairs(ds, horizon, stride, offset)
-        if len(pairs) == 0:
-            raise ValueError(f"dynamics ensemble: {ds} has no episode of at least H={horizon} actions")
-        if parts and pairs.full_states.shape[1] != parts[0].full_states.shape[1]:
-            raise ValueError(
-                f"dynamics ensemble: {ds} has full states of size {pairs.full_states.shape[1]}, the first dataset "
-                f"{parts[0].full_states.shape[1]}"
-            )
-        if parts and pairs.actions.shape[2] != parts[0].actions.shape[2]:
-            raise ValueError(
-                f"dynamics ensemble: {ds} has actions of size {pairs.actions.shape[2]}, the first dataset "
-                f"{parts[0].actions.shape[2]}"
-            )
-        parts.append(pairs)
-        offset = int(pairs.episode.max()) + 1
-    return ChunkPairs.cat(parts)
+    return rows_from_datasets(
+        datasets, lambda ds, offset: chunk_pairs(ds, horizon, stride, offset), "dynamics ensemble",
+        f"has no episode of at least H={horizon} actions", same_width=("full_states", "actions"),
+    )  # fmt: skip
 
 
 def split_pairs_by_episode(pairs: ChunkPairs, holdout_fraction: float, seed: int = 0) -> tuple[ChunkPairs, ChunkPairs]:
     """(train, held-out): round(holdout_fraction · episodes) of each task's episodes held out, at least one kept for
-    training; deterministic in `seed`."""
+    training; deterministic in `seed` (`rewards.rows.split_by_episode`)."""
     if not 0 <= holdout_fraction < 1:
         raise ValueError(f"dynamics ensemble: holdout_fraction must be in [0, 1), got {holdout_fraction}")
-    rng = np.random.default_rng(seed)
-    episodes, first = np.unique(pairs.episode, return_index=True)
-    ep_task = np.array([pairs.task_names[i] for i in first])
-    held: set[int] = set()
-    for task in sorted(set(ep_task.tolist())):
-        ids = rng.permutation(episodes[ep_task == task])
-        count = min(int(np.floor(holdout_fraction * len(ids) + 0.5)), len(ids) - 1)
-        held.update(int(e) for e in ids[:count])
-    is_held = np.isin(pairs.episode, np.fromiter(held, np.int64, len(held)))
-    return pairs.subset(np.flatnonzero(~is_held)), pairs.subset(np.flatnonzero(is_held))
+    train, held = split_by_episode(pairs, [holdout_fraction], seed)
+    return train, held
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -336,15 +286,6 @@ def evaluate_dynamics_ensemble(model: DynamicsEnsemble, pairs: ChunkPairs, prefi
     return {f"{prefix}{k}": v for k, v in out.items()}
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN/inf → None, recursively, so metrics.json is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    return value
-
-
 def train_dynamics_ensemble(
     dataset_paths: str | os.PathLike | Sequence[str | os.PathLike],
     output_dir: str | os.PathLike | None = None,
@@ -419,7 +360,7 @@ def train_dynamics_ensemble(
     )
     metrics.update(evaluate_dynamics_ensemble(model, heldout, "heldout/"))
     metrics["time/total_s"] = time.perf_counter() - t0
-    metrics = _json_safe(metrics)
+    metrics = json_safe(metrics)
     if output_dir is not None:
         out = Path(output_dir)
         save_dynamics_ensemble(model, out / "final")

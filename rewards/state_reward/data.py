@@ -10,18 +10,19 @@ after it (`steps_to_success`, `value_targets`).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rewards.rows import Rows, rows_from_datasets, split_by_episode
+
 REQUIRED_COLUMNS = ("full_state", "reward", "success", "task_name", "episode_index", "step_index")
 
 
 @dataclass
-class StateRows:
+class StateRows(Rows):
     """Labelled full states (M rows): every observation that follows an action.
 
     Attributes:
@@ -39,31 +40,6 @@ class StateRows:
     task_names: list[str]
     episode: np.ndarray
     step: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.success)
-
-    def subset(self, idx: Any) -> StateRows:
-        idx = np.asarray(idx)
-        return StateRows(
-            full_states=self.full_states[idx],
-            success=self.success[idx],
-            reward=self.reward[idx],
-            task_names=[self.task_names[i] for i in idx],
-            episode=self.episode[idx],
-            step=self.step[idx],
-        )
-
-    @staticmethod
-    def cat(items: Sequence[StateRows]) -> StateRows:
-        return StateRows(
-            full_states=np.concatenate([r.full_states for r in items]),
-            success=np.concatenate([r.success for r in items]),
-            reward=np.concatenate([r.reward for r in items]),
-            task_names=[t for r in items for t in r.task_names],
-            episode=np.concatenate([r.episode for r in items]),
-            step=np.concatenate([r.step for r in items]),
-        )
 
     def summary(self) -> dict[str, int]:
         return {
@@ -123,23 +99,7 @@ def state_rows(dataset: Any, episode_offset: int = 0) -> StateRows:
 
 def state_rows_from_datasets(datasets: Any) -> StateRows:
     """`state_rows` of one or more datasets, concatenated, with episode ids kept unique across them."""
-    if isinstance(datasets, (str, os.PathLike)) or not isinstance(datasets, Sequence):
-        datasets = [datasets]
-    if not datasets:
-        raise ValueError("state reward: no dataset given")
-    parts, offset = [], 0
-    for ds in datasets:
-        rows = state_rows(ds, offset)
-        if len(rows) == 0:
-            raise ValueError(f"state reward: {ds} has no observation that follows an action")
-        if parts and rows.full_states.shape[1] != parts[0].full_states.shape[1]:
-            raise ValueError(
-                f"state reward: {ds} has full states of size {rows.full_states.shape[1]}, the first dataset "
-                f"{parts[0].full_states.shape[1]}"
-            )
-        parts.append(rows)
-        offset = int(rows.episode.max()) + 1
-    return StateRows.cat(parts)
+    return rows_from_datasets(datasets, state_rows, "state reward", "has no observation that follows an action")
 
 
 def steps_to_success(rows: StateRows) -> np.ndarray:
@@ -171,25 +131,5 @@ def value_targets(rows: StateRows, discount: float) -> np.ndarray:
     return np.where(finite, float(discount) ** np.where(finite, k, 0.0), 0.0).astype(np.float32)
 
 
-def split_by_episode(rows: StateRows, fractions: Sequence[float], seed: int = 0) -> list[StateRows]:
-    """Split whole episodes, per task: [rest, split 1, split 2, …] with `fractions` of each task's episodes.
-
-    Deterministic in `seed`; a task's split gets round(fraction · its episodes), and at least one episode stays in
-    the rest.
-    """
-    if any(f < 0 for f in fractions) or sum(fractions) >= 1:
-        raise ValueError(f"split_by_episode: fractions must be ≥ 0 with a sum below 1, got {list(fractions)}")
-    rng = np.random.default_rng(seed)
-    episodes, first = np.unique(rows.episode, return_index=True)
-    ep_task = np.array([rows.task_names[i] for i in first])
-    part_of = {}  # episode id -> split index (0 = rest)
-    for task in sorted(set(ep_task.tolist())):
-        ids = rng.permutation(episodes[ep_task == task])
-        start = 0
-        for k, f in enumerate(fractions, start=1):
-            count = min(int(np.floor(f * len(ids) + 0.5)), len(ids) - 1 - start)
-            for e in ids[start : start + max(count, 0)]:
-                part_of[int(e)] = k
-            start += max(count, 0)
-    which = np.array([part_of.get(int(e), 0) for e in rows.episode])
-    return [rows.subset(np.flatnonzero(which == k)) for k in range(len(fractions) + 1)]
+__all__ = ["REQUIRED_COLUMNS", "StateRows", "split_by_episode", "state_rows", "state_rows_from_datasets",
+           "steps_to_success", "value_targets"]  # fmt: skip

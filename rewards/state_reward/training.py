@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from rewards.model_files import write_atomic
+from rewards.model_files import json_safe, write_atomic
 from rewards.state_reward.data import (
     StateRows,
     split_by_episode,
@@ -209,17 +209,6 @@ def evaluate_state_reward(model: StateRewardModel, rows: StateRows, prefix: str 
     return {f"{prefix}{k}": v for k, v in out.items()}
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN/inf → None, recursively, so metrics.json is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def train_state_reward(
     dataset_paths: str | os.PathLike | Sequence[str | os.PathLike],
     output_dir: str | os.PathLike | None = None,
@@ -326,7 +315,7 @@ def train_state_reward(
     metrics["calibration/rule"] = threshold_rule
     metrics.update(evaluate_state_reward(model, heldout, "heldout/"))
     metrics["time/total_s"] = time.perf_counter() - t0
-    metrics = _json_safe(metrics)
+    metrics = json_safe(metrics)
     if output_dir is not None:
         out = Path(output_dir)
         save_state_reward(model, out / "final")

@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -200,6 +201,12 @@ def load_start_states(
     return starts
 
 
+def state_success_fn(model) -> Callable[[torch.Tensor, list[str]], torch.Tensor]:
+    """``fn(full_states [N, F], task_names) -> probs [N]``: a state reward model's calibrated success probability, the
+    `success_signal` 'state' of the imagination engine."""
+    return lambda full_states, task_names: model.predict(full_states, task_names)[0]
+
+
 def coevolution_callback(
     cfg: GRPOWorldConfig, tasks: list[str], snapshot, scorer, engine, pool, env_kwargs: dict
 ) -> CoevolutionCallback:
@@ -213,7 +220,7 @@ def coevolution_callback(
                 if isinstance(f, StateReward):
                     f.model = model.eval()
             if engine is not None and engine.success_signal == "state":
-                engine.state_success = lambda full_states, task_names: model.predict(full_states, task_names)[0]
+                engine.state_success = state_success_fn(model)
                 engine.state_threshold = model.threshold
 
         def reward_refresh(dataset_paths, round_dir):
@@ -310,11 +317,7 @@ def main() -> None:
                 "--state_reward_path (recipes/train_state_reward.py's output), or choose another success_signal"
             )
         state_model = load_state_reward(cfg.state_reward_path)
-        state_threshold = state_model.threshold
-
-        def state_success(full_states: torch.Tensor, task_names: list[str]) -> torch.Tensor:
-            return state_model.predict(full_states, task_names)[0]
-
+        state_success, state_threshold = state_success_fn(state_model), state_model.threshold
     if classifier is None and success_signal in ("classifier", "both") and imagines:
         if cfg.engine == "imagined":
             raise ValueError(

@@ -587,7 +587,14 @@ class GRPOWorldConfig(GRPOConfig):
         for name in ("nll_coef", "world_aux_coef", "bc_coef", "subtask_coef", "subtask_beta", "keep_best_margin"):
             if getattr(self, name) < 0:
                 raise bad(name, f"must be ≥ 0 (0 disables), got {getattr(self, name)}")
-        for name in ("verify_steps", "refresh_world_steps", "log_image_steps", "agreement_steps"):
+        for name in (
+            "verify_steps",
+            "refresh_world_steps",
+            "log_image_steps",
+            "agreement_steps",
+            "round_episodes_per_task",
+            "round_refresh_steps",
+        ):
             if getattr(self, name) < 0:
                 raise bad(name, f"must be ≥ 0 (0 disables), got {getattr(self, name)}")
         if self.eval_steps is not None and self.eval_steps < 0:
@@ -606,6 +613,8 @@ class GRPOWorldConfig(GRPOConfig):
             "env_slots_per_worker",
             "agreement_points_per_task",
             "round_open_loop_chunks",
+            "rounds",
+            "round_newest_weight",
         ):
             if getattr(self, name) < 1:
                 raise bad(name, f"must be ≥ 1, got {getattr(self, name)}")
@@ -628,14 +637,6 @@ class GRPOWorldConfig(GRPOConfig):
             )
         if self.agreement_late_chunks is not None and self.agreement_late_chunks < 0:
             raise bad("agreement_late_chunks", f"must be ≥ 0, got {self.agreement_late_chunks}")
-        if self.rounds < 1 or self.round_episodes_per_task < 0 or self.round_refresh_steps < 0:
-            raise bad(
-                "rounds",
-                f"rounds ({self.rounds}) must be ≥ 1, round_episodes_per_task ({self.round_episodes_per_task}) and "
-                f"round_refresh_steps ({self.round_refresh_steps}) ≥ 0",
-            )
-        if self.round_newest_weight < 1:
-            raise bad("round_newest_weight", f"must be ≥ 1, got {self.round_newest_weight}")
         if self.rounds > 1 and self.round_episodes_per_task == 0:
             raise bad("round_episodes_per_task", f"rounds={self.rounds} needs episodes to collect: set it ≥ 1")
         if self.round_episodes_per_task > 0:

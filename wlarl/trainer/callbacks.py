@@ -497,7 +497,7 @@ class CoevolutionCallback(_PeriodicCallback):
                 f"CoevolutionCallback: steps_per_round ({steps_per_round}) and rounds ({rounds}) must be ≥ 1"
             )
         self.steps_per_round, self.rounds = int(steps_per_round), int(rounds)
-        self.round_fn, self.restore_fn = round_fn, restore_fn
+        self.restore_fn = restore_fn
         kwargs.update(at_start=True, at_end=False)
         super().__init__(lambda model, step: round_fn(model, step // self.steps_per_round), steps_per_round, **kwargs)
 

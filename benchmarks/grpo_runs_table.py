@@ -12,43 +12,16 @@ False) takes its "before" from `--baseline`. A per-task table follows for every 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 from pathlib import Path
+
+from wlarl.utils.runs import eval_rows, eval_tasks, fmt_ci, last_value, read_metrics, verdict
 
 
 def read(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        raise SystemExit(f"{run}: no metrics.jsonl (is it a grpo_world output_dir?)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def evals(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if r.get("eval/real_success") is not None]
-
-
-def fmt(r: dict, key: str) -> str:
-    v = r.get(key)
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    lo, hi = r.get(f"{key}_ci_low"), r.get(f"{key}_ci_high")
-    return f"{v:.3f} [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else f"{v:.3f}"
-
-
-def verdict(before: dict, after: dict, key: str) -> str:
-    b, a = before.get(key), after.get(key)
-    if b is None or a is None:
-        return "–"
-    overlap = not (
-        after[f"{key}_ci_low"] > before[f"{key}_ci_high"] or after[f"{key}_ci_high"] < before[f"{key}_ci_low"]
-    )
-    return f"{a - b:+.3f}" + (" (no measurable difference)" if overlap else " (intervals apart)")
-
-
-def last(rows: list[dict], key: str) -> float | None:
-    vals = [r[key] for r in rows if r.get(key) is not None]
-    return vals[-1] if vals else None
+    try:
+        return read_metrics(run)
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from e
 
 
 def main() -> None:
@@ -58,38 +31,38 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, help="run whose first evaluation is the 'before' of runs without one")
     args = ap.parse_args()
     names = args.names or [r.name for r in args.runs]
-    base_eval = evals(read(args.baseline))[0] if args.baseline else None
+    base_eval = eval_rows(read(args.baseline))[0] if args.baseline else None
     print("| run | real train episodes (env steps) | greedy before | greedy after | Δ greedy | sampled before | "
           "sampled after | eval episodes | wall min | mean shift | action std |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     per_task = []
     for name, run in zip(names, args.runs):
         rows = read(run)
-        ev = evals(rows)
+        ev = eval_rows(rows)
         if not ev:
             raise SystemExit(f"{run}: no evaluation rows")
         after = ev[-1]
         # "before" is the evaluation at step 0: the run's own, else the baseline run's (same policy and seeds)
         before = ev[0] if ev[0]["step"] == 0 and len(ev) > 1 else (base_eval or {})
-        runtime = last(rows, "train_runtime")
+        runtime = last_value(rows, "train_runtime")
         print(
-            f"| {name} | {last(rows, 'budget/real_train_episodes') or 0:.0f} "
-            f"({last(rows, 'budget/real_train_env_steps') or 0:.0f}) | {fmt(before, 'eval/real_success')} | "
-            f"{fmt(after, 'eval/real_success')} | {verdict(before, after, 'eval/real_success')} | "
-            f"{fmt(before, 'eval/real_success_sampled')} | {fmt(after, 'eval/real_success_sampled')} | "
-            f"{last(rows, 'budget/real_eval_episodes') or 0:.0f} | "
-            f"{(runtime or float('nan')) / 60:.1f} | {last(rows, 'policy/mean_shift') or float('nan'):.3f} | "
-            f"{last(rows, 'policy/action_std') or float('nan'):.3f} |"
+            f"| {name} | {last_value(rows, 'budget/real_train_episodes') or 0:.0f} "
+            f"({last_value(rows, 'budget/real_train_env_steps') or 0:.0f}) | {fmt_ci(before, 'eval/real_success')} | "
+            f"{fmt_ci(after, 'eval/real_success')} | {verdict(before, after, 'eval/real_success')} | "
+            f"{fmt_ci(before, 'eval/real_success_sampled')} | {fmt_ci(after, 'eval/real_success_sampled')} | "
+            f"{last_value(rows, 'budget/real_eval_episodes') or 0:.0f} | "
+            f"{(runtime or float('nan')) / 60:.1f} | {last_value(rows, 'policy/mean_shift') or float('nan'):.3f} | "
+            f"{last_value(rows, 'policy/action_std') or float('nan'):.3f} |"
         )
         per_task.append((name, before, after))
     for name, before, after in per_task:
-        tasks = sorted(k.split("/")[1] for k in after if k.startswith("eval/") and k.endswith("/success"))
+        tasks = eval_tasks(after)
         print(f"\n{name}, per task (greedy):\n")
         print("| task | before | after | Δ |")
         print("|---|---|---|---|")
         for t in tasks:
             key = f"eval/{t}/success"
-            print(f"| {t} | {fmt(before, key)} | {fmt(after, key)} | {verdict(before, after, key)} |")
+            print(f"| {t} | {fmt_ci(before, key)} | {fmt_ci(after, key)} | {verdict(before, after, key)} |")
 
 
 if __name__ == "__main__":

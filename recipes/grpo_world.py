@@ -71,10 +71,10 @@ logger = logging.getLogger("wlarl.grpo_world")
 RECIPES = Path(__file__).resolve().parent
 
 
-def _run_stage(args: list[str], log_path: Path) -> None:
+def _run_stage(args: list[str], log_path: Path, label: str = "bootstrap") -> None:
     """Run one recipe as a subprocess; its output goes to the log and the terminal; failure stops the launch."""
     cmd = [sys.executable, *args]
-    logger.info("bootstrap: %s", " ".join(cmd))
+    logger.info("%s: %s", label, " ".join(cmd))
     env = dict(os.environ)
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)  # the stages are single-process programs
@@ -89,7 +89,7 @@ def _run_stage(args: list[str], log_path: Path) -> None:
     if proc.returncode != 0:
         tail = "".join(open(log_path, errors="replace").readlines()[-30:])
         raise RuntimeError(
-            f"bootstrap stage failed ({' '.join(args[:1])}, exit {proc.returncode}); log {log_path}:\n{tail}"
+            f"{label} stage failed ({' '.join(args[:1])}, exit {proc.returncode}); log {log_path}:\n{tail}"
         )
 
 
@@ -397,6 +397,7 @@ def main() -> None:
             chunk_size=policy.config.chunk_size, temperature=cfg.temperature,
             aggregation=cfg.multi_objective_aggregation, scale_rewards=cfg.scale_rewards, env_kwargs=env_kwargs,
             seed=20_000 + cfg.seed,
+            strip_dir=Path(cfg.output_dir) / "agreement" if state.is_main_process else None,
         )  # fmt: skip
         logger.info("advantage agreement: %d branch points × %d rows every %d steps", len(points),
                     cfg.num_generations, cfg.agreement_steps)  # fmt: skip

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ import torch
 from rollout.ranking import BranchPoint, real_replay_trajectories, replay_group, within_group_agreement
 from wlarl.algorithms import grpo
 from wlarl.types import Observation, RewardOutput, Trajectories
+from wlarl.utils.video import branch_strip, write_png_atomic
 
 RewardScorer = Callable[..., RewardOutput]
 
@@ -52,6 +54,9 @@ class AdvantageAgreement:
         env_factory: ``(task_name, max_episode_steps, **env_kwargs) -> env``; default: Meta-World without per-step
             rendering (frames are rendered once per chunk).
         seed: seeds the sampling of every call (``seed + step``), so that a call does not draw from the global RNG.
+        strip_dir: where every call writes ``strip_step_<step>.png``: one row of one group, the real frames after
+            each chunk (top) above the World Expert's predicted ones (bottom), the branch point's frame first (the
+            group shown is the first whose real success varies, else the first). None: no strips.
     """
 
     def __init__(
@@ -68,6 +73,7 @@ class AdvantageAgreement:
         env_kwargs: dict[str, Any] | None = None,
         env_factory: Callable[..., Any] | None = None,
         seed: int = 0,
+        strip_dir: str | Path | None = None,
     ):
         self.points = list(points)
         if not self.points:
@@ -86,6 +92,7 @@ class AdvantageAgreement:
         self.env_kwargs = dict(env_kwargs or {})
         self.env_factory = env_factory or _metaworld_env
         self.seed = int(seed)
+        self.strip_dir = Path(strip_dir) if strip_dir is not None else None
         self._envs: dict[tuple[str, int], Any] = {}
         self.history: list[dict[str, Any]] = []  # per call: step, imagined/real advantages and outcomes [B, G]
 
@@ -127,6 +134,8 @@ class AdvantageAgreement:
             {"step": int(step), "imagined": adv_imagined, "ceiling": adv_ceiling, "success": success,
              "shaped_return": shaped, "imagined_success": imagined_success}
         )  # fmt: skip
+        if self.strip_dir is not None:
+            self._write_strip(step, imagined, replays, success)
         env_steps = sum(G * (bp.step + h * H) for bp in self.points)  # every row rebuilds its branch point
         metrics = {
             "verify/advantage_agreement": vs_success["sign_agreement"],
@@ -146,6 +155,18 @@ class AdvantageAgreement:
         }
         # no group whose real outcome varies: there is no agreement to log (agreement_groups says so)
         return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
+
+    def _write_strip(self, step: int, imagined: Trajectories, replays: list[dict], success: np.ndarray) -> None:
+        varies = [b for b in range(success.shape[0]) if success[b].min() != success[b].max()]
+        b = varies[0] if varies else 0
+        g = int(np.argmax(success[b])) if varies else 0  # a row that succeeded in reality, where one did
+        G = self.group_size
+        predicted = imagined.subgoal_images[b * G + g]  # [h, S, S, 3] (decoded here when lazy)
+        predicted = np.asarray(predicted.materialize() if hasattr(predicted, "materialize") else predicted)
+        start = np.asarray(self.points[b].observation["image"], dtype=np.uint8)
+        strip = branch_strip(start, np.asarray(replays[b]["frames"][g]), predicted)
+        self.strip_dir.mkdir(parents=True, exist_ok=True)
+        write_png_atomic(self.strip_dir / f"strip_step_{int(step):06d}.png", strip)
 
     def close(self) -> None:
         for env in self._envs.values():

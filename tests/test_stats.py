@@ -101,3 +101,22 @@ def test_spearman_ranks_ties_and_reports_a_constant_side_as_asked():
     assert spearman([1, 1, 1], [1, 2, 3]) == 0.0
     assert math.isnan(spearman([1, 1, 1], [1, 2, 3], constant=float("nan")))
     assert math.isnan(spearman([5], [1], constant=float("nan")))
+
+
+def test_branch_strip_stacks_real_over_predicted_and_pads_a_short_row(tmp_path):
+    import imageio.v3 as iio
+
+    from wlarl.utils.video import branch_strip, write_png_atomic
+
+    start = np.full((4, 4, 3), 10, np.uint8)
+    real = np.full((3, 4, 4, 3), 200, np.uint8)
+    predicted = np.full((2, 4, 4, 3), 50, np.uint8)
+    strip = branch_strip(start, real, predicted, gap=1)
+    assert strip.shape == (9, 4 * 4 + 3, 3)
+    assert (strip[:4, :4] == 10).all() and (strip[5:, :4] == 10).all()
+    assert (strip[:4, 5:9] == 200).all() and (strip[5:, 5:9] == 50).all()
+    assert (strip[5:, 15:] == 128).all()  # the predicted row has one frame fewer: grey
+    path = write_png_atomic(tmp_path / "s.png", strip)
+    assert (iio.imread(path) == strip).all() and not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(ValueError, match="start frame's size"):
+        branch_strip(start, np.zeros((1, 8, 8, 3), np.uint8), predicted)

@@ -24,7 +24,15 @@ from transformers import HfArgumentParser
 
 T = TypeVar("T")
 
-RECIPE_SECTIONS = ("collect_demos", "sft_wla", "train_reward", "train_state_reward", "grpo_world", "evaluate")
+RECIPE_SECTIONS = (
+    "collect_demos",
+    "sft_wla",
+    "train_reward",
+    "train_state_reward",
+    "grpo_world",
+    "evaluate",
+    "headline",
+)
 PRESET_DIR = Path(__file__).resolve().parent.parent / "recipes" / "configs"
 
 

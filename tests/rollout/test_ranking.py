@@ -211,7 +211,9 @@ def _success_scorer(traj, trainer_state=None):
 @pytest.mark.metaworld
 @requires_metaworld
 @pytest.mark.parametrize("honest", [True, False])
-def test_advantage_agreement_is_one_when_imagination_ranks_as_reality_and_zero_when_it_inverts(demos, honest):
+def test_advantage_agreement_is_one_when_imagination_ranks_as_reality_and_zero_when_it_inverts(
+    demos, honest, tmp_path
+):
     from rollout.agreement import AdvantageAgreement, agreement_points
 
     late = agreement_points(demos, ["reach-v3"], per_task=1, positions=["late"], late_steps=16)
@@ -223,9 +225,17 @@ def test_advantage_agreement_is_one_when_imagination_ranks_as_reality_and_zero_w
     imagined = really if honest else [not s for s in really]
     check = AdvantageAgreement(
         _PlannedEngine(plan, imagined), _success_scorer, late, group_size=4, horizon=2, chunk_size=8,
-        env_kwargs={"image_size": 16},
+        env_kwargs={"image_size": 16}, strip_dir=tmp_path / "strips",
     )  # fmt: skip
     out = check(policy=None, step=3)
+    # the strip: start frame + 2 real frames (top) over start + 2 predicted ones (bottom), 2-pixel separators
+    import imageio.v3 as iio
+
+    strip = iio.imread(tmp_path / "strips" / "strip_step_000003.png")
+    assert strip.shape == (2 * 16 + 2, 3 * 16 + 2 * 2, 3)
+    assert (strip[18:, 18:34] == 0).all()  # the engine's predicted frames are black
+    assert (strip[:16, 18:34] != 0).any()  # the real frame after the first chunk is rendered
+    assert (strip[:16, :16] == strip[18:, :16]).all()  # both rows start from the branch point's frame
     assert out["verify/advantage_agreement"] == (1.0 if honest else 0.0)
     assert out["verify/advantage_spearman"] == pytest.approx(1.0 if honest else -1.0)
     # the same reward on what reality made of the rows: a perfect ranking either way

@@ -108,3 +108,48 @@ def frame_strip(frames: Any, max_frames: int = 16) -> np.ndarray:
     arr = _as_frames(frames)
     idx = np.unique(np.linspace(0, arr.shape[0] - 1, num=min(arr.shape[0], max_frames)).round().astype(int))
     return np.concatenate(list(arr[idx]), axis=1)
+
+
+def branch_strip(start: Any, real: Any, predicted: Any, gap: int = 2, gap_value: int = 255) -> np.ndarray:
+    """One image of a branch: the real frames after each chunk (top row) above the predicted ones (bottom row).
+
+    Args:
+        start: uint8 [H, W, 3], the frame both rows start from; it heads both rows.
+        real: uint8 [h, H, W, 3] real frames after each chunk.
+        predicted: uint8 [h', H, W, 3] predicted frames after each chunk (a shorter row is padded with grey).
+        gap, gap_value: separator width in pixels and grey level.
+
+    Returns:
+        uint8 [2·H + gap, (1 + max(h, h'))·W + gap·max(h, h'), 3].
+    """
+    start = _as_frames(np.asarray(start)[None])[0]
+    real, predicted = _as_frames(real), _as_frames(predicted)
+    H, W = start.shape[:2]
+    if real.shape[1:3] != (H, W) or predicted.shape[1:3] != (H, W):
+        raise ValueError(
+            f"branch_strip: frames must share the start frame's size {(H, W)}, got real {real.shape[1:3]} and "
+            f"predicted {predicted.shape[1:3]}"
+        )
+    n = max(len(real), len(predicted))
+
+    def row(frames: np.ndarray) -> np.ndarray:
+        tiles = [start, *frames, *[np.full_like(start, 128)] * (n - len(frames))]
+        sep = np.full((H, gap, 3), gap_value, np.uint8)
+        return np.concatenate([x for t in tiles for x in (t, sep)][:-1], axis=1)
+
+    return np.concatenate([row(real), np.full((gap, row(real).shape[1], 3), gap_value, np.uint8), row(predicted)])
+
+
+def write_png_atomic(path: str | Path, image: Any) -> Path:
+    """Write a uint8 [H, W, 3] image as PNG through a temporary file, so that no partial file is left behind."""
+    import imageio.v3 as iio
+
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+        raise ValueError(f"write_png_atomic: expected uint8 [H, W, 3], got {arr.dtype} {arr.shape}")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    iio.imwrite(tmp, arr, extension=".png")
+    tmp.replace(out)
+    return out

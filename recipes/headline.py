@@ -108,6 +108,9 @@ def arm_config(head: dict[str, Any], over: dict[str, Any], paths: dict[str, str]
         # the control's reward is the simulator's own success (grpo_world's default for the real engine)
         for k in ("reward_funcs", "reward_weights", "reward_kwargs"):
             base.pop(k, None)
+    elif "reward_funcs" in over and "reward_weights" not in over:
+        # the preset's weights belong to the preset's functions (as on grpo_world's command line): 1.0 each
+        base.pop("reward_weights", None)
     max_steps = int(over.get("max_steps", base.get("max_steps", 40)))
     cfg = {
         **base,

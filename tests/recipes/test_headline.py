@@ -39,6 +39,7 @@ def test_shipped_headline_arms_are_valid_grpo_world_configs(tmp_path):
     assert real.eval_at_start and not wl.eval_at_start  # the base is evaluated once
     assert real.seed == wl.seed == head["seed"] and real.eval_episodes_per_task == wl.eval_episodes_per_task
     assert wl.policy_path == real.policy_path == "/p/policy" and wl.state_reward_path == "/p/state"
+    assert wl.reward_funcs == ["state_value"] and wl.reward_weights == [1.0]
     assert real.eval_steps == real.max_steps and wl.eval_steps == wl.max_steps and wl.verify_steps == 0
     # the same real training budget: real = rollouts × starts × G, wlarl = rounds × episodes per task × 8 tasks
     rollouts = real.max_steps // real.num_iterations

@@ -224,3 +224,10 @@ def test_reward_kwargs_from_a_json_string(out):
     cfg = GRPOWorldConfig(output_dir=out, reward_kwargs='{"get_repetition_penalty_reward": {"ngram_size": 3}}')
     assert cfg.reward_kwargs == {"get_repetition_penalty_reward": {"ngram_size": 3}}
     assert GRPOWorldConfig(output_dir=out).reward_kwargs is None
+
+
+def test_checkpoints_between_the_updates_of_one_rollout_are_refused(out):
+    with pytest.raises(ValueError, match=r"GRPOWorldConfig.save_steps.*multiple of num_iterations \(2\)"):
+        GRPOWorldConfig(output_dir=out, num_iterations=2, save_steps=3, save_strategy="steps")
+    assert GRPOWorldConfig(output_dir=out, num_iterations=2, save_steps=4, save_strategy="steps").save_steps == 4
+    assert GRPOWorldConfig(output_dir=out, num_iterations=2, save_steps=3, save_strategy="no").save_steps == 3

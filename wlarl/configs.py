@@ -489,6 +489,16 @@ class GRPOWorldConfig(GRPOConfig):
             raise bad("temperature", f"must be > 0, got {self.temperature}")
         if self.num_iterations < 1:
             raise bad("num_iterations", f"must be ≥ 1 (updates per rollout), got {self.num_iterations}")
+        saves_every = (
+            self.save_steps if str(getattr(self.save_strategy, "value", self.save_strategy)) == "steps" else 0
+        )
+        if self.num_iterations > 1 and saves_every >= 1 and int(saves_every) % self.num_iterations != 0:
+            raise bad(
+                "save_steps",
+                f"({self.save_steps}) must be a multiple of num_iterations ({self.num_iterations}): a checkpoint taken "
+                "between the updates of one rollout cannot be resumed as the run would have gone on (the rollout "
+                "buffer is not saved); set save_steps to a multiple of num_iterations",
+            )
         if self.epsilon < 0:
             raise bad("epsilon", f"the clip range must be ≥ 0, got {self.epsilon}")
         if self.epsilon_high is not None and self.epsilon_high < self.epsilon:

@@ -325,3 +325,27 @@ def test_a_policy_loaded_in_eval_mode_reuses_each_rollout_num_iterations_times(t
     trainer.imagination.rollout = lambda *a, **k: calls.append(trainer.state.global_step) or rollout(*a, **k)
     trainer.train()
     assert calls == [0, 2, 4]  # global_step before the optimizer steps 1, 3 and 5
+
+
+def test_gradient_accumulation_keeps_one_rollout_per_micro_step(tmp_path):
+    """With 2 micro-steps per optimizer step and num_iterations 2, the two rollouts of step 1 (from different starts)
+    are both trained on again in step 2, each at its own micro-step, and no other rollout happens."""
+    trainer = _trainer(
+        tmp_path, max_steps=2, save_strategy="no", log_image_steps=0, num_iterations=2, gradient_accumulation_steps=2
+    )
+    made, used = [], []
+    generate, loss = trainer._generate_and_score, trainer.compute_loss
+    trainer._generate_and_score = lambda inputs: made.append(generate(inputs)) or made[-1]
+    trainer.compute_loss = lambda model, inputs, *a, **k: used.append(id(inputs)) or loss(model, inputs, *a, **k)
+    trainer.train()
+    assert len(made) == 2 and trainer.state.global_step == 2
+    assert used == [id(made[0]), id(made[1]), id(made[0]), id(made[1])]
+
+
+def test_gradient_accumulation_micro_steps_draw_their_own_starts(tmp_path):
+    trainer = _trainer(tmp_path, max_steps=1, save_strategy="no", gradient_accumulation_steps=2)
+    first = trainer._sample_starts(8)["index"]
+    trainer._step = 1  # the second micro-step of the same optimizer step
+    assert not torch.equal(first, trainer._sample_starts(8)["index"])
+    trainer._step = 2  # the first micro-step of the next one: the same global step gives the same draw
+    assert torch.equal(first, trainer._sample_starts(8)["index"])

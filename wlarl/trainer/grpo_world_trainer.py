@@ -182,7 +182,7 @@ class GRPOWorldTrainer(Trainer):
         # refresh collection) apart from evaluation episodes (evaluation, verification). Saved with checkpoints.
         self.budget: dict[str, int] = dict.fromkeys(BUDGET_KEYS, 0)
         self._round_real = [0, 0]  # this process's real episodes and env steps in the current step's rounds
-        self._buffered_inputs: dict[str, Any] | None = None
+        self._buffered_inputs: list[dict[str, Any] | None] = [None] * self.args.gradient_accumulation_steps
         self._step = 0
         self._draws_starts = False  # set by add_starts
         # Masks imagined successes that verification does not trust (set by the verification callback).
@@ -228,7 +228,9 @@ class GRPOWorldTrainer(Trainer):
 
     def _sample_starts(self, n: int, round_index: int = 0) -> dict[str, Any]:
         """n fresh start states for refill round `round_index` of this step (seeded by step, round and rank)."""
-        seed = self.args.seed + 7919 * (self.state.global_step + 1) + 104_729 * round_index
+        # the micro-step inside the optimizer step: with gradient accumulation each one draws its own starts
+        micro = self._step % self.args.gradient_accumulation_steps
+        seed = self.args.seed + 7919 * (self.state.global_step + 1) + 104_729 * round_index + 1_299_709 * micro
         gen = torch.Generator().manual_seed(seed + 15_485_863 * self.args.process_index)
         if self.start_sampler is not None:
             idx = self.start_sampler.sample(n, gen)
@@ -245,9 +247,13 @@ class GRPOWorldTrainer(Trainer):
             return inputs
         if not self.model.training:
             return self._generate_and_score(inputs)
-        if self._step % self.args.num_iterations == 0 or self._buffered_inputs is None:
-            self._buffered_inputs = self._generate_and_score(inputs)
-        return self._buffered_inputs
+        # One rollout per micro-step of an optimizer step (TRL's layout): micro-step k of the optimizer steps
+        # s, s+1, …, s+μ-1 all train on the rollout generated at micro-step k of step s.
+        accum = self.args.gradient_accumulation_steps
+        slot = self._step % accum
+        if (self._step // accum) % self.args.num_iterations == 0 or self._buffered_inputs[slot] is None:
+            self._buffered_inputs[slot] = self._generate_and_score(inputs)
+        return self._buffered_inputs[slot]
 
     @torch.no_grad()
     def _generate_and_score(self, inputs: dict[str, Any]) -> dict[str, Any]:

@@ -245,7 +245,9 @@ def plot(arms: dict[str, dict[str, Any]], out: Path) -> list[Path]:
         raise ImportError("headline plots need matplotlib: pip install -e .[logging]") from e
     written = []
     first = next(a["first_eval"] for a in arms.values() if a["first_eval"] is not None)
+    palette = iter(["tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"])
     colors = {"real": "tab:blue", "wlarl": "tab:orange"}
+    colors.update({n: next(palette, "tab:gray") for n in arms if n not in colors})
     key = "eval/real_success"
 
     def err(row: dict) -> list[list[float]]:
@@ -337,7 +339,10 @@ def plot(arms: dict[str, dict[str, Any]], out: Path) -> list[Path]:
         plt.close(fig)
 
     # 4. one strip of real vs imagined frames: the last one an arm's advantage agreement wrote
-    strips = sorted(p for a in arms.values() for p in (Path(a["output_dir"]) / "agreement").glob("strip_step_*.png"))
+    # (the wlarl arm's when it wrote one, else any other arm's)
+    ordered = sorted(arms, key=lambda n: n != "wlarl")
+    strips = [sorted((Path(arms[n]["output_dir"]) / "agreement").glob("strip_step_*.png")) for n in ordered]
+    strips = next((s for s in strips if s), [])
     if strips:
         written.append(out / "headline_strip.png")
         shutil.copyfile(strips[-1], written[-1])

@@ -345,7 +345,21 @@ def plot(arms: dict[str, dict[str, Any]], out: Path) -> list[Path]:
     strips = next((s for s in strips if s), [])
     if strips:
         written.append(out / "headline_strip.png")
-        shutil.copyfile(strips[-1], written[-1])
+        strip = plt.imread(strips[-1])  # float [2H + gap, ·, 3|4]: real row above predicted row, start frame first
+        h = strip.shape[0]
+        fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * strip.shape[1] / (h / 2)), 3.6))
+        ax.imshow(strip, interpolation="nearest")
+        ax.set_yticks([h / 4, 3 * h / 4])
+        ax.set_yticklabels(["real\n(Meta-World)", "imagined\n(World Expert)"], fontsize=8)
+        n_tiles = round(strip.shape[1] / (h / 2))
+        ax.set_xticks([(i + 0.5) * strip.shape[1] / n_tiles for i in range(n_tiles)])
+        ax.set_xticklabels(["start"] + [f"chunk {i}" for i in range(1, n_tiles)], fontsize=8)
+        ax.tick_params(length=0)
+        step = strips[-1].stem.removeprefix("strip_step_").lstrip("0") or "0"
+        ax.set_title(f"one branch at step {step}: the same actions, replayed in reality and imagined", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(written[-1], dpi=150)
+        plt.close(fig)
     return written
 
 

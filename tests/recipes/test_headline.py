@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from support import requires_metaworld
@@ -19,6 +20,7 @@ import headline  # noqa: E402
 
 from wlarl.cli import parse_config  # noqa: E402
 from wlarl.configs import GRPOWorldConfig  # noqa: E402
+from wlarl.utils.video import branch_strip, write_png_atomic  # noqa: E402
 
 PATHS = {"policy_path": "/p/policy", "dataset_path": "/p/data", "reward_model_path": "/p/reward",
          "state_reward_path": "/p/state"}  # fmt: skip
@@ -115,13 +117,15 @@ def test_report_and_plots_from_finished_arms(tmp_path):
     window = next(line for line in lines if line.startswith("| window-open-v3"))
     assert window == "| window-open-v3 | 0.30 | 0.40 | 0.90, apart |"
     (tmp_path / "wlarl" / "agreement").mkdir()
-    (tmp_path / "wlarl" / "agreement" / "strip_step_000004.png").write_bytes(b"png")
+    frames = np.random.default_rng(0).integers(0, 255, (5, 16, 16, 3), dtype=np.uint8)
+    write_png_atomic(tmp_path / "wlarl" / "agreement" / "strip_step_000004.png",
+                     branch_strip(frames[0], frames[1:3], frames[3:]))  # fmt: skip
     out = tmp_path / "report"
     out.mkdir()
     written = headline.plot(arms, out)
     assert [p.name for p in written] == ["headline_success.png", "headline_rounds.png", "headline_tasks.png",
                                          "headline_strip.png"]  # fmt: skip
-    for p in written[:3]:
+    for p in written:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
 
 

@@ -9,7 +9,8 @@ ceiling: what it could tell GRPO with a perfect World Expert) and on the imagine
 receives) — and compared within each group with the real outcome: success within the h chunks and the simulator's
 shaped return. With `--state_reward_path` the state rewards (`state_success`, `state_progress`, and `state_value` when
 the model has a value head) are scored too: on the replay's real full states, and on the World Expert's predicted
-ones (a policy trained with `world_full_state`).
+ones (a policy trained with `world_full_state`). A classifier trained with `--progress_head true` adds
+`subgoal_progress` (its success, else 0.9 · its predicted progress).
 
 Usage (the default bootstrap; JSON and a markdown table):
 
@@ -39,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from rewards import build_reward_scorer  # noqa: E402
 from rewards.state_reward import load_state_reward  # noqa: E402
+from rewards.success_classifier import load_success_classifier  # noqa: E402
 from rollout.experts import SUBTASK_RULES  # noqa: E402
 from rollout.imagined import ImaginationEngine, freeze_snapshot  # noqa: E402
 from rollout.ranking import (  # noqa: E402
@@ -213,7 +215,11 @@ def main() -> None:
     p.add_argument("--output", default=None, help="JSON path (the markdown table goes next to it as .md)")
     args = p.parse_args()
     if not args.reward_model_path:
-        args.rewards = [r for r in args.rewards if r != "subgoal_success"]
+        args.rewards = [r for r in args.rewards if r not in ("subgoal_success", "subgoal_progress")]
+    elif (
+        "subgoal_progress" not in args.rewards and load_success_classifier(args.reward_model_path).config.progress_head
+    ):
+        args.rewards.append("subgoal_progress")  # a classifier trained with --progress_head true
     if args.state_reward_path:
         args.rewards += [r for r in _state_rewards(args.state_reward_path) if r not in args.rewards]
     res = run(args)

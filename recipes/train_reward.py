@@ -9,7 +9,8 @@
 Episodes are split by episode into train / validation / test. Training samples positives, hard negatives (arm in a
 success pose, object not) and other negatives with fixed shares, with augmentation that imitates World-Expert
 frames. Platt scaling and the decision threshold are fitted on the validation split; AUROC, calibration (ECE,
-reliability table) and the hard-negative false-positive rate are reported on the held-out test split and, with
+reliability table), the hard-negative false-positive rate and, with `--progress_head true`, the progress Spearman
+(all frames and the unsolved ones) are reported on the held-out test split and, with
 `--policy_path`, on World-Expert-predicted frames labelled with the real outcome. Extra datasets
 (`--extra_dataset_paths`) are split by episode the same way and added to every split; their hard negatives are found
 against the success poses of all datasets; `eval/real/` stays on the held-out episodes of `--dataset_path` (comparable
@@ -76,6 +77,14 @@ class TrainRewardConfig:
     hidden_size: int = field(default=128, metadata={"help": "MLP head width."})
     task_embed_dim: int = field(default=32, metadata={"help": "Task embedding size."})
     dropout: float = field(default=0.1, metadata={"help": "Dropout in the head."})
+    progress_head: bool = field(
+        default=False,
+        metadata={
+            "help": "Also regress each frame's progress, clip(shaped reward / 10, 0, 1), beside the success logit "
+            "(the `subgoal_progress` reward reads it)."
+        },
+    )
+    progress_coef: float = field(default=1.0, metadata={"help": "Weight of the progress loss (with progress_head)."})
     max_steps: int = field(
         default=2000, metadata={"help": "Optimizer steps on real frames (0: none, with init_model_path)."}
     )
@@ -128,6 +137,8 @@ class TrainRewardConfig:
             raise ValueError(f"train_reward: threshold_rule must be 'f1' or 'youden', got {self.threshold_rule!r}")
         if self.predicted_finetune_steps > 0 and not self.policy_path:
             raise ValueError("train_reward: predicted_finetune_steps > 0 needs --policy_path (the World Expert)")
+        if self.progress_coef < 0:
+            raise ValueError(f"train_reward: progress_coef must be >= 0, got {self.progress_coef}")
         if self.image_size % (2 ** len(self.channels)) != 0:
             raise ValueError(f"train_reward: image_size {self.image_size} must be divisible by 2**len(channels)")
 
@@ -170,6 +181,11 @@ def main() -> None:
     if cfg.init_model_path:
         model = load_success_classifier(cfg.init_model_path)
         model.task_ids(sorted(set(frames.task_names)))  # every task of the dataset must be in its vocabulary
+        if cfg.progress_head and not model.config.progress_head:
+            raise ValueError(
+                f"train_reward: --progress_head true, but {cfg.init_model_path} has no progress head; train a new "
+                f"model (no --init_model_path) to add one"
+            )
     else:
         model = SuccessClassifier(
             SuccessClassifierConfig(
@@ -179,6 +195,7 @@ def main() -> None:
                 hidden_size=cfg.hidden_size,
                 task_embed_dim=cfg.task_embed_dim,
                 dropout=cfg.dropout,
+                progress_head=cfg.progress_head,
             )
         )
     train_kwargs = dict(
@@ -188,6 +205,7 @@ def main() -> None:
         augment_strength=cfg.augment_strength,
         eval_steps=cfg.eval_steps,
         log_fn=log,
+        progress_coef=cfg.progress_coef,
     )
 
     # --- train on real frames

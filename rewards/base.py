@@ -73,6 +73,7 @@ BUILTIN_REWARDS: dict[str, str] = {
     "predicted_success": "rewards.base:predicted_success",
     "trajectory_success": "rewards.base:trajectory_success",
     "subgoal_success": "rewards.subgoal_success:build_subgoal_success_reward",
+    "subgoal_progress": "rewards.subgoal_success:build_subgoal_progress_reward",
     "goal_similarity": "rewards.goal_similarity:build_goal_similarity_reward",
     "progress": "rewards.progress:build_progress_reward",
     "subtask_text": "rewards.subtask_text:build_subtask_text_reward",

@@ -1,8 +1,11 @@
-"""Subgoal success reward: a learned success classifier scores the (predicted) subgoal images.
+"""Subgoal rewards: a learned success classifier scores the (predicted) subgoal images.
 
-`SubgoalSuccessReward` scores the predicted subgoal images of a batch with a trained, calibrated
-`rewards.success_classifier.SuccessClassifier`: per-chunk success probability [N, T] and a per-row value. The
-classifier itself (model, labels and hard negatives, calibration, training) lives in `rewards.success_classifier`.
+`SubgoalSuccessReward` (`subgoal_success`) scores the predicted subgoal images of a batch with a trained, calibrated
+`rewards.success_classifier.SuccessClassifier`: per-chunk success probability [N, T] and a per-row value.
+`SubgoalProgressReward` (`subgoal_progress`) reads a classifier trained with a progress head: 1.0 where the frame is
+classified solved, else ``failure_scale`` · predicted progress, so every predicted success outranks every failure and
+failures are ordered by how close they came (the image counterpart of `state_progress`). The classifier itself
+(model, labels and hard negatives, calibration, training) lives in `rewards.success_classifier`.
 """
 
 from __future__ import annotations
@@ -85,6 +88,61 @@ class SubgoalSuccessReward:
         return (ran >= self.threshold).any(dim=1).float().tolist()
 
 
+class SubgoalProgressReward(SubgoalSuccessReward):
+    """Success or dense progress from one classifier with a progress head.
+
+    Args:
+        model: a trained `SuccessClassifier` with ``progress_head`` (calibrated).
+        mode: "final" (the last chunk each row ran) or "max" (the best chunk it ran).
+        failure_scale: in [0, 1); the most a frame not classified solved can score.
+        batch_size: frames per classifier forward.
+    """
+
+    __name__ = "subgoal_progress"
+
+    def __init__(
+        self, model: SuccessClassifier, mode: str = "final", failure_scale: float = 0.9, batch_size: int = 512
+    ) -> None:
+        if mode not in ("final", "max"):
+            raise ValueError(f"subgoal_progress: mode must be 'final' or 'max', got {mode!r}")
+        if not 0.0 <= failure_scale < 1.0:
+            raise ValueError(
+                f"subgoal_progress: failure_scale must be in [0, 1) so that a success outranks every failure, got "
+                f"{failure_scale}"
+            )
+        model.require_progress_head("subgoal_progress")
+        super().__init__(model, mode="final", batch_size=batch_size)
+        self.mode, self.failure_scale = mode, float(failure_scale)
+
+    def frame_values(self, images: torch.Tensor, task_names: Sequence[str]) -> torch.Tensor:
+        """float [M] values of frames uint8 [M, H, W, 3]: 1.0 when solved, else failure_scale · progress."""
+        probs, progress = self.model.predict_proba_and_progress(images, list(task_names), self.batch_size)
+        return torch.where(probs >= self.threshold, torch.ones_like(progress), self.failure_scale * progress)
+
+    def __call__(
+        self,
+        *,
+        subgoal_images: torch.Tensor,
+        task_names: Sequence[str],
+        alive: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> list[float]:
+        """Args: subgoal_images uint8 [N, T, H, W, 3]; task_names N; alive bool [N, T]. Returns N floats in [0, 1]."""
+        n, t = subgoal_images.shape[:2]
+        if len(task_names) != n:
+            raise ValueError(f"subgoal_progress: {n} rows of subgoal_images but {len(task_names)} task names")
+        alive = torch.ones(n, t, dtype=torch.bool) if alive is None else torch.as_tensor(alive).bool().cpu()
+        if self.mode == "final":
+            last = last_alive_index(alive).to(subgoal_images.device)
+            final = subgoal_images[torch.arange(n, device=subgoal_images.device), last]  # [N, H, W, 3]
+            return self.frame_values(final, task_names).tolist()
+        flat = subgoal_images.reshape(n * t, *subgoal_images.shape[2:])  # [N*T, H, W, 3]
+        values = self.frame_values(flat, [name for name in task_names for _ in range(t)]).reshape(n, t)
+        ran = alive.clone()
+        ran[~alive.any(dim=1), 0] = True  # a row that ran no chunk is scored at chunk 0, as last_alive_index does
+        return values.masked_fill(~ran, float("-inf")).amax(dim=1).tolist()
+
+
 @reward_factory
 def build_subgoal_success_reward(
     reward_model_path: str,
@@ -94,3 +152,18 @@ def build_subgoal_success_reward(
 ) -> SubgoalSuccessReward:
     """The `subgoal_success` built-in: context `reward_model_path` (a train_reward output_dir or a saved model)."""
     return SubgoalSuccessReward(load_success_classifier(reward_model_path, device), mode=success_reward_mode)
+
+
+@reward_factory
+def build_subgoal_progress_reward(
+    reward_model_path: str,
+    success_reward_mode: str = "final",
+    failure_scale: float = 0.9,
+    device: str | torch.device | None = None,
+    **unused: Any,
+) -> SubgoalProgressReward:
+    """The `subgoal_progress` built-in: context `reward_model_path` (a classifier trained with ``--progress_head
+    true``); options `success_reward_mode` ("final" or "max") and `failure_scale`."""
+    return SubgoalProgressReward(
+        load_success_classifier(reward_model_path, device), success_reward_mode, failure_scale
+    )

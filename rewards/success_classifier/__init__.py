@@ -1,13 +1,14 @@
 """The success classifier behind the `subgoal_success` reward, one module per job.
 
-- `model`: `SuccessClassifierConfig`, `SuccessClassifier` (frame + task → calibrated success probability),
-  `load_success_classifier`.
+- `model`: `SuccessClassifierConfig`, `SuccessClassifier` (frame + task → calibrated success probability, and with
+  ``progress_head`` a progress in [0, 1] regressed on the simulator's shaped reward), `load_success_classifier`.
 - `labels`: frame labels, hard / early negatives and boundary frames from an episode dataset (`FrameSet`),
   splits by episode, sampling weights.
 - `calibration`: AUROC, reliability table, ECE, Platt scaling, threshold choice.
 - `training`: augmentation, the training loop, calibration and evaluation of a model, World-Expert-predicted frames.
 
-The reward that scores predicted subgoal images with it is `rewards.subgoal_success.SubgoalSuccessReward`.
+The rewards that score predicted subgoal images with it are in `rewards.subgoal_success` (`subgoal_success`, and
+`subgoal_progress` for a model with a progress head).
 """
 
 from rewards.success_classifier.calibration import (
@@ -20,11 +21,13 @@ from rewards.success_classifier.calibration import (
     reliability_table,
 )
 from rewards.success_classifier.labels import (
+    PROGRESS_SCALE,
     REQUIRED_COLUMNS,
     FrameSet,
     boundary_mask,
     early_negative_mask,
     frame_labels,
+    frame_progress,
     frames_from_dataset,
     frames_from_datasets,
     hard_negative_mask,
@@ -42,10 +45,12 @@ from rewards.success_classifier.training import (
     calibrate_classifier,
     evaluate_classifier,
     predicted_frames,
+    progress_metrics,
     train_success_classifier,
 )
 
 __all__ = [
+    "PROGRESS_SCALE",
     "REQUIRED_COLUMNS",
     "FrameSet",
     "SuccessClassifier",
@@ -62,12 +67,14 @@ __all__ = [
     "fit_platt",
     "format_reliability",
     "frame_labels",
+    "frame_progress",
     "frames_from_dataset",
     "frames_from_datasets",
     "hard_negative_mask",
     "images_to_float",
     "load_success_classifier",
     "predicted_frames",
+    "progress_metrics",
     "reliability_table",
     "sampling_weights",
     "split_by_episode",

@@ -4,7 +4,9 @@ Frame t of an episode shows success when ``success`` was set by the action at t-
 *failed* episodes whose hand is within ``hard_negative_radius`` of where successful episodes' hands were when they
 succeeded — the arm is in the success pose but the object is not, so a classifier that reads the arm gets them wrong
 (DESIGN.md). Early negatives are the first frames of successful episodes (same scene, object not yet moved);
-boundary frames are the few right before a first success (left out of training, never out of evaluation).
+boundary frames are the few right before a first success (left out of training, never out of evaluation). A frame's
+progress is the simulator's shaped reward of the action that led to it, clip(reward / `PROGRESS_SCALE`, 0, 1)
+(Meta-World's unscaled reward is in [0, 10]); the first frame of an episode has none (NaN).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class FrameSet:
             object not yet moved); sampled with the hard negatives.
         boundary: bool [M] — negative within `boundary_margin` steps before the first success of its episode (nearly
             identical to the positives; the recipe leaves these out of training, never out of evaluation).
+        progress: float32 [M] — clip(shaped reward / `PROGRESS_SCALE`, 0, 1) of the step that led to the frame; NaN
+            where unknown (an episode's first frame, or a dataset without a ``reward`` column).
     """
 
     images: np.ndarray
@@ -41,12 +45,15 @@ class FrameSet:
     hard_negative: np.ndarray
     early_negative: np.ndarray | None = None
     boundary: np.ndarray | None = None
+    progress: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.early_negative is None:
             self.early_negative = np.zeros(len(self.labels), dtype=bool)
         if self.boundary is None:
             self.boundary = np.zeros(len(self.labels), dtype=bool)
+        if self.progress is None:
+            self.progress = np.full(len(self.labels), np.nan, dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -61,6 +68,7 @@ class FrameSet:
             hard_negative=self.hard_negative[idx],
             early_negative=self.early_negative[idx],
             boundary=self.boundary[idx],
+            progress=self.progress[idx],
         )
 
     @staticmethod
@@ -73,6 +81,7 @@ class FrameSet:
             hard_negative=np.concatenate([f.hard_negative for f in items]),
             early_negative=np.concatenate([f.early_negative for f in items]),
             boundary=np.concatenate([f.boundary for f in items]),
+            progress=np.concatenate([f.progress for f in items]),
         )
 
     def summary(self) -> dict[str, int]:
@@ -84,9 +93,11 @@ class FrameSet:
             "early_negatives": int(self.early_negative.sum()),
             "boundary": int(self.boundary.sum()),
             "episodes": len(np.unique(self.episode)),
+            "with_progress": int(np.isfinite(self.progress).sum()),
         }
 
 
+PROGRESS_SCALE = 10.0  # Meta-World's unscaled shaped reward is in [0, 10]
 REQUIRED_COLUMNS = ("image", "state", "success", "episode_success", "task_name", "episode_index", "step_index")
 
 
@@ -104,6 +115,26 @@ def frame_labels(success: np.ndarray, episode: np.ndarray, step: np.ndarray) -> 
     shifted[1:] = s_sorted[:-1]
     labels[order] = shifted & prev_same
     return labels
+
+
+def frame_progress(
+    reward: np.ndarray, episode: np.ndarray, step: np.ndarray, scale: float = PROGRESS_SCALE
+) -> np.ndarray:
+    """float32 [M]: frame t's progress is clip(reward / scale, 0, 1) of the action at t-1 of the same episode (the
+    step that led to it); NaN for a frame with no such step (an episode's first frame). Rows may come in any order.
+    """
+    if scale <= 0:
+        raise ValueError(f"frame_progress: scale must be > 0, got {scale}")
+    order = np.lexsort((step, episode))
+    out = np.full(len(reward), np.nan, dtype=np.float32)
+    e_sorted, s_sorted = episode[order], step[order]
+    follows = np.zeros(len(order), dtype=bool)
+    follows[1:] = (e_sorted[1:] == e_sorted[:-1]) & (s_sorted[1:] == s_sorted[:-1] + 1)
+    prev_reward = np.empty(len(order), dtype=np.float32)
+    prev_reward[1:] = reward[order][:-1]
+    prev_reward[0] = np.nan
+    out[order] = np.where(follows, np.clip(prev_reward / scale, 0.0, 1.0), np.nan)
+    return out
 
 
 def hard_negative_mask(
@@ -190,6 +221,7 @@ def _frame_columns(dataset: Any) -> dict[str, Any]:
         "step": np.asarray(cols["step_index"], dtype=np.int64),
         "episode_success": np.asarray(cols["episode_success"], dtype=bool),
         "task_names": [str(t) for t in dataset["task_name"]],
+        "reward": np.asarray(cols["reward"], dtype=np.float32) if "reward" in dataset.column_names else None,
     }
 
 
@@ -242,6 +274,7 @@ def frames_from_datasets(
                 hard_negative=hard[start : start + len(labels)],
                 early_negative=early_negative_mask(labels, episode, step, early_fraction),
                 boundary=boundary_mask(labels, episode, step, boundary_margin),
+                progress=None if c["reward"] is None else frame_progress(c["reward"], episode, step),
             )
         )
         start += len(labels)

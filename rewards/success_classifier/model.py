@@ -3,7 +3,9 @@
 The task is an embedding over a task vocabulary saved with the model (FiLM on the pooled features). Platt scaling
 (``platt_scale``, ``platt_bias``) and the decision ``threshold`` are fitted on a validation split
 (`rewards.success_classifier.training.calibrate_classifier`) and saved in the config, so ``save_pretrained`` /
-`load_success_classifier` (safetensors) round-trip everything.
+`load_success_classifier` (safetensors) round-trip everything. With ``progress_head`` a second output beside the
+success logit regresses the frame's progress, clip(shaped reward / 10, 0, 1): dense credit that tells a failure that
+came close from one that did not (`predict_progress`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class SuccessClassifierConfig(PretrainedConfig):
         dropout: dropout before the output layer.
         platt_scale, platt_bias: calibration, p = sigmoid(platt_scale · logit + platt_bias).
         threshold: decision threshold on the calibrated probability.
+        progress_head: add a progress output (sigmoid, trained on clip(shaped reward / 10, 0, 1)) beside the logit.
     """
 
     model_type = "wlarl_success_classifier"
@@ -45,6 +48,7 @@ class SuccessClassifierConfig(PretrainedConfig):
         platt_scale: float = 1.0,
         platt_bias: float = 0.0,
         threshold: float = 0.5,
+        progress_head: bool = False,
         **kwargs: Any,
     ) -> None:
         self.task_names = list(task_names)
@@ -56,6 +60,7 @@ class SuccessClassifierConfig(PretrainedConfig):
         self.platt_scale = float(platt_scale)
         self.platt_bias = float(platt_bias)
         self.threshold = float(threshold)
+        self.progress_head = bool(progress_head)
         super().__init__(**kwargs)
         if len(set(self.task_names)) != len(self.task_names):
             raise ValueError(f"SuccessClassifierConfig.task_names must be unique, got {self.task_names}")
@@ -110,6 +115,7 @@ class SuccessClassifier(PreTrainedModel):
             nn.SiLU(), nn.Dropout(config.dropout), nn.Linear(config.hidden_size, config.hidden_size), nn.SiLU()
         )
         self.out = nn.Linear(config.hidden_size, 1)
+        self.progress_out = nn.Linear(config.hidden_size, 1) if config.progress_head else None
         self.task_bias = nn.Embedding(len(config.task_names), 1)
         self._index = {name: i for i, name in enumerate(config.task_names)}
         self.post_init()
@@ -132,22 +138,37 @@ class SuccessClassifier(PreTrainedModel):
             ) from None
         return torch.tensor(ids, dtype=torch.long, device=self.device)
 
-    def forward(self, images: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
-        """Raw (uncalibrated) logits.
+    def forward(
+        self, images: torch.Tensor, task_ids: torch.Tensor, return_progress: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Raw (uncalibrated) logits, and with `return_progress` the progress logits too.
 
         Args:
             images: uint8 [N, H, W, 3] or float [N, 3, H, W] in [0, 1].
             task_ids: long [N].
+            return_progress: also return the progress head's logits (sigmoid → progress in [0, 1]).
 
         Returns:
-            float [N] logits.
+            float [N] logits, or (logits [N], progress logits [N]).
         """
         x = images_to_float(images.to(self.device), self.config.image_size)  # [N, 3, s, s]
         feats = self.encoder(x * 2.0 - 1.0).flatten(1)  # [N, c*g*g]
         h = self.proj(feats)  # [N, D]
         gamma, beta = self.film(self.task_embed(task_ids)).chunk(2, dim=-1)  # [N, D] each
         h = self.head(h * (1.0 + gamma) + beta)
-        return self.out(h)[:, 0] + self.task_bias(task_ids)[:, 0]  # [N]
+        logits = self.out(h)[:, 0] + self.task_bias(task_ids)[:, 0]  # [N]
+        if not return_progress:
+            return logits
+        self.require_progress_head("forward(return_progress=True)")
+        return logits, self.progress_out(h)[:, 0]  # [N], [N]
+
+    def require_progress_head(self, what: str) -> None:
+        """Raise a clear error when this model was trained without a progress head."""
+        if self.progress_out is None:
+            raise ValueError(
+                f"{what}: this success classifier has no progress head; train one with "
+                f"`python recipes/train_reward.py ... --progress_head true`"
+            )
 
     def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
         """Platt-scaled logits: platt_scale · logit + platt_bias."""
@@ -174,6 +195,31 @@ class SuccessClassifier(PreTrainedModel):
     def predict_proba(self, images: torch.Tensor, task_names: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """Calibrated success probabilities, float [N]."""
         return torch.sigmoid(self.predict_logits(images, task_names, batch_size))
+
+    @torch.no_grad()
+    def predict_proba_and_progress(
+        self, images: torch.Tensor, task_names: Sequence[str], batch_size: int = 256
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Calibrated success probabilities and progress in [0, 1], float [N] each on CPU, from one forward pass."""
+        self.require_progress_head("predict_progress")
+        if len(task_names) != images.shape[0]:
+            raise ValueError(f"success classifier: {images.shape[0]} images but {len(task_names)} task names")
+        was_training = self.training
+        self.eval()
+        ids = self.task_ids(task_names)
+        logits, progress = [], []
+        for i in range(0, len(ids), batch_size):
+            lg, pg = self(images[i : i + batch_size], ids[i : i + batch_size], return_progress=True)
+            logits.append(lg.cpu())
+            progress.append(pg.cpu())
+        self.train(was_training)
+        if not logits:
+            return torch.zeros(0), torch.zeros(0)
+        return torch.sigmoid(self.calibrate(torch.cat(logits))), torch.sigmoid(torch.cat(progress))
+
+    def predict_progress(self, images: torch.Tensor, task_names: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """Progress in [0, 1], float [N]: how far the frame is along its task (needs ``progress_head``)."""
+        return self.predict_proba_and_progress(images, task_names, batch_size)[1]
 
 
 def load_success_classifier(path: str | Path, device: str | torch.device | None = None) -> SuccessClassifier:

@@ -28,6 +28,7 @@ from rewards.success_classifier.labels import FrameSet, frames_from_dataset, sam
 from rewards.success_classifier.model import SuccessClassifier, images_to_float
 from wlarl.data.episodes import window_rows
 from wlarl.types import Observation
+from wlarl.utils.stats import spearman
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -115,14 +116,19 @@ def train_success_classifier(
     eval_steps: int = 200,
     seed: int = 0,
     log_fn: Any = None,
+    progress_coef: float = 1.0,
 ) -> dict[str, float]:
     """Train `model` with weighted sampling (positives / hard negatives / other negatives) and augmentation.
+
+    With a progress head the loss adds `progress_coef` · BCE(progress logit, frame progress) on the frames whose
+    progress is known (a soft target in [0, 1]).
 
     Args:
         model: the classifier (trained in place).
         train: labelled training frames.
         val: frames for periodic AUROC (optional).
         log_fn: called as log_fn(step, metrics_dict) every `eval_steps` and at the end.
+        progress_coef: weight of the progress loss (models with ``progress_head`` only).
 
     Returns:
         The last logged metrics.
@@ -132,6 +138,14 @@ def train_success_classifier(
             f"train_reward: the training split needs both successful and failed frames, got {train.summary()}; "
             f"collect episodes with failures (noise modes) and successes"
         )
+    with_progress = bool(model.config.progress_head)
+    if with_progress and not np.isfinite(train.progress).any():
+        raise ValueError(
+            "train_reward: the model has a progress head but no training frame has a progress target; the episode "
+            "dataset needs its `reward` column (the simulator's shaped reward)"
+        )
+    progress = torch.from_numpy(np.nan_to_num(train.progress, nan=0.0)).float()  # [M]
+    has_progress = torch.from_numpy(np.isfinite(train.progress))  # [M]
     gen = torch.Generator().manual_seed(seed)
     weights = torch.from_numpy(sampling_weights(train, hard_negative_fraction))
     images = torch.from_numpy(train.images)  # uint8 [M, H, W, 3]
@@ -148,8 +162,17 @@ def train_success_classifier(
         idx = torch.multinomial(weights, batch_size, replacement=True, generator=gen)  # [B]
         x = images_to_float(images[idx].to(model.device), model.config.image_size)  # [B, 3, s, s]
         x = augment_images(x, gen, augment_strength)
-        logits = model(x, task_ids[idx])
+        if with_progress:
+            logits, progress_logits = model(x, task_ids[idx], return_progress=True)
+        else:
+            logits = model(x, task_ids[idx])
         loss = F.binary_cross_entropy_with_logits(logits, labels[idx].to(logits.device))
+        if with_progress:
+            known = has_progress[idx].to(logits.device)
+            if bool(known.any()):
+                target = progress[idx].to(logits.device)
+                p_loss = F.binary_cross_entropy_with_logits(progress_logits[known], target[known])
+                loss = loss + progress_coef * p_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -162,6 +185,8 @@ def train_success_classifier(
             if val is not None and len(val):
                 probs = torch.sigmoid(_raw_logits(model, val))
                 metrics["val/auroc"] = auroc(probs.numpy(), val.labels)
+                if with_progress:
+                    metrics.update(progress_metrics(model, val, "val/"))
             model.train()
             if log_fn is not None:
                 log_fn(step, metrics)
@@ -179,6 +204,29 @@ def _raw_logits(model: SuccessClassifier, frames: FrameSet, batch_size: int = 25
             model(images[i : i + batch_size], ids[i : i + batch_size]).cpu() for i in range(0, len(ids), batch_size)
         ]
     return torch.cat(out) if out else torch.zeros(0)
+
+
+def progress_metrics(model: SuccessClassifier, frames: FrameSet, prefix: str) -> dict[str, float]:
+    """Spearman of the predicted progress with the frames' real progress, on all frames with one and on the failed
+    (unsolved) ones: keys `prefix` + progress_spearman / progress_spearman_unsolved / progress_mae. Empty without a
+    progress head or targets."""
+    if not model.config.progress_head:
+        return {}
+    known = np.isfinite(frames.progress)
+    if known.sum() < 2:
+        return {}
+    sub = frames.subset(np.flatnonzero(known))
+    pred = model.predict_progress(torch.from_numpy(sub.images), sub.task_names).numpy()
+    out = {
+        f"{prefix}progress_spearman": spearman(pred, sub.progress, constant=float("nan")),
+        f"{prefix}progress_mae": float(np.abs(pred - sub.progress).mean()),
+    }
+    unsolved = ~sub.labels
+    if unsolved.sum() >= 2:
+        out[f"{prefix}progress_spearman_unsolved"] = spearman(
+            pred[unsolved], sub.progress[unsolved], constant=float("nan")
+        )
+    return out
 
 
 def calibrate_classifier(model: SuccessClassifier, val: FrameSet, rule: str = "f1") -> dict[str, float]:
@@ -200,6 +248,7 @@ def evaluate_classifier(model: SuccessClassifier, frames: FrameSet, prefix: str,
         out[f"{prefix}hard_negative_false_positive_rate"] = float(
             (probs[frames.hard_negative] >= model.config.threshold).mean()
         )
+    out.update(progress_metrics(model, frames, prefix))
     return out
 
 

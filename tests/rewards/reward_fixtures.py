@@ -67,7 +67,12 @@ def make_trajectories(
 
 
 def make_episode_dataset(
-    n_episodes: int = 24, steps: int = 12, size: int = 32, tasks: tuple[str, ...] = ("push-v3",), seed: int = 0
+    n_episodes: int = 24,
+    steps: int = 12,
+    size: int = 32,
+    tasks: tuple[str, ...] = ("push-v3",),
+    seed: int = 0,
+    shaped_reward: bool = False,
 ):
     """A synthetic episode dataset (written by `wlarl.data.write_episodes`) whose success is visible only in the
     object.
@@ -75,8 +80,10 @@ def make_episode_dataset(
     Scene: grey background, a green goal patch on the right, a red object and a blue arm. In successful episodes the
     arm pushes the object onto the goal (success once the object is there). In failed episodes the arm goes to the
     same final pose but the object stays where it was: those frames are hard negatives (arm in the success pose).
-    Half the episodes succeed. Hand xyz (state[:3]) is the arm's pixel position / 100. Returns the in-memory
-    `datasets.Dataset`.
+    Half the episodes succeed. Hand xyz (state[:3]) is the arm's pixel position / 100. With `shaped_reward` the
+    ``reward`` of the action at t is a visible progress, 10 · (0.3 · how far the arm has come + 0.7 · how far the
+    object has come to the goal), so a failed episode (object still) tops out at 3; otherwise it is 0. Returns the
+    in-memory `datasets.Dataset`.
     """
     import shutil
     import tempfile
@@ -94,7 +101,7 @@ def make_episode_dataset(
         ok = ep % 2 == 0
         obj0 = np.array([0.3 + 0.1 * rng.random(), 0.3 + 0.4 * rng.random()]) * size
         arm0 = np.array([0.1, 0.1 + 0.8 * rng.random()]) * size
-        images, states, success = [], [], []
+        images, states, success, reward = [], [], [], []
         for t in range(steps + 1):  # observations 0..T
             frac = min(t / (steps * 0.75), 1.0)
             arm = arm0 + (goal - np.array([size * 0.12, 0]) - arm0) * frac
@@ -110,12 +117,14 @@ def make_episode_dataset(
             states.append([arm[0] / 100, arm[1] / 100, 0.1, 0.0])
             if t > 0:  # success after the action at t-1 = the object is on the goal in observation t
                 success.append(bool(np.linalg.norm(obj - goal) < 1.0))
+                obj_done = 1.0 - np.linalg.norm(obj - goal) / np.linalg.norm(obj0 - goal)
+                reward.append(10.0 * (0.3 * frac + 0.7 * obj_done) if shaped_reward else 0.0)
         return {
             "image": np.stack(images),
             "state": np.asarray(states, dtype=np.float32),
             "full_state": np.zeros((steps + 1, 39), np.float32),
             "action": np.tile(np.array([0.1, 0.0, 0.0, 0.0], np.float32), (steps, 1)),
-            "reward": np.zeros(steps, np.float32),
+            "reward": np.asarray(reward, np.float32),
             "success": np.asarray(success),
             "subtask": ["push the puck"] * steps,
             "instruction": f"do {task}",

@@ -1,4 +1,5 @@
-"""Success classifier: labels, hard negatives, metrics, calibration, save/load, unknown task, reward modes."""
+"""Success classifier: labels, hard negatives, metrics, calibration, save/load, unknown task, reward modes, and the
+progress head with its `subgoal_progress` reward."""
 
 from __future__ import annotations
 
@@ -10,21 +11,25 @@ import torch
 from reward_fixtures import make_episode_dataset, make_trajectories
 
 from rewards import RewardLoadError, build_reward_scorer, resolve_reward_func
-from rewards.subgoal_success import SubgoalSuccessReward
+from rewards.subgoal_success import SubgoalProgressReward, SubgoalSuccessReward
 from rewards.success_classifier import (
+    FrameSet,
     SuccessClassifier,
     SuccessClassifierConfig,
     augment_images,
     auroc,
     calibrate_classifier,
     choose_threshold,
+    evaluate_classifier,
     expected_calibration_error,
     fit_platt,
     frame_labels,
+    frame_progress,
     frames_from_dataset,
     frames_from_datasets,
     load_success_classifier,
     predicted_frames,
+    progress_metrics,
     reliability_table,
     split_by_episode,
     train_success_classifier,
@@ -239,3 +244,102 @@ def test_scorer_finds_its_success_classifier(tmp_path):
     probs = predict_proba(images, ["push-v3"] * 3)  # calibrated, [N]
     assert probs.shape == (3,) and torch.allclose(probs, scorer.funcs[1].model.predict_proba(images, ["push-v3"] * 3))
     assert build_reward_scorer(["shaping", "predicted_success"]).find_success_classifier() is None
+
+
+def tiny_progress_model(tasks=("push-v3",)) -> SuccessClassifier:
+    torch.manual_seed(0)
+    return SuccessClassifier(
+        SuccessClassifierConfig(
+            task_names=list(tasks), image_size=32, channels=[8, 16, 32], hidden_size=32, progress_head=True
+        )
+    )
+
+
+def test_frame_progress_is_the_reward_of_the_step_that_led_to_the_frame():
+    # two episodes, rows shuffled; episode 7 has a gap at step 3 (no step 2 row), so frame 3 has no known step
+    episode = np.array([7, 5, 5, 7, 5, 7])
+    step = np.array([1, 2, 0, 0, 1, 3])
+    reward = np.array([4.0, 12.0, 2.0, 6.0, -1.0, 9.0], np.float32)
+    out = frame_progress(reward, episode, step)
+    # episode 5: frame 0 none, frame 1 ← reward of step 0 (2.0), frame 2 ← step 1 (−1.0, clipped to 0)
+    # episode 7: frame 0 none, frame 1 ← step 0 (6.0), frame 3 ← nothing (step 2 missing)
+    expected = [0.6, 0.0, np.nan, np.nan, 0.2, np.nan]
+    np.testing.assert_allclose(out, expected, equal_nan=True)
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        frame_progress(reward, episode, step, scale=0.0)
+
+
+def test_frames_carry_progress_from_the_reward_column():
+    ds = make_episode_dataset(n_episodes=2, steps=8, shaped_reward=True)
+    frames = frames_from_dataset(ds)
+    first = frames.episode != np.roll(frames.episode, 1)
+    assert np.isnan(frames.progress[first]).all() and np.isfinite(frames.progress[~first]).all()
+    solved = frames.labels
+    assert frames.progress[solved].min() > 0.95  # the object is on the goal
+    assert frames.progress[(frames.episode == 1) & ~first].max() <= 0.3 + 1e-6  # the failed one never moved it
+    assert frames.summary()["with_progress"] == int((~first).sum())
+    assert np.isnan(frames.subset(np.array([0])).progress).all()  # subset and cat keep the column
+    assert len(FrameSet.cat([frames, frames]).progress) == 2 * len(frames)
+
+
+def test_progress_head_round_trips_and_a_model_without_one_says_so(tmp_path):
+    images = torch.randint(0, 255, (4, 32, 32, 3), dtype=torch.uint8)
+    model = tiny_progress_model()
+    probs, progress = model.predict_proba_and_progress(images, ["push-v3"] * 4)
+    assert probs.shape == progress.shape == (4,) and ((progress > 0) & (progress < 1)).all()
+    assert torch.allclose(probs, model.predict_proba(images, ["push-v3"] * 4))
+    model.save_pretrained(tmp_path / "final")
+    loaded = load_success_classifier(tmp_path)
+    assert loaded.config.progress_head and torch.allclose(loaded.predict_progress(images, ["push-v3"] * 4), progress)
+    plain = tiny_model()
+    with pytest.raises(ValueError, match="no progress head.*--progress_head true"):
+        plain.predict_progress(images, ["push-v3"] * 4)
+    with pytest.raises(ValueError, match="subgoal_progress: this success classifier has no progress head"):
+        SubgoalProgressReward(plain)
+
+
+def test_training_the_progress_head_orders_unsolved_frames_by_how_close_they_came():
+    frames = frames_from_dataset(make_episode_dataset(n_episodes=16, steps=10, seed=1, shaped_reward=True))
+    train, val = split_by_episode(frames, [0.25])
+    model = tiny_progress_model()
+    before = progress_metrics(model, val, "val/")
+    metrics = train_success_classifier(
+        model, train, val, max_steps=120, batch_size=32, learning_rate=3e-3, eval_steps=120
+    )
+    after = progress_metrics(model, val, "val/")
+    assert after["val/progress_spearman"] > max(0.8, before["val/progress_spearman"])
+    assert after["val/progress_spearman_unsolved"] > 0.6
+    assert after["val/progress_mae"] < before["val/progress_mae"]
+    assert "val/progress_spearman" in metrics  # logged during training
+    calibrate_classifier(model, val)
+    assert "val/progress_spearman" in evaluate_classifier(model, val, "val/")
+    no_targets = FrameSet(**{**train.__dict__, "progress": np.full(len(train), np.nan, np.float32)})
+    with pytest.raises(ValueError, match="no training frame has a progress target.*`reward` column"):
+        train_success_classifier(tiny_progress_model(), no_targets, max_steps=1)
+
+
+def test_subgoal_progress_scores_success_as_one_and_failures_by_progress(tmp_path):
+    model = tiny_progress_model()
+    torch.manual_seed(1)
+    images = torch.randint(0, 255, (3, 3, 32, 32, 3), dtype=torch.uint8)  # [N, T, H, W, 3]
+    flat = images.reshape(9, 32, 32, 3)
+    probs, progress = model.predict_proba_and_progress(flat, ["push-v3"] * 9)
+    model.config.threshold = float(probs.median())  # some frames solved, some not
+    value = torch.where(probs >= model.config.threshold, torch.ones(9), 0.5 * progress).reshape(3, 3)
+    alive = torch.tensor([[True, True, False], [True, True, True], [False, False, False]])
+    final = SubgoalProgressReward(model, mode="final", failure_scale=0.5)
+    got = final(subgoal_images=images, task_names=["push-v3"] * 3, alive=alive)
+    assert got == pytest.approx([value[0, 1].item(), value[1, 2].item(), value[2, 0].item()])
+    best = SubgoalProgressReward(model, mode="max", failure_scale=0.5)
+    got = best(subgoal_images=images, task_names=["push-v3"] * 3, alive=alive)
+    assert got == pytest.approx([value[0, :2].max().item(), value[1].max().item(), value[2, 0].item()])
+    assert max(got) <= 1.0 and all(v == 1.0 or v <= 0.5 for v in got)
+    with pytest.raises(ValueError, match="failure_scale must be in"):
+        SubgoalProgressReward(model, failure_scale=1.0)
+    with pytest.raises(ValueError, match="mode must be 'final' or 'max'"):
+        SubgoalProgressReward(model, mode="success")
+    # by name, with the classifier found for the `both` success signal
+    model.save_pretrained(tmp_path / "final")
+    scorer = build_reward_scorer(["subgoal_progress"], reward_model_path=str(tmp_path))
+    assert isinstance(scorer.funcs[0], SubgoalProgressReward)
+    assert scorer.find_success_classifier()[1] == pytest.approx(model.config.threshold)

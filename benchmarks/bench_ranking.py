@@ -10,7 +10,8 @@ receives) — and compared within each group with the real outcome: success with
 shaped return. With `--state_reward_path` the state rewards (`state_success`, `state_progress`, and `state_value` when
 the model has a value head) are scored too: on the replay's real full states, and on the World Expert's predicted
 ones (a policy trained with `world_full_state`). A classifier trained with `--progress_head true` adds
-`subgoal_progress` (its success, else 0.9 · its predicted progress).
+`subgoal_progress` (its success, else 0.9 · its predicted progress). Weighted sums of rewards (`--combos`; by default
+the default preset's own and each main reward + 0.05 `shaping`) are scored like one reward.
 
 Usage (the default bootstrap; JSON and a markdown table):
 
@@ -60,6 +61,33 @@ from wlarl.types import Observation  # noqa: E402
 
 DEFAULT_REWARDS = ["subgoal_success", "predicted_success", "trajectory_success", "progress", "goal_similarity"]
 STATE_REWARDS = ["state_success", "state_progress", "state_value"]  # state_value: models with a value head only
+WITH_SHAPING = ["subgoal_success", "subgoal_progress", "state_progress", "state_value"]  # scored + 0.05 shaping too
+
+
+def parse_combo(text: str) -> tuple[str, dict[str, float]]:
+    """``name=fn:w,fn:w`` → (name, {fn: w}): a weighted sum of rewards, scored like one reward."""
+    name, sep, body = text.partition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        parts = dict((fn, float(w)) for fn, w in (item.split(":") for item in body.split(",")))
+    except ValueError:
+        raise SystemExit(f"bench_ranking: --combos {text!r}: expected name=fn:weight,fn:weight") from None
+    return name, parts
+
+
+def default_combos(rewards: list[str]) -> list[str]:
+    """The default preset's weighted reward (`default_preset`), and each main reward with the preset's 0.05 shaping."""
+    preset = yaml.safe_load((ROOT / "recipes" / "configs" / "default.yaml").read_text())["grpo_world"]
+    funcs, weights = preset["reward_funcs"], preset.get("reward_weights") or [1.0] * len(preset["reward_funcs"])
+    combos = []
+    if all(f in rewards for f in funcs):
+        combos.append("default_preset=" + ",".join(f"{f}:{w}" for f, w in zip(funcs, weights)))
+    preset_parts = dict(zip(funcs, map(float, weights)))
+    for r in WITH_SHAPING:
+        if r in rewards and {r: 1.0, "shaping": 0.05} != preset_parts:  # the preset's own is listed once
+            combos.append(f"{r}+shaping={r}:1.0,shaping:0.05")
+    return combos
 
 
 def _state_rewards(state_reward_path: str) -> list[str]:
@@ -111,6 +139,12 @@ def run(args) -> dict:
         world, horizon=args.chunks, success_signal="both" if classifier else "head", success_classifier=classifier,
         classifier_threshold=threshold,
     )  # fmt: skip
+    combos = dict(parse_combo(c) for c in args.combos)
+    missing = sorted({fn for parts in combos.values() for fn in parts} - set(scorer.names))
+    if missing:
+        raise SystemExit(
+            f"bench_ranking: --combos use {missing}, which are not among the scored rewards {scorer.names}"
+        )
     G = args.group
     gen = torch.Generator().manual_seed(args.seed)
     groups = []
@@ -137,6 +171,8 @@ def run(args) -> dict:
             out = scorer(traj)
             for f, name in enumerate(out.names):
                 scores[f"{name}@{kind}"] = out.per_function[:, f].numpy()
+            for combo, parts in combos.items():  # a function that skips a row adds nothing, as in training
+                scores[f"{combo}@{kind}"] = sum(w * np.nan_to_num(scores[f"{fn}@{kind}"]) for fn, w in parts.items())
         groups.append({"bp": bp, "replay": replay, "scores": scores, "imagined_success": imagined.success.numpy()})
     seconds = time.perf_counter() - t0
 
@@ -213,6 +249,11 @@ def main() -> None:
     p.add_argument("--num_workers", type=int, default=1, help="env workers of the policy's own rollouts")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="JSON path (the markdown table goes next to it as .md)")
+    p.add_argument(
+        "--combos", nargs="*", default=None,
+        help="weighted sums scored like one reward, name=fn:w,fn:w (default: the default preset's reward and each "
+        "main reward + 0.05 shaping); [] for none",
+    )  # fmt: skip
     args = p.parse_args()
     if not args.reward_model_path:
         args.rewards = [r for r in args.rewards if r not in ("subgoal_success", "subgoal_progress")]
@@ -222,6 +263,10 @@ def main() -> None:
         args.rewards.append("subgoal_progress")  # a classifier trained with --progress_head true
     if args.state_reward_path:
         args.rewards += [r for r in _state_rewards(args.state_reward_path) if r not in args.rewards]
+    if args.combos is None:
+        args.combos = default_combos(args.rewards + ["shaping"])
+    used = [fn for c in args.combos for fn in parse_combo(c)[1]]
+    args.rewards += [fn for fn in dict.fromkeys(used) if fn not in args.rewards]
     res = run(args)
     table = markdown(res)
     print(table)

@@ -4,10 +4,12 @@ within-group agreement of a reward with the real outcome."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from support import requires_metaworld
 
 from rollout.ranking import (
@@ -259,3 +261,20 @@ def test_advantage_agreement_refuses_points_without_observations_and_single_row_
     bp = dataclasses.replace(bp, observation={"image": np.zeros((8, 8, 3), np.uint8)})
     with pytest.raises(ValueError, match="G ≥ 2"):
         AdvantageAgreement(None, _success_scorer, [bp], group_size=1, horizon=1, chunk_size=8)
+
+
+def test_bench_ranking_combos_parse_and_default_to_the_presets_reward():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_ranking.py"
+    spec = importlib.util.spec_from_file_location("bench_ranking_cli", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.parse_combo("mine=state_value:1,shaping:0.05") == ("mine", {"state_value": 1.0, "shaping": 0.05})
+    with pytest.raises(SystemExit, match="expected name=fn:weight"):
+        bench.parse_combo("state_value:1")
+    combos = dict(bench.parse_combo(c) for c in bench.default_combos(["subgoal_success", "shaping", "state_value"]))
+    preset = yaml.safe_load((path.parents[1] / "recipes" / "configs" / "default.yaml").read_text())["grpo_world"]
+    assert combos["default_preset"] == dict(zip(preset["reward_funcs"], map(float, preset["reward_weights"])))
+    assert combos["state_value+shaping"] == {"state_value": 1.0, "shaping": 0.05}
+    assert len({tuple(sorted(p.items())) for p in combos.values()}) == len(combos)  # no combo listed twice

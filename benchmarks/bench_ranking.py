@@ -61,7 +61,13 @@ from wlarl.types import Observation  # noqa: E402
 
 DEFAULT_REWARDS = ["subgoal_success", "predicted_success", "trajectory_success", "progress", "goal_similarity"]
 STATE_REWARDS = ["state_success", "state_progress", "state_value"]  # state_value: models with a value head only
-WITH_SHAPING = ["subgoal_success", "subgoal_progress", "state_progress", "state_value"]  # scored + 0.05 shaping too
+WITH_SHAPING = [
+    "subgoal_success",
+    "subgoal_progress",
+    "state_success",
+    "state_progress",
+    "state_value",
+]  # scored + 0.05 shaping too
 
 
 def parse_combo(text: str) -> tuple[str, dict[str, float]]:

@@ -37,6 +37,7 @@ from accelerate import PartialState  # noqa: E402
 
 from rewards import build_reward_scorer  # noqa: E402
 from rewards.state_reward import StateReward, load_state_reward, train_state_reward  # noqa: E402
+from rewards.success_classifier import load_success_classifier  # noqa: E402
 from rollout.agreement import AdvantageAgreement, agreement_points  # noqa: E402
 from rollout.coevolution import CoevolutionRound  # noqa: E402
 from rollout.experts import SUBTASK_RULES  # noqa: E402
@@ -98,6 +99,18 @@ def _find_checkpoint(root: Path) -> Path:
         if (candidate / "config.json").is_file() and any(candidate.glob("*.safetensors")):
             return candidate
     raise FileNotFoundError(f"no saved model (config.json + *.safetensors) under {root}")
+
+
+def success_classifier_for_signal(scorer, reward_model_path: str | None):
+    """The success classifier that decides imagined success (`success_signal` classifier / both), as
+    ``(predict_proba, threshold)``: the one among the reward functions, else the one at `reward_model_path` (so a
+    run rewarded by state rewards alone still ends imagined episodes as the preset says), else None."""
+    found = scorer.find_success_classifier()
+    if found is None and reward_model_path:
+        model = load_success_classifier(reward_model_path)
+        logger.info("success signal: the success classifier of %s (no reward function carries one)", reward_model_path)
+        found = (model.predict_proba, float(model.config.threshold))
+    return found
 
 
 def bootstrap(preset: str) -> dict[str, str]:
@@ -305,9 +318,12 @@ def main() -> None:
         policy=snapshot, reward_kwargs=cfg.reward_kwargs, subtask_rules=SUBTASK_RULES,
         state_reward_path=cfg.state_reward_path,
     )  # fmt: skip
-    classifier, classifier_threshold = scorer.find_success_classifier() or (None, 0.5)
     # verification and advantage agreement imagine even with the real engine
     imagines = cfg.engine == "imagined" or cfg.verify_steps > 0 or cfg.agreement_steps > 0
+    needs_classifier = imagines and cfg.success_signal in ("classifier", "both")
+    classifier, classifier_threshold = (
+        success_classifier_for_signal(scorer, cfg.reward_model_path if needs_classifier else None)
+    ) or (None, 0.5)
     success_signal = cfg.success_signal
     state_success, state_threshold = None, 0.5
     if success_signal == "state" and imagines:
@@ -322,8 +338,8 @@ def main() -> None:
         if cfg.engine == "imagined":
             raise ValueError(
                 f"grpo_world: success_signal={success_signal!r} decides imagined success with the success "
-                f"classifier, but reward_funcs {cfg.reward_funcs} hold none: add subgoal_success, or pass "
-                "--success_signal head"
+                f"classifier, but reward_funcs {cfg.reward_funcs} hold none and no --reward_model_path is set: pass "
+                "one (recipes/train_reward.py's output), add subgoal_success, or pass --success_signal head"
             )
         logger.info("engine real: verification's imagination decides success with the World Expert's head (no "
                     "success classifier among reward_funcs %s)", cfg.reward_funcs)  # fmt: skip

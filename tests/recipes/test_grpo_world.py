@@ -204,3 +204,33 @@ def test_debug_coevolution_rounds_collect_refresh_and_resume_bitwise(tmp_path, c
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-6000:]
     assert (out / "final" / "model.safetensors").read_bytes() == first
+
+
+def test_success_signal_takes_the_classifier_of_reward_model_path_when_no_reward_carries_one(tmp_path):
+    """A run rewarded by state rewards alone (the default preset) still ends imagined episodes with the classifier."""
+    import importlib.util
+
+    import torch
+
+    from rewards import build_reward_scorer
+    from rewards.success_classifier import SuccessClassifier, SuccessClassifierConfig
+
+    spec = importlib.util.spec_from_file_location("grpo_world_recipe", RECIPE)
+    recipe = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = recipe
+    spec.loader.exec_module(recipe)
+    model = SuccessClassifier(SuccessClassifierConfig(task_names=["reach-v3"], image_size=32, channels=[8, 16]))
+    model.config.threshold = 0.37
+    model.save_pretrained(tmp_path / "reward" / "final")
+    images = torch.randint(0, 255, (2, 32, 32, 3), dtype=torch.uint8)
+
+    predict, threshold = recipe.success_classifier_for_signal(
+        build_reward_scorer(["shaping"]), str(tmp_path / "reward")
+    )
+    assert threshold == pytest.approx(0.37)
+    assert torch.allclose(predict(images, ["reach-v3"] * 2), model.predict_proba(images, ["reach-v3"] * 2))
+    assert recipe.success_classifier_for_signal(build_reward_scorer(["shaping"]), None) is None
+    # a classifier among the reward functions comes first
+    with_reward = build_reward_scorer(["subgoal_success"], reward_model_path=str(tmp_path / "reward"))
+    predict, _ = recipe.success_classifier_for_signal(with_reward, "/nonexistent")
+    assert predict.__self__ is with_reward.funcs[0].model

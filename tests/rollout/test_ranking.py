@@ -273,8 +273,12 @@ def test_bench_ranking_combos_parse_and_default_to_the_presets_reward():
     assert bench.parse_combo("mine=state_value:1,shaping:0.05") == ("mine", {"state_value": 1.0, "shaping": 0.05})
     with pytest.raises(SystemExit, match="expected name=fn:weight"):
         bench.parse_combo("state_value:1")
-    combos = dict(bench.parse_combo(c) for c in bench.default_combos(["subgoal_success", "shaping", "state_value"]))
+    combos = dict(
+        bench.parse_combo(c)
+        for c in bench.default_combos(["subgoal_success", "shaping", "state_progress", "state_value"])
+    )
     preset = yaml.safe_load((path.parents[1] / "recipes" / "configs" / "default.yaml").read_text())["grpo_world"]
     assert combos["default_preset"] == dict(zip(preset["reward_funcs"], map(float, preset["reward_weights"])))
     assert combos["state_value+shaping"] == {"state_value": 1.0, "shaping": 0.05}
+    assert combos["subgoal_success+shaping"] == {"subgoal_success": 1.0, "shaping": 0.05}
     assert len({tuple(sorted(p.items())) for p in combos.values()}) == len(combos)  # no combo listed twice

@@ -66,6 +66,10 @@ class SubgoalSuccessReward:
             probs = probs * alive.bool().cpu()
         return (probs >= self.threshold).any(dim=1)
 
+    def frame_values(self, images: torch.Tensor, task_names: Sequence[str]) -> torch.Tensor:
+        """float [M] per-frame values of frames uint8 [M, H, W, 3]: the calibrated success probability."""
+        return self.model.predict_proba(images, list(task_names), self.batch_size)
+
     def __call__(
         self,
         *,
@@ -76,16 +80,20 @@ class SubgoalSuccessReward:
     ) -> list[float]:
         """Args: subgoal_images uint8 [N, T, H, W, 3]; task_names N; alive bool [N, T]. Returns N floats in [0, 1]."""
         n, t = subgoal_images.shape[:2]
+        if len(task_names) != n:
+            raise ValueError(f"{self.__name__}: {n} rows of subgoal_images but {len(task_names)} task names")
         alive = torch.ones(n, t, dtype=torch.bool) if alive is None else torch.as_tensor(alive).bool().cpu()
         if self.mode == "final":  # only the last frame each row ran: T times cheaper than every chunk
             last = last_alive_index(alive).to(subgoal_images.device)
             final = subgoal_images[torch.arange(n, device=subgoal_images.device), last]  # [N, H, W, 3]
-            return self.model.predict_proba(final, list(task_names), self.batch_size).tolist()
-        probs = self.chunk_probs(subgoal_images, task_names)  # [N, T]
-        ran = torch.where(alive, probs, torch.zeros_like(probs))
+            return self.frame_values(final, task_names).tolist()
+        flat = subgoal_images.reshape(n * t, *subgoal_images.shape[2:])  # [N*T, H, W, 3]
+        values = self.frame_values(flat, [name for name in task_names for _ in range(t)]).reshape(n, t)
+        ran = alive.clone()
+        ran[~alive.any(dim=1), 0] = True  # a row that ran no chunk is scored at chunk 0, as last_alive_index does
         if self.mode == "max":
-            return ran.amax(dim=1).tolist()
-        return (ran >= self.threshold).any(dim=1).float().tolist()
+            return values.masked_fill(~ran, float("-inf")).amax(dim=1).tolist()
+        return ((values >= self.threshold) & ran).any(dim=1).float().tolist()
 
 
 class SubgoalProgressReward(SubgoalSuccessReward):
@@ -118,29 +126,6 @@ class SubgoalProgressReward(SubgoalSuccessReward):
         """float [M] values of frames uint8 [M, H, W, 3]: 1.0 when solved, else failure_scale · progress."""
         probs, progress = self.model.predict_proba_and_progress(images, list(task_names), self.batch_size)
         return torch.where(probs >= self.threshold, torch.ones_like(progress), self.failure_scale * progress)
-
-    def __call__(
-        self,
-        *,
-        subgoal_images: torch.Tensor,
-        task_names: Sequence[str],
-        alive: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> list[float]:
-        """Args: subgoal_images uint8 [N, T, H, W, 3]; task_names N; alive bool [N, T]. Returns N floats in [0, 1]."""
-        n, t = subgoal_images.shape[:2]
-        if len(task_names) != n:
-            raise ValueError(f"subgoal_progress: {n} rows of subgoal_images but {len(task_names)} task names")
-        alive = torch.ones(n, t, dtype=torch.bool) if alive is None else torch.as_tensor(alive).bool().cpu()
-        if self.mode == "final":
-            last = last_alive_index(alive).to(subgoal_images.device)
-            final = subgoal_images[torch.arange(n, device=subgoal_images.device), last]  # [N, H, W, 3]
-            return self.frame_values(final, task_names).tolist()
-        flat = subgoal_images.reshape(n * t, *subgoal_images.shape[2:])  # [N*T, H, W, 3]
-        values = self.frame_values(flat, [name for name in task_names for _ in range(t)]).reshape(n, t)
-        ran = alive.clone()
-        ran[~alive.any(dim=1), 0] = True  # a row that ran no chunk is scored at chunk 0, as last_alive_index does
-        return values.masked_fill(~ran, float("-inf")).amax(dim=1).tolist()
 
 
 @reward_factory

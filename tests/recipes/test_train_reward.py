@@ -63,14 +63,18 @@ def test_train_reward_with_an_extra_dataset_reports_it_apart(tmp_path):
     assert "eval/extra/hard_negative_false_positive_rate" in results and "eval/real/auroc" in results
 
 
-def test_train_reward_progress_head_reports_progress_and_serves_subgoal_progress(tmp_path):
-    data, out = tmp_path / "demos", tmp_path / "reward"
-    make_episode_dataset(n_episodes=20, steps=10, seed=3, shaped_reward=True).save_to_disk(str(data))
-    proc = subprocess.run(
-        [sys.executable, "recipes/train_reward.py", "--config", "debug", "--dataset_path", str(data),
-         "--output_dir", str(out), "--max_steps", "80", "--progress_head", "true"],
+def _train_reward(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "recipes/train_reward.py", "--config", "debug", *args],
         cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
+
+
+def test_train_reward_progress_head_reports_progress_and_serves_subgoal_progress(tmp_path):
+    data, out, plain = tmp_path / "demos", tmp_path / "reward", tmp_path / "plain"
+    make_episode_dataset(n_episodes=20, steps=10, seed=3, shaped_reward=True).save_to_disk(str(data))
+    proc = _train_reward(tmp_path, "--dataset_path", str(data), "--output_dir", str(out), "--max_steps", "80",
+                         "--progress_head", "true")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["eval/real/progress_spearman"] > 0.7, results
@@ -78,19 +82,11 @@ def test_train_reward_progress_head_reports_progress_and_serves_subgoal_progress
     from rewards import resolve_reward_func
 
     assert resolve_reward_func("subgoal_progress", reward_model_path=str(out)).__name__ == "subgoal_progress"
-    # continuing from it works; continuing from a model without the head and asking for one is refused
-    plain = tmp_path / "plain"
-    proc = subprocess.run(
-        [sys.executable, "recipes/train_reward.py", "--config", "debug", "--dataset_path", str(data),
-         "--output_dir", str(plain), "--max_steps", "2"],
-        cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    # continuing from a model without the head and asking for one is refused
+    proc = _train_reward(tmp_path, "--dataset_path", str(data), "--output_dir", str(plain), "--max_steps", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = subprocess.run(
-        [sys.executable, "recipes/train_reward.py", "--config", "debug", "--dataset_path", str(data),
-         "--output_dir", str(tmp_path / "again"), "--init_model_path", str(plain), "--progress_head", "true"],
-        cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc = _train_reward(tmp_path, "--dataset_path", str(data), "--output_dir", str(tmp_path / "again"),
+                         "--init_model_path", str(plain), "--progress_head", "true")  # fmt: skip
     assert proc.returncode != 0 and "has no progress head" in proc.stderr
 
 

@@ -101,20 +101,26 @@ PROGRESS_SCALE = 10.0  # Meta-World's unscaled shaped reward is in [0, 10]
 REQUIRED_COLUMNS = ("image", "state", "success", "episode_success", "task_name", "episode_index", "step_index")
 
 
+def from_previous_step(values: np.ndarray, episode: np.ndarray, step: np.ndarray, fill: Any) -> np.ndarray:
+    """Per-action `values` moved onto the frame they led to: row (e, t) gets the value of row (e, t-1), and `fill`
+    where the episode has no step t-1 (its first frame). Rows may come in any order; they are matched by (episode,
+    step)."""
+    order = np.lexsort((step, episode))
+    e_sorted, s_sorted = episode[order], step[order]
+    follows = np.zeros(len(order), dtype=bool)
+    follows[1:] = (e_sorted[1:] == e_sorted[:-1]) & (s_sorted[1:] == s_sorted[:-1] + 1)
+    out = np.full(len(values), fill, dtype=values.dtype)
+    prev = np.flatnonzero(follows)  # positions in `order` whose predecessor is step t-1 of the same episode
+    out[order[prev]] = values[order[prev - 1]]
+    return out
+
+
 def frame_labels(success: np.ndarray, episode: np.ndarray, step: np.ndarray) -> np.ndarray:
     """bool [M]: frame t shows success when the action at t-1 of the same episode set `success`.
 
     Rows may come in any order; they are matched by (episode, step).
     """
-    order = np.lexsort((step, episode))
-    labels = np.zeros(len(success), dtype=bool)
-    s_sorted, e_sorted = success[order], episode[order]
-    prev_same = np.zeros(len(order), dtype=bool)
-    prev_same[1:] = e_sorted[1:] == e_sorted[:-1]
-    shifted = np.zeros(len(order), dtype=bool)
-    shifted[1:] = s_sorted[:-1]
-    labels[order] = shifted & prev_same
-    return labels
+    return from_previous_step(np.asarray(success, dtype=bool), episode, step, False)
 
 
 def frame_progress(
@@ -125,16 +131,8 @@ def frame_progress(
     """
     if scale <= 0:
         raise ValueError(f"frame_progress: scale must be > 0, got {scale}")
-    order = np.lexsort((step, episode))
-    out = np.full(len(reward), np.nan, dtype=np.float32)
-    e_sorted, s_sorted = episode[order], step[order]
-    follows = np.zeros(len(order), dtype=bool)
-    follows[1:] = (e_sorted[1:] == e_sorted[:-1]) & (s_sorted[1:] == s_sorted[:-1] + 1)
-    prev_reward = np.empty(len(order), dtype=np.float32)
-    prev_reward[1:] = reward[order][:-1]
-    prev_reward[0] = np.nan
-    out[order] = np.where(follows, np.clip(prev_reward / scale, 0.0, 1.0), np.nan)
-    return out
+    progress = np.clip(np.asarray(reward, dtype=np.float32) / scale, 0.0, 1.0)
+    return from_previous_step(progress, episode, step, np.nan)
 
 
 def hard_negative_mask(

@@ -175,8 +175,11 @@ class SuccessClassifier(PreTrainedModel):
         return self.config.platt_scale * logits + self.config.platt_bias
 
     @torch.no_grad()
-    def predict_logits(self, images: torch.Tensor, task_names: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-        """Calibrated logits, float [N] on CPU, in eval mode and batches of `batch_size`.
+    def forward_batched(
+        self, images: torch.Tensor, task_names: Sequence[str], batch_size: int = 256, return_progress: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Raw logits float [N] on CPU (and progress logits with `return_progress`), in eval mode and batches of
+        `batch_size`; the training mode is restored after.
 
         Args:
             images: uint8 [N, H, W, 3].
@@ -184,38 +187,41 @@ class SuccessClassifier(PreTrainedModel):
         """
         if len(task_names) != images.shape[0]:
             raise ValueError(f"success classifier: {images.shape[0]} images but {len(task_names)} task names")
+        if return_progress:
+            self.require_progress_head("predict_progress")
         was_training = self.training
         self.eval()
         ids = self.task_ids(task_names)
-        out = [self(images[i : i + batch_size], ids[i : i + batch_size]).cpu() for i in range(0, len(ids), batch_size)]
+        outs = [
+            self(images[i : i + batch_size], ids[i : i + batch_size], return_progress)
+            for i in range(0, len(ids), batch_size)
+        ]
         self.train(was_training)
-        logits = torch.cat(out) if out else torch.zeros(0)
-        return self.calibrate(logits)
+        if not return_progress:
+            return torch.cat([o.cpu() for o in outs]) if outs else torch.zeros(0)
+        if not outs:
+            return torch.zeros(0), torch.zeros(0)
+        return torch.cat([o[0].cpu() for o in outs]), torch.cat([o[1].cpu() for o in outs])
+
+    def predict_logits(self, images: torch.Tensor, task_names: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """Calibrated logits, float [N] on CPU, in eval mode and batches of `batch_size`.
+
+        Args:
+            images: uint8 [N, H, W, 3].
+            task_names: N task names from the vocabulary.
+        """
+        return self.calibrate(self.forward_batched(images, task_names, batch_size))
 
     def predict_proba(self, images: torch.Tensor, task_names: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """Calibrated success probabilities, float [N]."""
         return torch.sigmoid(self.predict_logits(images, task_names, batch_size))
 
-    @torch.no_grad()
     def predict_proba_and_progress(
         self, images: torch.Tensor, task_names: Sequence[str], batch_size: int = 256
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Calibrated success probabilities and progress in [0, 1], float [N] each on CPU, from one forward pass."""
-        self.require_progress_head("predict_progress")
-        if len(task_names) != images.shape[0]:
-            raise ValueError(f"success classifier: {images.shape[0]} images but {len(task_names)} task names")
-        was_training = self.training
-        self.eval()
-        ids = self.task_ids(task_names)
-        logits, progress = [], []
-        for i in range(0, len(ids), batch_size):
-            lg, pg = self(images[i : i + batch_size], ids[i : i + batch_size], return_progress=True)
-            logits.append(lg.cpu())
-            progress.append(pg.cpu())
-        self.train(was_training)
-        if not logits:
-            return torch.zeros(0), torch.zeros(0)
-        return torch.sigmoid(self.calibrate(torch.cat(logits))), torch.sigmoid(torch.cat(progress))
+        logits, progress = self.forward_batched(images, task_names, batch_size, return_progress=True)
+        return torch.sigmoid(self.calibrate(logits)), torch.sigmoid(progress)
 
     def predict_progress(self, images: torch.Tensor, task_names: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """Progress in [0, 1], float [N]: how far the frame is along its task (needs ``progress_head``)."""

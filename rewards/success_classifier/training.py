@@ -195,15 +195,10 @@ def train_success_classifier(
 
 
 def _raw_logits(model: SuccessClassifier, frames: FrameSet, batch_size: int = 256) -> torch.Tensor:
-    """Uncalibrated logits float [M] of `frames`."""
+    """Uncalibrated logits float [M] of `frames` (the model is left in eval mode, as before calibration)."""
+    logits = model.forward_batched(torch.from_numpy(frames.images), frames.task_names, batch_size)
     model.eval()
-    ids = model.task_ids(frames.task_names)
-    images = torch.from_numpy(frames.images)
-    with torch.no_grad():
-        out = [
-            model(images[i : i + batch_size], ids[i : i + batch_size]).cpu() for i in range(0, len(ids), batch_size)
-        ]
-    return torch.cat(out) if out else torch.zeros(0)
+    return logits
 
 
 def progress_metrics(model: SuccessClassifier, frames: FrameSet, prefix: str) -> dict[str, float]:

@@ -36,6 +36,7 @@ if not torch.cuda.is_available():
 from accelerate import PartialState  # noqa: E402
 
 from rewards import build_reward_scorer  # noqa: E402
+from rewards.dynamics_ensemble import load_dynamics_ensemble, train_dynamics_ensemble  # noqa: E402
 from rewards.state_reward import StateReward, load_state_reward, train_state_reward  # noqa: E402
 from rewards.success_classifier import load_success_classifier  # noqa: E402
 from rollout.agreement import AdvantageAgreement, agreement_points  # noqa: E402
@@ -220,12 +221,63 @@ def state_success_fn(model) -> Callable[[torch.Tensor, list[str]], torch.Tensor]
     return lambda full_states, task_names: model.predict(full_states, task_names)[0]
 
 
+class EnsembleStateDynamics:
+    """``fn(full_states, actions, task_names) -> next full states``: the `state_dynamics` of an imagination engine,
+    over a dynamics ensemble that co-evolution rounds swap (`model`)."""
+
+    def __init__(self, model) -> None:
+        self.model = model.eval()
+
+    def __call__(self, full_states: torch.Tensor, actions: torch.Tensor, task_names: list[str]) -> torch.Tensor:
+        return self.model.predict_next(full_states, actions, task_names)
+
+
+def ensemble_state_dynamics(cfg: GRPOWorldConfig, chunk_size: int) -> EnsembleStateDynamics:
+    """The dynamics ensemble of `imagined_state_dynamics` 'ensemble': `dynamics_ensemble_path`, or one trained on
+    the demonstrations into ``output_dir/dynamics_ensemble`` (read back there when a resumed run finds it)."""
+    out = Path(cfg.output_dir) / "dynamics_ensemble"
+    if cfg.dynamics_ensemble_path:
+        model = load_dynamics_ensemble(cfg.dynamics_ensemble_path)
+    elif (out / "final").is_dir():  # a resumed run: the ensemble it trained at its start
+        model = load_dynamics_ensemble(out / "final")
+    else:
+        model, metrics = train_dynamics_ensemble(
+            cfg.dataset_path, out, horizon=chunk_size, steps=cfg.dynamics_ensemble_steps, seed=cfg.seed,
+            progress_bar=False,
+        )  # fmt: skip
+        logger.info("dynamics ensemble trained on %s: held-out MSE %.3f (no change: %.3f), in %s", cfg.dataset_path,
+                    metrics["heldout/ensemble_mse"], metrics["heldout/zero_change_mse"], out)  # fmt: skip
+    if model.config.horizon != chunk_size:
+        raise ValueError(
+            f"grpo_world: the dynamics ensemble predicts {model.config.horizon}-step chunks, the policy acts in "
+            f"chunks of {chunk_size}: retrain it with recipes/train_dynamics_ensemble.py --horizon {chunk_size}"
+        )
+    return EnsembleStateDynamics(model)
+
+
 def coevolution_callback(
     cfg: GRPOWorldConfig, tasks: list[str], snapshot, scorer, engine, pool, env_kwargs: dict
 ) -> CoevolutionCallback:
-    """Co-evolution rounds (`rollout.coevolution`): collect with the policy, refresh the snapshot's World Expert and
-    the state reward model (swapped into every state reward function and into `success_signal` state), add starts."""
-    reward_refresh = reward_restore = None
+    """Co-evolution rounds (`rollout.coevolution`): collect with the policy, refresh the snapshot's World Expert, the
+    state reward model (swapped into every state reward function and into `success_signal` state) and the dynamics
+    ensemble of `imagined_state_dynamics` 'ensemble', add starts."""
+    refreshers, restorers = [], []
+    dynamics = getattr(engine, "state_dynamics", None)
+    if isinstance(dynamics, EnsembleStateDynamics):
+
+        def dynamics_refresh(dataset_paths, round_dir):
+            model, metrics = train_dynamics_ensemble(
+                [str(p) for p in dataset_paths], round_dir / "dynamics_ensemble", horizon=dynamics.model.config.horizon,
+                steps=cfg.dynamics_ensemble_steps, seed=cfg.seed, progress_bar=False,
+            )  # fmt: skip
+            dynamics.model = model.eval()
+            return {"dynamics_heldout_mse": metrics["heldout/ensemble_mse"]}
+
+        def dynamics_restore(round_dir):
+            dynamics.model = load_dynamics_ensemble(round_dir / "dynamics_ensemble" / "final").eval()
+
+        refreshers.append(dynamics_refresh)
+        restorers.append(dynamics_restore)
     if cfg.round_refresh_reward and cfg.state_reward_path:
 
         def swap(model) -> None:
@@ -236,14 +288,24 @@ def coevolution_callback(
                 engine.state_success = state_success_fn(model)
                 engine.state_threshold = model.threshold
 
-        def reward_refresh(dataset_paths, round_dir):
+        def state_refresh(dataset_paths, round_dir):
             model, metrics = train_state_reward(dataset_paths, round_dir / "state_reward", progress_bar=False)
             swap(model)
             keep = ("heldout/success_auroc", "heldout/value_spearman", "heldout/value_auroc")
             return {f"state_reward_{k.split('/', 1)[1]}": metrics[k] for k in keep if k in metrics}
 
-        def reward_restore(round_dir):
+        def state_restore(round_dir):
             swap(load_state_reward(round_dir / "state_reward"))
+
+        refreshers.append(state_refresh)
+        restorers.append(state_restore)
+
+    def reward_refresh(dataset_paths, round_dir):
+        return {k: v for fn in refreshers for k, v in fn(dataset_paths, round_dir).items()}
+
+    def reward_restore(round_dir):
+        for fn in restorers:
+            fn(round_dir)
 
     rounds = CoevolutionRound(
         tasks=tasks, episodes_per_task=cfg.round_episodes_per_task, output_dir=Path(cfg.output_dir) / "rounds",
@@ -251,8 +313,8 @@ def coevolution_callback(
         refresh_lr=cfg.round_refresh_lr, open_loop_chunks=cfg.round_open_loop_chunks,
         open_loop_reencode=cfg.reencode_predictions, keyframe_stride=cfg.keyframe_stride, temperature=cfg.temperature,
         max_episode_steps=cfg.real_max_episode_steps, pool=pool, num_workers=cfg.num_env_workers,
-        env_kwargs=env_kwargs, timeout_s=cfg.eval_timeout_s, reward_refresh=reward_refresh,
-        reward_restore=reward_restore, newest_weight=cfg.round_newest_weight, seed=300_000 + 10_000 * cfg.seed,
+        env_kwargs=env_kwargs, timeout_s=cfg.eval_timeout_s, reward_refresh=reward_refresh if refreshers else None,
+        reward_restore=reward_restore if restorers else None, newest_weight=cfg.round_newest_weight, seed=300_000 + 10_000 * cfg.seed,
     )  # fmt: skip
     logger.info("co-evolution: %d rounds of %d steps, %d real episodes per task each", cfg.rounds,
                 cfg.max_steps // cfg.rounds, cfg.round_episodes_per_task)  # fmt: skip
@@ -344,13 +406,16 @@ def main() -> None:
         logger.info("engine real: verification's imagination decides success with the World Expert's head (no "
                     "success classifier among reward_funcs %s)", cfg.reward_funcs)  # fmt: skip
         success_signal = "head"
+    state_dynamics = None
+    if imagines and cfg.imagined_state_dynamics == "ensemble":
+        state_dynamics = ensemble_state_dynamics(cfg, policy.config.chunk_size)
     imagination = None
     if imagines:
         imagination = ImaginationEngine(
             snapshot, horizon=cfg.horizon, success_threshold=cfg.success_threshold, success_signal=success_signal,
             success_classifier=classifier, classifier_threshold=classifier_threshold, state_success=state_success,
             state_threshold=state_threshold, reencode=cfg.reencode_predictions, clip_actions=cfg.clip_imagined_actions,
-            simulator_subtask="policy" if cfg.imagine_with_policy_subtask else "own",
+            simulator_subtask="policy" if cfg.imagine_with_policy_subtask else "own", state_dynamics=state_dynamics,
         )  # fmt: skip
     if cfg.engine == "real":
         engine = RealEngine(

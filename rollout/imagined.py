@@ -51,6 +51,8 @@ def freeze_snapshot(policy: torch.nn.Module) -> torch.nn.Module:
 
 SuccessClassifierFn = Callable[[torch.Tensor, list[str]], torch.Tensor]
 StateSuccessFn = Callable[[torch.Tensor, list[str]], torch.Tensor]  # full states [N, F], task names -> probs [N]
+# full states [N, F], executed actions [N, H, A], task names -> full states after the chunk [N, F]
+StateDynamicsFn = Callable[[torch.Tensor, torch.Tensor, list[str]], torch.Tensor]
 
 
 def bound_actions(actions: torch.Tensor, low: float = -1.0, high: float = 1.0) -> torch.Tensor:
@@ -114,6 +116,11 @@ class ImaginationEngine:
         state_threshold: its decision threshold.
         reencode: feed the policy encode(decode(prediction)) instead of the raw predicted latent.
         action_low, action_high: the bounds actions are clipped to before the World Expert executes them.
+        state_dynamics: ``fn(full_states [N, F], executed actions [N, H, A], task_names) -> full states [N, F]`` after
+            the chunk (e.g. a `rewards.dynamics_ensemble.DynamicsEnsemble`'s `predict_next`, refreshed on the policy's
+            real episodes). When given, it predicts the full state in place of the World Expert's full-state head,
+            and the policy's state input becomes that full state's first S entries (Meta-World's layout: hand xyz and
+            gripper); the World Expert still predicts the image. Needs starts that carry full states.
         clip_actions, simulator_subtask: ablations only, to measure what the rules above are worth:
             `clip_actions=False` hands the raw draws to the World Expert; `simulator_subtask="policy"` conditions it
             on the subtask the policy sampled (the text channel the default "own" closes).
@@ -135,6 +142,7 @@ class ImaginationEngine:
         action_high: float = 1.0,
         clip_actions: bool = True,
         simulator_subtask: str = "own",
+        state_dynamics: StateDynamicsFn | None = None,
     ):
         if decode_images not in ("lazy", "eager"):
             raise ValueError(f"ImaginationEngine: decode_images must be 'lazy' or 'eager', got {decode_images!r}")
@@ -175,6 +183,7 @@ class ImaginationEngine:
         self.action_bounds = (float(action_low), float(action_high))
         self.clip_actions = bool(clip_actions)
         self.simulator_subtask = simulator_subtask
+        self.state_dynamics = state_dynamics
 
     def _decode_each_chunk(self) -> bool:
         return self.decode_images == "eager" or self.reencode or self.success_signal in ("classifier", "both")
@@ -196,6 +205,24 @@ class ImaginationEngine:
         probs = torch.as_tensor(self.success_classifier(pred.images, task_names), dtype=torch.float32).cpu()
         by_classifier = probs >= self.classifier_threshold
         return (by_classifier if self.success_signal == "classifier" else by_classifier & head), probs
+
+    def _dynamics_state(self, obs: Observation, executed: torch.Tensor, pred: WorldPrediction) -> WorldPrediction:
+        """`pred` with the full state (and the policy's state, its first S entries) from `state_dynamics`."""
+        if obs.full_states is None:
+            raise ValueError(
+                "ImaginationEngine: state_dynamics predicts the next full state from the current one, but the starts "
+                "carry no full_states: start from dataset frames or real-engine observations (which record them)"
+            )
+        full = obs.full_states.float().cpu()
+        nxt = torch.as_tensor(self.state_dynamics(full, executed.float().cpu(), list(obs.task_names))).float()
+        if nxt.shape != full.shape:
+            raise ValueError(
+                f"ImaginationEngine: state_dynamics returned shape {tuple(nxt.shape)}, expected the full states' "
+                f"{tuple(full.shape)}"
+            )
+        S = pred.states.shape[1]
+        dev = pred.states.device
+        return replace(pred, full_states=nxt.to(dev), states=nxt[:, :S].to(dev))
 
     @torch.no_grad()
     def rollout(
@@ -250,6 +277,8 @@ class ImaginationEngine:
             # sample=None: the simulator generates its own greedy subtask (the policy's text cannot steer it).
             conditioning = action if self.simulator_subtask == "policy" else None
             pred = self.world.imagine(obs, executed, decode=decode, sample=conditioning)  # [N] predictions
+            if self.state_dynamics is not None:
+                pred = self._dynamics_state(obs, executed, pred)
             observations.append(obs)
             samples.append(action)
             preds.append(pred)

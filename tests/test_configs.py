@@ -100,6 +100,8 @@ def test_scale_rewards_accepts_trl_booleans(out, given, expected):
         ({"num_reset_starts": 0}, "num_reset_starts", "≥ 1"),
         ({"refresh_world_steps": 10, "verify_steps": 0}, "refresh_world_steps", "verify_steps > 0"),
         ({"success_signal": "oracle"}, "success_signal", "'classifier'"),
+        ({"imagined_state_dynamics": "physics"}, "imagined_state_dynamics", "'ensemble'"),
+        ({"dynamics_ensemble_steps": 0}, "dynamics_ensemble_steps", "≥ 1"),
         ({"subtask_beta": -0.1}, "subtask_beta", "≥ 0"),
         ({"reward_kwargs": "{not json"}, "reward_kwargs", "not valid JSON"),
         ({"reward_kwargs": '{"f": 3}'}, "reward_kwargs", "{function name: {option: value}}"),

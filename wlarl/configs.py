@@ -33,6 +33,7 @@ BRANCH_POSITIONS = ("early", "middle", "late")  # rollout.ranking.POSITIONS (wla
 START_SAMPLING_MODES = ("uniform", "signal")
 ENGINES = ("imagined", "real")
 SUCCESS_SIGNALS = ("classifier", "head", "both", "state")
+STATE_DYNAMICS = ("world_expert", "ensemble")  # what predicts the full state in imagination
 
 # Fields of trl.GRPOConfig that drive TRL's own generation (vLLM, sampling filters, text-model options, other losses).
 # wlarl samples action chunks and subtasks itself and never reads them: setting one to anything but TRL's default is
@@ -225,6 +226,24 @@ class GRPOWorldConfig(GRPOConfig):
             "or 'state' (the state reward model of state_reward_path on the World Expert's predicted full state, at its "
             "calibrated threshold: needs a World Expert that models full states)."
         },
+    )
+    imagined_state_dynamics: str = field(
+        default="world_expert",
+        metadata={
+            "help": "What predicts the full state (the state rewards' input) and the policy's state in imagination: "
+            "'world_expert' (its full-state head) or 'ensemble' (a dynamics ensemble on full state and action chunk, "
+            "dynamics_ensemble_path or one trained on dataset_path at start, retrained every co-evolution round; the "
+            "World Expert still predicts the image). BENCHMARKS, 'Does the World Expert's prediction depend on the "
+            "action?'"
+        },
+    )
+    dynamics_ensemble_path: str | None = field(
+        default=None,
+        metadata={"help": "A trained dynamics ensemble (recipes/train_dynamics_ensemble.py) for "
+                  "imagined_state_dynamics 'ensemble'; None: train one on dataset_path at start."},
+    )  # fmt: skip
+    dynamics_ensemble_steps: int = field(
+        default=2000, metadata={"help": "Training steps of a dynamics ensemble trained by the recipe (start, rounds)."}
     )
     clip_imagined_actions: bool = field(
         default=True,
@@ -656,6 +675,13 @@ class GRPOWorldConfig(GRPOConfig):
                 raise bad("max_steps", f"{self.max_steps} steps do not split into {self.rounds} equal rounds")
             if self.start_sampling != "uniform":
                 raise bad("start_sampling", "co-evolution rounds add starts every round: use 'uniform'")
+        if self.imagined_state_dynamics not in STATE_DYNAMICS:
+            raise bad(
+                "imagined_state_dynamics",
+                f"expected one of {list(STATE_DYNAMICS)}, got {self.imagined_state_dynamics!r}",
+            )
+        if self.dynamics_ensemble_steps < 1:
+            raise bad("dynamics_ensemble_steps", f"must be ≥ 1, got {self.dynamics_ensemble_steps}")
         if self.mask_unverified and self.verify_steps == 0:
             raise bad("mask_unverified", "needs verification: set verify_steps > 0 (or mask_unverified False)")
 

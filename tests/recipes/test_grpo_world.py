@@ -184,6 +184,7 @@ def test_debug_coevolution_rounds_collect_refresh_and_resume_bitwise(tmp_path, c
         "--round_refresh_steps", "2", "--real_max_episode_steps", "16", "--tasks", "reach-v3", "--eval_steps", "0",
         "--verify_steps", "0", "--log_image_steps", "0", "--start_states", "keyframes", "--keyframe_stride", "4",
         "--reward_funcs", "state_progress", "--success_signal", "state", "--save_steps", "1",
+        "--imagined_state_dynamics", "ensemble", "--dynamics_ensemble_steps", "20",
     ]  # fmt: skip
     proc = launch("cpu_1proc.yaml", *flags, cache=cache)
     text = proc.stdout + proc.stderr
@@ -198,6 +199,10 @@ def test_debug_coevolution_rounds_collect_refresh_and_resume_bitwise(tmp_path, c
         rdir = out / "rounds" / f"round_{r:03d}"
         assert (rdir / "episodes" / "wlarl_meta.json").is_file() and (rdir / "world.safetensors").is_file()
         assert (rdir / "state_reward" / "final" / "model.safetensors").is_file()
+        # imagined_state_dynamics ensemble: the ensemble trained at start is retrained on every round's data
+        assert (rdir / "dynamics_ensemble" / "final" / "model.safetensors").is_file()
+    assert (out / "dynamics_ensemble" / "final" / "model.safetensors").is_file()
+    assert all(r["round/dynamics_heldout_mse"] > 0 for r in rounds)
     first = (out / "final" / "model.safetensors").read_bytes()
     # kill after step 1 and resume: the rounds are rebuilt from disk, and the run ends where it ended
     proc = launch("cpu_1proc.yaml", *flags, "--resume_from_checkpoint", str(out / "checkpoint-1"), cache=cache)

@@ -219,3 +219,31 @@ def test_imagined_vector_env_is_deterministic_per_seed(world):
     env.reset(seed=5)
     s2 = env.step(act)[0]
     np.testing.assert_array_equal(s1["state"], s2["state"])
+
+
+def test_state_dynamics_predicts_the_full_state_and_the_policys_state():
+    F = 7
+    policy = tiny_policy("gaussian", seed=1, full_state_dim=F)
+    world = freeze_snapshot(tiny_policy("gaussian", full_state_dim=F))
+    obs = tiny_obs(2)
+    obs = Observation(images=obs.images, states=obs.states, instructions=obs.instructions, task_names=obs.task_names,
+                      full_states=torch.zeros(2, F))  # fmt: skip
+    calls = []
+
+    def dynamics(full, actions, task_names):  # the full state counts the action sum of every chunk
+        calls.append((full.clone(), actions.clone(), list(task_names)))
+        return full + actions.sum(dim=(1, 2))[:, None]
+
+    traj = ImaginationEngine(world, horizon=3, state_dynamics=dynamics).rollout(policy, obs, group_size=2)
+    assert len(calls) == 3 and calls[0][2] == ["reach-v3", "reach-v3", "push-v3", "push-v3"]
+    executed = traj.actions.sum(dim=(2, 3))  # [N, T]
+    torch.testing.assert_close(traj.full_states[..., 0], executed.cumsum(dim=1))
+    torch.testing.assert_close(traj.states, traj.full_states[..., :4])  # the policy's state: the first S entries
+    torch.testing.assert_close(traj.observations[1].states, traj.full_states[:, 0, :4])  # and the policy reads it
+    torch.testing.assert_close(calls[1][0], traj.full_states[:, 0])  # chunk 2 starts from chunk 1's prediction
+    plain = ImaginationEngine(world, horizon=3).rollout(policy, obs, group_size=2)
+    assert not torch.allclose(plain.full_states, traj.full_states)  # the World Expert's head predicted otherwise
+    with pytest.raises(ValueError, match="carry no full_states"):
+        ImaginationEngine(world, horizon=1, state_dynamics=dynamics).rollout(policy, tiny_obs(2), group_size=2)
+    with pytest.raises(ValueError, match="returned shape"):
+        ImaginationEngine(world, horizon=1, state_dynamics=lambda f, a, t: f[:, :3]).rollout(policy, obs, group_size=2)

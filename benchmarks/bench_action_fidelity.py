@@ -1,0 +1,237 @@
+"""Does the World Expert's prediction depend on the action? Action-conditioned fidelity within a group
+(`rollout.action_fidelity`), and what a state reward's ranking would be with a state model in its place.
+
+B branch points inside real episodes (demonstrations: middle and late, late = h chunks before the first success; and,
+with --policy_episodes, the same positions inside the policy's own real episodes), G chunk sequences of h chunks
+sampled by the policy in imagination, the same executed actions replayed open-loop in Meta-World from the rebuilt
+states. For the World Expert's predicted full states, and for a dynamics ensemble rolled open-loop over the same
+actions (`recipes/train_dynamics_ensemble.py`; trained here on the bootstrap's demonstrations, plus --ensemble_extra
+datasets, when none is given), it
+reports per chunk the within-group R² / correlation / spread ratio of hand and object positions against reality, and
+the sign agreement of `state_value` / `state_progress` advantages with real success when scored on each.
+
+    MUJOCO_GL=egl OMP_NUM_THREADS=1 python benchmarks/bench_action_fidelity.py \\
+        --bootstrap ~/.cache/wlarl/bootstrap/default-<key> --output runs/bench_action_fidelity.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from rewards import build_reward_scorer  # noqa: E402
+from rewards.dynamics_ensemble import load_dynamics_ensemble, train_dynamics_ensemble  # noqa: E402
+from rewards.state_reward import load_state_reward  # noqa: E402
+from rollout.action_fidelity import QUANTITIES, fidelity_table, open_loop_full_states  # noqa: E402
+from rollout.agreement import _metaworld_env  # noqa: E402
+from rollout.imagined import ImaginationEngine, freeze_snapshot  # noqa: E402
+from rollout.ranking import branch_points, replay_group, within_group_agreement  # noqa: E402
+from wlarl.algorithms import grpo  # noqa: E402
+from wlarl.data.episodes import load_episodes  # noqa: E402
+from wlarl.models.wla import WLAPolicy  # noqa: E402
+from wlarl.types import Observation  # noqa: E402
+
+REWARDS = ("state_value", "state_progress")
+
+
+def alive_from_success(success: torch.Tensor) -> torch.Tensor:
+    """bool [N, T] → alive [N, T]: a row runs up to and including the chunk of its first success."""
+    before = torch.cat([torch.zeros(success.shape[0], 1, dtype=torch.bool), success[:, :-1]], dim=1)
+    return ~before.cummax(dim=1).values
+
+
+def with_full_states(traj, full: np.ndarray, state_model) -> object:
+    """The imagined rows with other full states [N, T, F]; `alive` and success recomputed by the state model."""
+    f = torch.as_tensor(full, dtype=torch.float32)
+    N, T, F = f.shape
+    probs, _ = state_model.predict(f.reshape(N * T, F), [t for t in traj.task_names for _ in range(T)])
+    ok = (probs.reshape(N, T) >= state_model.threshold).cummax(dim=1).values
+    return dataclasses.replace(traj, full_states=f, alive=alive_from_success(ok), success=ok[:, -1].clone())
+
+
+def advantages(scorer, traj, G: int) -> np.ndarray:
+    rewards = scorer(traj, trainer_state=None)
+    adv, _ = grpo.compute_advantages(rewards.per_function, rewards.weights, G, "sum_then_normalize", "group")
+    return adv.reshape(-1, G).numpy()
+
+
+def run(args) -> dict:
+    b = Path(args.bootstrap)
+    torch.manual_seed(args.seed)
+    policy = WLAPolicy.from_pretrained(args.policy_path or b / "policy" / "final").eval()
+    world = freeze_snapshot(policy)
+    demos = load_episodes(b / "data")
+    H, h, G = int(policy.config.chunk_size), args.horizon, args.group
+    state_model = load_state_reward(args.state_reward_path or b / "state_reward")
+    sources = [("demo", demos, True)]
+    if args.policy_episodes:
+        sources.append(("policy", load_episodes(args.policy_episodes), False))
+    points = []
+    for name, ds, successful_only in sources:
+        points += branch_points(
+            ds, positions=args.positions, late_steps=h * H, per_task=args.per_task, successful_only=successful_only,
+            source=name,
+        )  # fmt: skip
+    B = len(points)
+    env_kwargs = {"image_size": int(policy.config.image_size)}
+    if "camera" in demos.meta:
+        env_kwargs["camera"] = demos.meta["camera"]
+    t0 = time.perf_counter()
+    if args.ensemble_path:
+        ens = load_dynamics_ensemble(args.ensemble_path)
+        ens_metrics = {}
+    else:
+        ens, ens_metrics = train_dynamics_ensemble(
+            [str(b / "data"), *args.ensemble_extra],
+            horizon=H, steps=args.ensemble_steps, seed=args.seed, progress_bar=False,
+        )  # fmt: skip
+    t_ens = time.perf_counter() - t0
+    engine = ImaginationEngine(
+        world, horizon=h, success_signal="state", reencode=True,
+        state_success=lambda fs, tn: state_model.predict(fs, tn)[0], state_threshold=state_model.threshold,
+    )  # fmt: skip
+    starts = Observation.from_dicts([bp.observation for bp in points])
+    gen = torch.Generator().manual_seed(args.seed)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        imagined = engine.rollout(policy, starts, group_size=G, temperature=args.temperature, horizon=h, generator=gen)
+    t_imagine = time.perf_counter() - t0
+    actions = imagined.actions.numpy().reshape(B, G, h, H, -1)
+    t0 = time.perf_counter()
+    envs: dict = {}
+    replays = []
+    for i, bp in enumerate(points):
+        key = (bp.task_name, bp.step + h * H)
+        if key not in envs:
+            envs[key] = _metaworld_env(bp.task_name, max_episode_steps=key[1], **env_kwargs)
+        replays.append(replay_group(envs[key], bp, actions[i]))
+    for env in envs.values():
+        env.close()
+    t_replay = time.perf_counter() - t0
+    start_full = np.stack([np.asarray(bp.observation["full_state"], np.float32) for bp in points])  # [B, F]
+    real_full = np.stack([r["full_states"] for r in replays])  # [B, G, h, F]
+    we_full = imagined.full_states.numpy().reshape(B, G, h, -1)
+    ens_full = open_loop_full_states(
+        ens.predict_next, np.repeat(start_full, G, axis=0), actions.reshape(B * G, h, H, -1), imagined.task_names
+    ).reshape(B, G, h, -1)
+    success = np.stack([r["success"] for r in replays]).astype(np.float64)  # [B, G]
+    shaped = np.stack([r["shaped_return"] for r in replays]).astype(np.float64)
+    by_source = {}
+    for src in sorted({bp.source for bp in points}) + ["all"]:
+        idx = [i for i, bp in enumerate(points) if src in ("all", bp.source)]
+        out = {"points": len(idx), "real_success": float(success[idx].mean())}
+        for model, pred in (("world_expert", we_full), ("ensemble", ens_full)):
+            out[model] = fidelity_table(pred[idx], real_full[idx], start_full[idx])
+        by_source[src] = out
+    # state rewards' advantages on the World Expert's, the ensemble's and the real full states
+    traj_we = imagined
+    traj_ens = with_full_states(imagined, ens_full.reshape(B * G, h, -1), state_model)
+    traj_real = with_full_states(imagined, real_full.reshape(B * G, h, -1), state_model)
+    agreement = {}
+    for rname in REWARDS:
+        scorer = build_reward_scorer([rname], state_reward_path=str(args.state_reward_path or b / "state_reward"))
+        for src, traj in (("world_expert", traj_we), ("ensemble", traj_ens), ("real", traj_real)):
+            adv = advantages(scorer, traj, G)
+            for src_pts in sorted({bp.source for bp in points}) + ["all"]:
+                idx = [i for i, bp in enumerate(points) if src_pts in ("all", bp.source)]
+                agreement[f"{rname}/{src}/{src_pts}"] = {
+                    "vs_success": within_group_agreement(adv[idx], success[idx]),
+                    "vs_return": within_group_agreement(adv[idx], shaped[idx]),
+                }
+    return {
+        "args": vars(args),
+        "points": B,
+        "group": G,
+        "horizon": h,
+        "fidelity": by_source,
+        "agreement": agreement,
+        "imagined_success": float(imagined.success.float().mean()),
+        "ensemble_imagined_success": float(traj_ens.success.float().mean()),
+        "real_success": float(success.mean()),
+        "ensemble_heldout": {k: v for k, v in ens_metrics.items() if k.startswith("heldout/")},
+        "seconds": {"ensemble": t_ens, "imagine": t_imagine, "replay": t_replay},
+    }
+
+
+def markdown(res: dict) -> str:
+    lines = []
+    h = res["horizon"]
+    for src, out in res["fidelity"].items():
+        lines += [
+            f"\n**{src}** branch points ({out['points']}, G = {res['group']}, real success of the rows "
+            f"{out['real_success']:.2f})\n",
+            "| model | quantity | chunk | within R² | within corr | spread ratio | error (cm) | copy error (cm) | "
+            "group-mean error (cm) | real spread (cm) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for model in ("world_expert", "ensemble"):
+            for q in QUANTITIES:
+                for k in sorted({1, h}):
+                    m = out[model][f"{q}/chunk{k}"]
+                    lines.append(
+                        f"| {model} | {q} | {k} | {m['within_r2']:.2f} | {m['within_corr']:.2f} | "
+                        f"{m['spread_ratio']:.2f} | {100 * m['error']:.1f} | {100 * m['copy_error']:.1f} | "
+                        f"{100 * m['group_mean_error']:.1f} | {100 * m['real_spread']:.1f} |"
+                    )
+    lines += [
+        "\n| reward | full states from | points | sign agreement vs success (groups) | Spearman | vs shaped return |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, a in res["agreement"].items():
+        r, src, pts = key.split("/")
+        s, ret = a["vs_success"], a["vs_return"]
+        lines.append(
+            f"| {r} | {src} | {pts} | {s['sign_agreement']:.2f} ({int(s['groups'])}) | {s['spearman']:.2f} | "
+            f"{ret['sign_agreement']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bootstrap", required=True, help="a bootstrap folder: policy/, data/, state_reward/")
+    p.add_argument("--policy_path", default=None, help="another policy (default: the bootstrap's)")
+    p.add_argument("--state_reward_path", default=None, help="another state reward model (default: the bootstrap's)")
+    p.add_argument("--policy_episodes", default=None, help="episodes of the policy (collect_policy_episodes.py)")
+    p.add_argument("--ensemble_path", default=None, help="a trained dynamics ensemble (default: train one here)")
+    p.add_argument(
+        "--ensemble_extra",
+        nargs="*",
+        default=[],
+        help="more episode datasets to train the ensemble on, beside the demonstrations (e.g. other policy "
+        "episodes than those branched from)",
+    )
+    p.add_argument("--ensemble_steps", type=int, default=2000)
+    p.add_argument("--positions", nargs="+", default=["middle", "late"])
+    p.add_argument("--per_task", type=int, default=2, help="episodes per task and source to branch from")
+    p.add_argument("--group", type=int, default=8)
+    p.add_argument("--horizon", type=int, default=4)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default=None)
+    args = p.parse_args()
+    res = run(args)
+    table = markdown(res)
+    print(table)
+    print(json.dumps({"seconds": res["seconds"], "imagined_success": res["imagined_success"],
+                      "ensemble_imagined_success": res["ensemble_imagined_success"],
+                      "real_success": res["real_success"]}))  # fmt: skip
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2, default=float))
+        out.with_suffix(".md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -22,6 +22,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +31,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rewards import build_reward_scorer  # noqa: E402
-from rewards.dynamics_ensemble import load_dynamics_ensemble, train_dynamics_ensemble  # noqa: E402
+from rewards.dynamics_ensemble import (  # noqa: E402
+    ChunkPairs,
+    DynamicsEnsemble,
+    DynamicsEnsembleConfig,
+    chunk_pairs_from_datasets,
+    fit_dynamics_ensemble,
+    load_dynamics_ensemble,
+    split_pairs_by_episode,
+    train_dynamics_ensemble,
+)
 from rewards.state_reward import load_state_reward  # noqa: E402
 from rollout.action_fidelity import QUANTITIES, fidelity_table, open_loop_full_states  # noqa: E402
 from rollout.agreement import _metaworld_env  # noqa: E402
@@ -42,6 +52,7 @@ from wlarl.models.wla import WLAPolicy  # noqa: E402
 from wlarl.types import Observation  # noqa: E402
 
 REWARDS = ("state_value", "state_progress")
+BRANCH_EPISODE_OFFSET = 10_000_000  # episode ids of branch rows, clear of every dataset's
 
 
 def alive_from_success(success: torch.Tensor) -> torch.Tensor:
@@ -63,6 +74,61 @@ def advantages(scorer, traj, G: int) -> np.ndarray:
     rewards = scorer(traj, trainer_state=None)
     adv, _ = grpo.compute_advantages(rewards.per_function, rewards.weights, G, "sum_then_normalize", "group")
     return adv.reshape(-1, G).numpy()
+
+
+def imagine_and_replay(policy, engine, points, G, h, H, temperature, seed, env_kwargs):
+    """G imagined chunk sequences from every branch point and their open-loop real replays.
+
+    Returns (imagined Trajectories, executed actions [B, G, h, H, A], replays, start full states [B, F])."""
+    B = len(points)
+    starts = Observation.from_dicts([bp.observation for bp in points])
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        imagined = engine.rollout(policy, starts, group_size=G, temperature=temperature, horizon=h, generator=gen)
+    actions = imagined.actions.numpy().reshape(B, G, h, H, -1)
+    envs: dict = {}
+    replays = []
+    for i, bp in enumerate(points):
+        key = (bp.task_name, bp.step + h * H)
+        if key not in envs:
+            envs[key] = _metaworld_env(bp.task_name, max_episode_steps=key[1], **env_kwargs)
+        replays.append(replay_group(envs[key], bp, actions[i]))
+    for env in envs.values():
+        env.close()
+    start_full = np.stack([np.asarray(bp.observation["full_state"], np.float32) for bp in points])  # [B, F]
+    return imagined, actions, replays, start_full
+
+
+def branch_pairs(points, actions: np.ndarray, replays, start_full: np.ndarray, H: int) -> ChunkPairs:
+    """The replays' one-chunk transitions as dynamics training pairs: G different chunks from each same state (one
+    episode id per row)."""
+    B, G, h = actions.shape[:3]
+    real = np.stack([r["full_states"] for r in replays])  # [B, G, h, F]
+    before = np.concatenate([np.repeat(start_full[:, None, None], G, axis=1), real[:, :, :-1]], axis=2)
+    return ChunkPairs(
+        full_states=before.reshape(B * G * h, -1).astype(np.float32),
+        actions=actions.reshape(B * G * h, H, -1).astype(np.float32),
+        next_full_states=real.reshape(B * G * h, -1).astype(np.float32),
+        task_names=[bp.task_name for bp in points for _ in range(G * h)],
+        episode=(BRANCH_EPISODE_OFFSET + np.arange(B * G)).repeat(h).astype(np.int64),
+        step=np.tile(np.arange(h) * H, B * G).astype(np.int64),
+    )
+
+
+def fit_ensemble(datasets, extra: ChunkPairs | None, H: int, steps: int, seed: int):
+    """A dynamics ensemble on the datasets' chunk pairs plus `extra` (held-out split by episode, as
+    `train_dynamics_ensemble` does)."""
+    pairs = chunk_pairs_from_datasets([str(d) for d in datasets], H)
+    if extra is not None:
+        pairs = ChunkPairs.cat([pairs, extra])
+    train, _ = split_pairs_by_episode(pairs, 0.2, seed)
+    config = DynamicsEnsembleConfig(
+        full_state_dim=int(pairs.full_states.shape[1]), action_dim=int(pairs.actions.shape[2]), horizon=H,
+        tasks=sorted(set(pairs.task_names)), seed=seed,
+    )  # fmt: skip
+    model = DynamicsEnsemble(config)
+    fit_dynamics_ensemble(model, train, steps=steps, seed=seed, progress_bar=False)
+    return model
 
 
 def run(args) -> dict:
@@ -100,47 +166,53 @@ def run(args) -> dict:
         world, horizon=h, success_signal="state", reencode=True,
         state_success=lambda fs, tn: state_model.predict(fs, tn)[0], state_threshold=state_model.threshold,
     )  # fmt: skip
-    starts = Observation.from_dicts([bp.observation for bp in points])
-    gen = torch.Generator().manual_seed(args.seed)
+    models: dict[str, Any] = {"ensemble": ens}
+    if args.branch_train_from:  # counterfactual branches as training data, from other episodes than those measured
+        t0 = time.perf_counter()
+        train_points = branch_points(
+            load_episodes(args.branch_train_from), positions=args.positions, late_steps=h * H,
+            per_task=args.branch_train_per_task, successful_only=False, source="branch_train",
+        )  # fmt: skip
+        _, tr_actions, tr_replays, tr_start = imagine_and_replay(
+            policy, engine, train_points, G, h, H, args.temperature, args.seed + 1, env_kwargs
+        )  # fmt: skip
+        extra = branch_pairs(train_points, tr_actions, tr_replays, tr_start, H)
+        models["ensemble_branches"] = fit_ensemble(
+            [b / "data", *args.ensemble_extra], extra, H, args.ensemble_steps, args.seed
+        )  # fmt: skip
+        branch_info = {"points": len(train_points), "pairs": len(extra), "seconds": time.perf_counter() - t0}
+    else:
+        branch_info = None
     t0 = time.perf_counter()
-    with torch.no_grad():
-        imagined = engine.rollout(policy, starts, group_size=G, temperature=args.temperature, horizon=h, generator=gen)
-    t_imagine = time.perf_counter() - t0
-    actions = imagined.actions.numpy().reshape(B, G, h, H, -1)
-    t0 = time.perf_counter()
-    envs: dict = {}
-    replays = []
-    for i, bp in enumerate(points):
-        key = (bp.task_name, bp.step + h * H)
-        if key not in envs:
-            envs[key] = _metaworld_env(bp.task_name, max_episode_steps=key[1], **env_kwargs)
-        replays.append(replay_group(envs[key], bp, actions[i]))
-    for env in envs.values():
-        env.close()
+    imagined, actions, replays, start_full = imagine_and_replay(
+        policy, engine, points, G, h, H, args.temperature, args.seed, env_kwargs
+    )  # fmt: skip
     t_replay = time.perf_counter() - t0
-    start_full = np.stack([np.asarray(bp.observation["full_state"], np.float32) for bp in points])  # [B, F]
     real_full = np.stack([r["full_states"] for r in replays])  # [B, G, h, F]
-    we_full = imagined.full_states.numpy().reshape(B, G, h, -1)
-    ens_full = open_loop_full_states(
-        ens.predict_next, np.repeat(start_full, G, axis=0), actions.reshape(B * G, h, H, -1), imagined.task_names
-    ).reshape(B, G, h, -1)
+    predicted = {"world_expert": imagined.full_states.numpy().reshape(B, G, h, -1)}
+    for name, model in models.items():
+        predicted[name] = open_loop_full_states(
+            model.predict_next, np.repeat(start_full, G, axis=0), actions.reshape(B * G, h, H, -1),
+            imagined.task_names,
+        ).reshape(B, G, h, -1)  # fmt: skip
     success = np.stack([r["success"] for r in replays]).astype(np.float64)  # [B, G]
     shaped = np.stack([r["shaped_return"] for r in replays]).astype(np.float64)
     by_source = {}
     for src in sorted({bp.source for bp in points}) + ["all"]:
         idx = [i for i, bp in enumerate(points) if src in ("all", bp.source)]
         out = {"points": len(idx), "real_success": float(success[idx].mean())}
-        for model, pred in (("world_expert", we_full), ("ensemble", ens_full)):
+        for model, pred in predicted.items():
             out[model] = fidelity_table(pred[idx], real_full[idx], start_full[idx])
         by_source[src] = out
     # state rewards' advantages on the World Expert's, the ensemble's and the real full states
-    traj_we = imagined
-    traj_ens = with_full_states(imagined, ens_full.reshape(B * G, h, -1), state_model)
-    traj_real = with_full_states(imagined, real_full.reshape(B * G, h, -1), state_model)
+    trajs = {"world_expert": imagined}
+    for name in models:
+        trajs[name] = with_full_states(imagined, predicted[name].reshape(B * G, h, -1), state_model)
+    trajs["real"] = with_full_states(imagined, real_full.reshape(B * G, h, -1), state_model)
     agreement = {}
     for rname in REWARDS:
         scorer = build_reward_scorer([rname], state_reward_path=str(args.state_reward_path or b / "state_reward"))
-        for src, traj in (("world_expert", traj_we), ("ensemble", traj_ens), ("real", traj_real)):
+        for src, traj in trajs.items():
             adv = advantages(scorer, traj, G)
             for src_pts in sorted({bp.source for bp in points}) + ["all"]:
                 idx = [i for i, bp in enumerate(points) if src_pts in ("all", bp.source)]
@@ -155,11 +227,11 @@ def run(args) -> dict:
         "horizon": h,
         "fidelity": by_source,
         "agreement": agreement,
-        "imagined_success": float(imagined.success.float().mean()),
-        "ensemble_imagined_success": float(traj_ens.success.float().mean()),
+        "imagined_success": {k: float(t.success.float().mean()) for k, t in trajs.items() if k != "real"},
+        "branch_training": branch_info,
         "real_success": float(success.mean()),
         "ensemble_heldout": {k: v for k, v in ens_metrics.items() if k.startswith("heldout/")},
-        "seconds": {"ensemble": t_ens, "imagine": t_imagine, "replay": t_replay},
+        "seconds": {"ensemble": t_ens, "imagine_and_replay": t_replay},
     }
 
 
@@ -174,7 +246,9 @@ def markdown(res: dict) -> str:
             "group-mean error (cm) | real spread (cm) |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for model in ("world_expert", "ensemble"):
+        for model in out:
+            if not isinstance(out[model], dict):
+                continue
             for q in QUANTITIES:
                 for k in sorted({1, h}):
                     m = out[model][f"{q}/chunk{k}"]
@@ -212,6 +286,14 @@ def main() -> None:
         "episodes than those branched from)",
     )
     p.add_argument("--ensemble_steps", type=int, default=2000)
+    p.add_argument(
+        "--branch_train_from",
+        default=None,
+        help="episodes to branch from for training data: G imagined chunk sequences per branch point "
+        "replayed in the real simulator train a third model, 'ensemble_branches' (demos + --ensemble_extra "
+        "+ these counterfactual branches)",
+    )
+    p.add_argument("--branch_train_per_task", type=int, default=4)
     p.add_argument("--positions", nargs="+", default=["middle", "late"])
     p.add_argument("--per_task", type=int, default=2, help="episodes per task and source to branch from")
     p.add_argument("--group", type=int, default=8)
@@ -223,9 +305,7 @@ def main() -> None:
     res = run(args)
     table = markdown(res)
     print(table)
-    print(json.dumps({"seconds": res["seconds"], "imagined_success": res["imagined_success"],
-                      "ensemble_imagined_success": res["ensemble_imagined_success"],
-                      "real_success": res["real_success"]}))  # fmt: skip
+    print(json.dumps({k: res[k] for k in ("seconds", "imagined_success", "real_success", "branch_training")}))
     if args.output:
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -245,8 +245,9 @@ def ensemble_state_dynamics(cfg: GRPOWorldConfig, chunk_size: int) -> EnsembleSt
             cfg.dataset_path, out, horizon=chunk_size, steps=cfg.dynamics_ensemble_steps, seed=cfg.seed,
             progress_bar=False,
         )  # fmt: skip
-        logger.info("dynamics ensemble trained on %s: held-out MSE %.3f (no change: %.3f), in %s", cfg.dataset_path,
-                    metrics["heldout/ensemble_mse"], metrics["heldout/zero_change_mse"], out)  # fmt: skip
+        logger.info("dynamics ensemble trained on %s into %s: train MSE %.3f, held-out MSE %s (no change: %s)",
+                    cfg.dataset_path, out, metrics["train/mse"], metrics.get("heldout/ensemble_mse", "–"),
+                    metrics.get("heldout/zero_change_mse", "–"))  # fmt: skip
     if model.config.horizon != chunk_size:
         raise ValueError(
             f"grpo_world: the dynamics ensemble predicts {model.config.horizon}-step chunks, the policy acts in "
@@ -271,7 +272,10 @@ def coevolution_callback(
                 steps=cfg.dynamics_ensemble_steps, seed=cfg.seed, progress_bar=False,
             )  # fmt: skip
             dynamics.model = model.eval()
-            return {"dynamics_heldout_mse": metrics["heldout/ensemble_mse"]}
+            out = {"dynamics_train_mse": metrics["train/mse"]}
+            if "heldout/ensemble_mse" in metrics:  # none when too few episodes per task to hold any out
+                out["dynamics_heldout_mse"] = metrics["heldout/ensemble_mse"]
+            return out
 
         def dynamics_restore(round_dir):
             dynamics.model = load_dynamics_ensemble(round_dir / "dynamics_ensemble" / "final").eval()

@@ -202,7 +202,7 @@ def test_debug_coevolution_rounds_collect_refresh_and_resume_bitwise(tmp_path, c
         # imagined_state_dynamics ensemble: the ensemble trained at start is retrained on every round's data
         assert (rdir / "dynamics_ensemble" / "final" / "model.safetensors").is_file()
     assert (out / "dynamics_ensemble" / "final" / "model.safetensors").is_file()
-    assert all(r["round/dynamics_heldout_mse"] > 0 for r in rounds)
+    assert all(r["round/dynamics_train_mse"] > 0 for r in rounds)
     first = (out / "final" / "model.safetensors").read_bytes()
     # kill after step 1 and resume: the rounds are rebuilt from disk, and the run ends where it ended
     proc = launch("cpu_1proc.yaml", *flags, "--resume_from_checkpoint", str(out / "checkpoint-1"), cache=cache)

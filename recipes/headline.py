@@ -324,8 +324,8 @@ def plot(arms: dict[str, dict[str, Any]], out: Path) -> list[Path]:
         ):
             ks = [f"eval/{t}/success" for t in tasks]
             vals = [row.get(k, float("nan")) for k in ks]
-            lo = [v - row.get(f"{k}_ci_low", v) for v, k in zip(vals, ks)]
-            hi = [row.get(f"{k}_ci_high", v) - v for v, k in zip(vals, ks)]
+            lo = [max(0.0, v - row.get(f"{k}_ci_low", v)) for v, k in zip(vals, ks)]  # error bars must be ≥ 0
+            hi = [max(0.0, row.get(f"{k}_ci_high", v) - v) for v, k in zip(vals, ks)]
             ax.bar([j + i * width for j in range(len(tasks))], vals, width, yerr=[lo, hi], capsize=2, color=c,
                    label=label)  # fmt: skip
         ax.set_xticks([j + width * len(arms) / 2 for j in range(len(tasks))])

@@ -35,6 +35,15 @@ def test_wilson_hand_computed():
     assert high == pytest.approx(0.416113 + 0.197307, abs=1e-5)
 
 
+def test_wilson_bounds_contain_the_estimate_exactly_at_the_edges():
+    # at 0 of 50 the unclamped formula leaves low = 6.9e-18 > p̂ = 0 (a negative error bar in plots)
+    assert wilson_interval(0, 50)[0] == 0.0 and wilson_interval(50, 50)[1] == 1.0
+    for n in (1, 7, 50, 400):
+        for k in range(n + 1):
+            low, high = wilson_interval(k, n)
+            assert 0.0 <= low <= k / n <= high <= 1.0
+
+
 def test_wilson_edges_and_errors():
     assert wilson_interval(0, 0) == (0.0, 1.0)
     with pytest.raises(ValueError, match="successes <= n"):

@@ -38,8 +38,11 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
     denom = 1.0 + z2 / n
     centre = (p + z2 / (2 * n)) / denom
     half = z * math.sqrt(p * (1.0 - p) / n + z2 / (4 * n * n)) / denom
-    # Clamp tiny float excursions (e.g. 1.0000000000000002) so callers can rely on [0, 1].
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 (n) successes the low (high) bound is exactly 0 (1); rounding would leave it a hair inside, above the
+    # point estimate, and clamp other tiny float excursions so callers can rely on low <= p̂ <= high within [0, 1].
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
 
 
 def success_summary(outcomes: Sequence[bool] | np.ndarray | Any, z: float = 1.959963984540054) -> dict[str, float]:

@@ -31,43 +31,33 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rewards import build_reward_scorer  # noqa: E402
-from rewards.dynamics_ensemble import (  # noqa: E402
-    ChunkPairs,
-    DynamicsEnsemble,
-    DynamicsEnsembleConfig,
-    chunk_pairs_from_datasets,
-    fit_dynamics_ensemble,
-    load_dynamics_ensemble,
-    split_pairs_by_episode,
-    train_dynamics_ensemble,
-)
+from rewards.dynamics_ensemble import ChunkPairs, load_dynamics_ensemble, train_dynamics_ensemble  # noqa: E402
 from rewards.state_reward import load_state_reward  # noqa: E402
 from rollout.action_fidelity import QUANTITIES, fidelity_table, open_loop_full_states  # noqa: E402
-from rollout.agreement import _metaworld_env  # noqa: E402
 from rollout.imagined import ImaginationEngine, freeze_snapshot  # noqa: E402
-from rollout.ranking import branch_points, replay_group, within_group_agreement  # noqa: E402
+from rollout.ranking import (  # noqa: E402
+    alive_through_first_success,
+    branch_points,
+    replay_group,
+    within_group_agreement,
+)
+from rollout.sims.metaworld import MetaWorldEnv  # noqa: E402
 from wlarl.algorithms import grpo  # noqa: E402
 from wlarl.data.episodes import load_episodes  # noqa: E402
 from wlarl.models.wla import WLAPolicy  # noqa: E402
-from wlarl.types import Observation  # noqa: E402
+from wlarl.types import Observation, Trajectories  # noqa: E402
 
 REWARDS = ("state_value", "state_progress")
 BRANCH_EPISODE_OFFSET = 10_000_000  # episode ids of branch rows, clear of every dataset's
 
 
-def alive_from_success(success: torch.Tensor) -> torch.Tensor:
-    """bool [N, T] → alive [N, T]: a row runs up to and including the chunk of its first success."""
-    before = torch.cat([torch.zeros(success.shape[0], 1, dtype=torch.bool), success[:, :-1]], dim=1)
-    return ~before.cummax(dim=1).values
-
-
-def with_full_states(traj, full: np.ndarray, state_model) -> object:
+def with_full_states(traj: Trajectories, full: np.ndarray, state_model) -> Trajectories:
     """The imagined rows with other full states [N, T, F]; `alive` and success recomputed by the state model."""
     f = torch.as_tensor(full, dtype=torch.float32)
     N, T, F = f.shape
     probs, _ = state_model.predict(f.reshape(N * T, F), [t for t in traj.task_names for _ in range(T)])
     ok = (probs.reshape(N, T) >= state_model.threshold).cummax(dim=1).values
-    return dataclasses.replace(traj, full_states=f, alive=alive_from_success(ok), success=ok[:, -1].clone())
+    return dataclasses.replace(traj, full_states=f, alive=alive_through_first_success(ok), success=ok[:, -1].clone())
 
 
 def advantages(scorer, traj, G: int) -> np.ndarray:
@@ -91,7 +81,7 @@ def imagine_and_replay(policy, engine, points, G, h, H, temperature, seed, env_k
     for i, bp in enumerate(points):
         key = (bp.task_name, bp.step + h * H)
         if key not in envs:
-            envs[key] = _metaworld_env(bp.task_name, max_episode_steps=key[1], **env_kwargs)
+            envs[key] = MetaWorldEnv(bp.task_name, render_images=False, max_episode_steps=key[1], **env_kwargs)
         replays.append(replay_group(envs[key], bp, actions[i]))
     for env in envs.values():
         env.close()
@@ -113,22 +103,6 @@ def branch_pairs(points, actions: np.ndarray, replays, start_full: np.ndarray, H
         episode=(BRANCH_EPISODE_OFFSET + np.arange(B * G)).repeat(h).astype(np.int64),
         step=np.tile(np.arange(h) * H, B * G).astype(np.int64),
     )
-
-
-def fit_ensemble(datasets, extra: ChunkPairs | None, H: int, steps: int, seed: int):
-    """A dynamics ensemble on the datasets' chunk pairs plus `extra` (held-out split by episode, as
-    `train_dynamics_ensemble` does)."""
-    pairs = chunk_pairs_from_datasets([str(d) for d in datasets], H)
-    if extra is not None:
-        pairs = ChunkPairs.cat([pairs, extra])
-    train, _ = split_pairs_by_episode(pairs, 0.2, seed)
-    config = DynamicsEnsembleConfig(
-        full_state_dim=int(pairs.full_states.shape[1]), action_dim=int(pairs.actions.shape[2]), horizon=H,
-        tasks=sorted(set(pairs.task_names)), seed=seed,
-    )  # fmt: skip
-    model = DynamicsEnsemble(config)
-    fit_dynamics_ensemble(model, train, steps=steps, seed=seed, progress_bar=False)
-    return model
 
 
 def run(args) -> dict:
@@ -177,8 +151,9 @@ def run(args) -> dict:
             policy, engine, train_points, G, h, H, args.temperature, args.seed + 1, env_kwargs
         )  # fmt: skip
         extra = branch_pairs(train_points, tr_actions, tr_replays, tr_start, H)
-        models["ensemble_branches"] = fit_ensemble(
-            [b / "data", *args.ensemble_extra], extra, H, args.ensemble_steps, args.seed
+        models["ensemble_branches"], _ = train_dynamics_ensemble(
+            [str(b / "data"), *args.ensemble_extra], horizon=H, steps=args.ensemble_steps, seed=args.seed,
+            progress_bar=False, extra_pairs=extra,
         )  # fmt: skip
         branch_info = {"points": len(train_points), "pairs": len(extra), "seconds": time.perf_counter() - t0}
     else:
@@ -200,10 +175,11 @@ def run(args) -> dict:
     by_source = {}
     for src in sorted({bp.source for bp in points}) + ["all"]:
         idx = [i for i, bp in enumerate(points) if src in ("all", bp.source)]
-        out = {"points": len(idx), "real_success": float(success[idx].mean())}
-        for model, pred in predicted.items():
-            out[model] = fidelity_table(pred[idx], real_full[idx], start_full[idx])
-        by_source[src] = out
+        by_source[src] = {
+            "points": len(idx),
+            "real_success": float(success[idx].mean()),
+            "models": {m: fidelity_table(p[idx], real_full[idx], start_full[idx]) for m, p in predicted.items()},
+        }
     # state rewards' advantages on the World Expert's, the ensemble's and the real full states
     trajs = {"world_expert": imagined}
     for name in models:
@@ -246,12 +222,10 @@ def markdown(res: dict) -> str:
             "group-mean error (cm) | real spread (cm) |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for model in out:
-            if not isinstance(out[model], dict):
-                continue
+        for model, table in out["models"].items():
             for q in QUANTITIES:
                 for k in sorted({1, h}):
-                    m = out[model][f"{q}/chunk{k}"]
+                    m = table[f"{q}/chunk{k}"]
                     lines.append(
                         f"| {model} | {q} | {k} | {m['within_r2']:.2f} | {m['within_corr']:.2f} | "
                         f"{m['spread_ratio']:.2f} | {100 * m['error']:.1f} | {100 * m['copy_error']:.1f} | "

@@ -318,7 +318,8 @@ def coevolution_callback(
         open_loop_reencode=cfg.reencode_predictions, keyframe_stride=cfg.keyframe_stride, temperature=cfg.temperature,
         max_episode_steps=cfg.real_max_episode_steps, pool=pool, num_workers=cfg.num_env_workers,
         env_kwargs=env_kwargs, timeout_s=cfg.eval_timeout_s, reward_refresh=reward_refresh if refreshers else None,
-        reward_restore=reward_restore if restorers else None, newest_weight=cfg.round_newest_weight, seed=300_000 + 10_000 * cfg.seed,
+        reward_restore=reward_restore if restorers else None, newest_weight=cfg.round_newest_weight,
+        seed=300_000 + 10_000 * cfg.seed,
     )  # fmt: skip
     logger.info("co-evolution: %d rounds of %d steps, %d real episodes per task each", cfg.rounds,
                 cfg.max_steps // cfg.rounds, cfg.round_episodes_per_task)  # fmt: skip

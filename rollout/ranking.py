@@ -259,6 +259,13 @@ def replay_group(env: Any, bp: BranchPoint, actions: np.ndarray) -> dict[str, np
     }
 
 
+def alive_through_first_success(reached: torch.Tensor) -> torch.Tensor:
+    """`alive` bool [N, T] of rows that stop at their first success: a chunk counts up to and including the first
+    one where `reached` bool [N, T] (success at any step so far, so True from then on) is True."""
+    reached = torch.as_tensor(reached, dtype=torch.bool)
+    return ~torch.cat([torch.zeros(reached.shape[0], 1, dtype=torch.bool), reached[:, :-1]], dim=1)
+
+
 def real_replay_trajectories(imagined: Trajectories, replays: Sequence[dict[str, np.ndarray]]) -> Trajectories:
     """The imagined rows with what reality made of their actions: real frames, states, full states and success
     (`alive` ends after the chunk of the first real success), engine "real". `replays[b]` is group b's replay."""
@@ -269,14 +276,13 @@ def real_replay_trajectories(imagined: Trajectories, replays: Sequence[dict[str,
     if cat["frames"].shape[1] != T:
         raise ValueError(f"real_replay_trajectories: replays have {cat['frames'].shape[1]} chunks, rows have {T}")
     ok = torch.as_tensor(cat["success_chunk"])  # [N, T]
-    before = torch.cat([torch.zeros(ok.shape[0], 1, dtype=torch.bool), ok[:, :-1]], dim=1)
     return dataclasses.replace(
         imagined,
         subgoal_images=torch.as_tensor(cat["frames"]),
         states=torch.as_tensor(cat["states"]),
         full_states=torch.as_tensor(cat["full_states"]),
         success_logits=torch.where(ok, 20.0, -20.0),
-        alive=~before,
+        alive=alive_through_first_success(ok),
         success=ok[:, -1].clone(),
         classifier_probs=None,
         engine="real",

@@ -304,6 +304,7 @@ def train_dynamics_ensemble(
     seed: int = 0,
     progress_bar: bool = True,
     log_fn: Callable[[int, dict[str, float]], None] | None = None,
+    extra_pairs: ChunkPairs | None = None,
 ) -> tuple[DynamicsEnsemble, dict[str, Any]]:
     """Train and evaluate a dynamics ensemble on episode datasets.
 
@@ -319,6 +320,8 @@ def train_dynamics_ensemble(
         holdout_fraction: episodes per task held out for the metrics.
         progress_bar: show a tqdm bar.
         log_fn: called as log_fn(step, losses) every 500 steps and at the end.
+        extra_pairs: more transitions beside the datasets' (e.g. replayed counterfactual branches: several chunks from
+            each same state), split by their own episode ids with the rest; keep those ids clear of the datasets'.
 
     Returns:
         (the trained ensemble, in eval mode; the metrics written to metrics.json).
@@ -329,6 +332,8 @@ def train_dynamics_ensemble(
         raise ValueError(f"train_dynamics_ensemble: horizon ({horizon}) and stride ({stride}) must be ≥ 1")
     t0 = time.perf_counter()
     pairs = chunk_pairs_from_datasets(dataset_paths, horizon, stride)
+    if extra_pairs is not None:
+        pairs = ChunkPairs.cat([pairs, extra_pairs])
     train, heldout = split_pairs_by_episode(pairs, holdout_fraction, seed)
     config = DynamicsEnsembleConfig(
         full_state_dim=int(pairs.full_states.shape[1]),

@@ -146,6 +146,18 @@ def test_pairs_are_whole_chunks_inside_episodes(tmp_path):
         chunk_pairs_from_datasets(tmp_path / "ds", horizon=9)
 
 
+def test_extra_pairs_train_beside_the_datasets(tmp_path):
+    data = write_linear(tmp_path / "ds", n_episodes=8, steps=6)
+    base = chunk_pairs(data, horizon=H)
+    extra = replace(base, episode=base.episode + 1_000)  # the same transitions under other episode ids
+    kw = dict(horizon=H, members=2, hidden=16, steps=5, holdout_fraction=0.25, progress_bar=False)
+    _, plain = train_dynamics_ensemble(data, **kw)
+    _, more = train_dynamics_ensemble(data, extra_pairs=extra, **kw)
+    assert more["data/all_pairs"] == 2 * plain["data/all_pairs"]
+    assert more["data/all_episodes"] == 2 * plain["data/all_episodes"]
+    assert more["data/train_pairs"] + more["data/heldout_pairs"] == more["data/all_pairs"]
+
+
 def test_split_is_by_episode_per_task_and_deterministic(tmp_path):
     pairs = chunk_pairs(write_linear(tmp_path / "ds", n_episodes=12, steps=6), horizon=H)
     train, held = split_pairs_by_episode(pairs, 0.34, seed=3)

@@ -139,6 +139,15 @@ def test_real_replay_trajectories_carry_what_reality_made_of_the_rows():
         real_replay_trajectories(imagined, [group([[True, True]] * 2)])
 
 
+def test_alive_runs_through_the_first_success_chunk():
+    from rollout.ranking import alive_through_first_success
+
+    reached = torch.tensor([[False, True, True, True], [False, False, False, False], [True, True, True, True]])
+    assert alive_through_first_success(reached).tolist() == [
+        [True, True, False, False], [True, True, True, True], [True, False, False, False],
+    ]  # fmt: skip
+
+
 def test_policy_branch_points_sit_at_chunk_boundaries_of_the_rollouts():
     from wla_tiny import tiny_obs, tiny_policy
 

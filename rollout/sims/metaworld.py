@@ -301,6 +301,47 @@ class MetaWorldEnv(gym.Env):
         self._image = self._render_frame()
         return self._image.copy()
 
+    def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where world points land in the (upright) camera frame, and how large things there are drawn.
+
+        Args:
+            points: float [..., 3], world positions (e.g. `full_state[4:7]`, the object; `[36:39]`, the goal).
+
+        Returns:
+            pixels: float [..., 2], (column, row) in the frame that `render()` returns; outside [0, image_size) is
+                off screen. NaN for points behind the camera.
+            px_per_cm: float [...], how many pixels one centimetre at that point spans (perspective scale).
+        """
+        points = np.asarray(points, dtype=np.float64)
+        if points.shape[-1:] != (3,):
+            raise ValueError(f"{self.task_name}: project() expects points of shape [..., 3], got {points.shape}")
+        if self._renderer is None:
+            self._render_frame()
+        # The GL cameras of the scene last rendered (two stereo eyes; a mono frame is drawn from their mean): eye
+        # position, view axes and the frustum at the near plane.
+        cam = self._renderer.scene.camera[0]
+        eyes = self._renderer.scene.camera
+        pos, forward, up = (
+            np.mean([np.asarray(getattr(c, k), dtype=np.float64) for c in eyes], axis=0)
+            for k in ("pos", "forward", "up")
+        )
+        right = np.cross(forward, up)
+        rel = points - pos
+        depth = rel @ forward
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = np.where(depth > 0, cam.frustum_near / depth, np.nan)
+        x, y = (rel @ right) * scale, (rel @ up) * scale
+        s = self.image_size
+        # A frustum width of 0 means "from the viewport's aspect ratio" (1: square frames).
+        half = cam.frustum_width or 0.5 * (cam.frustum_top - cam.frustum_bottom)
+        left, width = cam.frustum_center - half, 2.0 * half
+        col = (x - left) / width * s
+        row = (cam.frustum_top - y) / (cam.frustum_top - cam.frustum_bottom) * s
+        if self._rotate_180:
+            col, row = s - col, s - row
+        px_per_cm = 0.01 * scale / width * s
+        return np.stack([col, row], axis=-1), px_per_cm
+
     def sim_state(self) -> np.ndarray:
         """float64 [qpos + qvel + mocap pos/quat]: the MuJoCo state, to check that two resets are the same state."""
         d = self._env.data

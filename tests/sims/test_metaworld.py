@@ -71,6 +71,46 @@ def test_closeup_camera():
     env.close()
 
 
+@pytest.mark.parametrize("camera", ["corner", "closeup"])
+def test_project_lands_on_the_object(camera):
+    # The puck's position, projected, falls on the puck's pixels in a segmentation render of the same scene (the
+    # corner camera is rolled by 180°, the closeup one is a free camera).
+    import mujoco
+
+    env = make_env("push-v3", camera=camera, image_size=128).unwrapped
+    _, info = env.reset(seed=3)
+    pixel, px_per_cm = env.project(info["full_state"][4:7])
+    renderer = env._renderer
+    renderer.enable_segmentation_rendering()
+    renderer.update_scene(env._env.data, camera=env._camera)
+    seg = renderer.render()
+    renderer.disable_segmentation_rendering()
+    if env._rotate_180:
+        seg = seg[::-1, ::-1]
+    model = env._env.model
+    puck = [g for g in range(model.ngeom) if model.geom_bodyid[g] == model.body("obj").id]
+    rows, cols = np.nonzero(np.isin(seg[..., 0], puck) & (seg[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM)))
+    assert len(rows) > 5
+    assert abs(pixel[0] - (cols.mean() + 0.5)) < 2.0 and abs(pixel[1] - (rows.mean() + 0.5)) < 2.0
+    # the puck is 4 cm across: its pixel extent matches the perspective scale to within a pixel or two
+    assert abs((cols.max() - cols.min() + 1) - 4 * px_per_cm) < 3
+    far = env.project(np.array([[0.0, 0.6, 0.0], [0.0, 0.6, 0.0]]))
+    assert far[0].shape == (2, 2) and far[1].shape == (2,)
+    with pytest.raises(ValueError, match=r"\[\.\.\., 3\]"):
+        env.project(np.zeros(2))
+    env.close()
+
+
+def test_closeup_draws_objects_larger():
+    scales = {}
+    for camera in ("corner", "closeup"):
+        env = make_env("reach-v3", camera=camera).unwrapped
+        _, info = env.reset(seed=0)
+        scales[camera] = env.project(info["full_state"][36:39])[1]
+        env.close()
+    assert scales["closeup"] > 1.3 * scales["corner"]
+
+
 def test_images_not_mirrored():
     # Driving the hand towards +x (the robot's right, seen from the corner camera) moves the arm right in the frame;
     # a vertical flip alone would mirror it.

@@ -4,12 +4,13 @@
         --out runs/bench_camera
     # then the real-success side: the headline's base evaluation of one bootstrap per camera
     MUJOCO_GL=egl python benchmarks/bench_camera.py --cameras corner closeup --seeds 50 \
-        --headline corner=runs/headline_s42 closeup=runs/headline_closeup --out runs/bench_camera
+        --headline corner=runs/headline_s42 closeup=runs/headline_closeup --dataset <bootstrap>/data --out runs/bench_camera
 
 For each task and camera, over `--seeds` seeded resets (seeds 0, 1, ...): where the hand, the object and the goal
 of Meta-World's 39-d state project into the frame (`MetaWorldEnv.project`), the share of resets in which each is
 inside the frame, and the median number of pixels one centimetre spans there. A 4 cm puck at 1 px/cm is 4 px
-across. With `--headline name=dir`, it adds each headline's greedy real success per task (base and every arm) for
+across. With `--dataset`, the share of a dataset's frames (every step of the demonstrations) with each point in frame.
+With `--headline name=dir`, it adds each headline's greedy real success per task (base and every arm) for
 the bootstrap trained on that camera, so the geometry and the success it allows sit in one table.
 """
 
@@ -60,6 +61,33 @@ def measure(task: str, camera: str, image_size: int, seeds: int) -> dict[str, di
     return out
 
 
+def measure_dataset(path: str, cameras: list[str], image_size: int) -> dict[str, dict[str, dict[str, float]]]:
+    """Share of a dataset's frames (every step of every episode) with hand, object and goal in frame, per camera.
+
+    The cameras are fixed in the world, so a frame's full state is projected without rebuilding its physical state.
+    """
+    from rollout.sims.metaworld import MetaWorldEnv
+    from wlarl.data.episodes import load_episodes
+
+    table = load_episodes(path).dataset.with_format("arrow")
+    full = np.asarray(table["full_state"].to_pylist(), dtype=np.float64)
+    tasks = np.asarray(table["task_name"].to_pylist())
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for task in sorted(set(tasks)):
+        rows = full[tasks == task]
+        out[task] = {}
+        for cam in cameras:
+            env = MetaWorldEnv(task, image_size=image_size, camera=cam)
+            env.reset(seed=0)
+            out[task][cam] = {}
+            for name, sl in POINTS.items():
+                px, _ = env.project(rows[:, sl])
+                inside = np.isfinite(px).all(-1) & (px >= 0).all(-1) & (px < image_size).all(-1)
+                out[task][cam][name] = float(inside.mean())
+            env.close()
+    return out
+
+
 def _per_task(evaluation: dict) -> dict[str, float]:
     """{task: success} from an evaluation's `eval/<task>/success` entries."""
     return {k.split("/")[1]: float(v) for k, v in evaluation.items()
@@ -76,7 +104,7 @@ def headline_success(path: Path) -> dict[str, dict[str, float]]:
     return rows
 
 
-def markdown(geometry: dict, success: dict, image_size: int, seeds: int) -> str:
+def markdown(geometry: dict, success: dict, image_size: int, seeds: int, frames: dict | None = None) -> str:
     cams = list(next(iter(geometry.values())))
     lines = [
         f"Geometry at {image_size} px over {seeds} seeded resets per task: share of resets with the point in frame, "
@@ -88,6 +116,12 @@ def markdown(geometry: dict, success: dict, image_size: int, seeds: int) -> str:
     for task, per_cam in geometry.items():
         cells = [f"{per_cam[c][p]['in_frame']:.2f} / {per_cam[c][p]['px_per_cm']:.2f}" for c in cams for p in POINTS]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    if frames:
+        lines += ["", "Share of the dataset's frames (every step) with the point in frame:", ""]
+        lines.append("| task | " + " | ".join(f"{c}: {p}" for c in cams for p in POINTS) + " |")
+        lines.append("|---|" + "---|" * (len(cams) * len(POINTS)))
+        for task, per_cam in frames.items():
+            lines.append(f"| {task} | " + " | ".join(f"{per_cam[c][p]:.3f}" for c in cams for p in POINTS) + " |")
     if success:
         cols = [(name, row) for name, rows in success.items() for row in rows]
         lines += ["", "Greedy real success per task (50 episodes each, the headline's evaluation seeds):", ""]
@@ -106,6 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--image_size", type=int, default=64)
     p.add_argument("--seeds", type=int, default=50)
     p.add_argument("--headline", nargs="*", default=[], metavar="NAME=DIR", help="headline output dirs to tabulate")
+    p.add_argument("--dataset", default=None, help="an episode dataset whose frames to check for points out of frame")
     p.add_argument("--out", default="runs/bench_camera")
     args = p.parse_args(argv)
     if args.seeds < 1:
@@ -120,11 +155,18 @@ def main(argv: list[str] | None = None) -> dict:
         task: {cam: measure(task, cam, args.image_size, args.seeds) for cam in args.cameras}
         for task in resolve_tasks(args.tasks)
     }
+    frames = measure_dataset(args.dataset, args.cameras, args.image_size) if args.dataset else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"image_size": args.image_size, "seeds": args.seeds, "geometry": geometry, "success": success}
+    result = {
+        "image_size": args.image_size,
+        "seeds": args.seeds,
+        "geometry": geometry,
+        "frames": frames,
+        "success": success,
+    }
     (out / "bench_camera.json").write_text(json.dumps(result, indent=2))
-    text = markdown(geometry, success, args.image_size, args.seeds)
+    text = markdown(geometry, success, args.image_size, args.seeds, frames)
     (out / "bench_camera.md").write_text(text)
     print(text)
     return result

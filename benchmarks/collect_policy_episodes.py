@@ -32,6 +32,7 @@ def main() -> None:
     p.add_argument("--episodes_per_task", type=int, default=12)
     p.add_argument("--seed", type=int, default=300_000, help="base reset seed (keep clear of training/eval seeds)")
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--greedy", action="store_true", help="the mean action instead of sampling (evaluation-like)")
     p.add_argument("--max_episode_steps", type=int, default=150)
     p.add_argument("--camera", default="corner")
     p.add_argument("--num_workers", type=int, default=0, help="env worker processes (0: in this process)")
@@ -46,14 +47,14 @@ def main() -> None:
     t0 = time.perf_counter()
     res = rollout_policy(
         policy, tasks, args.episodes_per_task, seeds=args.seed, num_workers=args.num_workers,
-        max_episode_steps=args.max_episode_steps, stop_on_success=False, sample=True, temperature=args.temperature,
+        max_episode_steps=args.max_episode_steps, stop_on_success=False, sample=not args.greedy, temperature=args.temperature,
         env_kwargs=env_kwargs, timeout_s=6 * 3600,
     )  # fmt: skip
     if res.lost:
         raise SystemExit(f"collect_policy_episodes: {len(res.lost)} episodes were lost: {res.lost[:3]}")
     eps = res.episodes
     solved = sum(bool(e["success"].any()) for e in eps)
-    meta = {"source": "collect_policy_episodes", "policy_path": str(args.policy_path), "seed": args.seed}
+    meta = {"source": "collect_policy_episodes", "policy_path": str(args.policy_path), "seed": args.seed, **env_kwargs}
     write_episodes(eps, args.output, meta)
     print(f"{len(eps)} episodes ({solved} reach success) in {time.perf_counter() - t0:.0f} s → {args.output}")
 

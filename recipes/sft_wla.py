@@ -55,6 +55,13 @@ class SFTWLAConfig:
     )
     latent_patch: int = field(default=2, metadata={"help": "p: p x p latent cells per backbone/world token."})
     recon_fraction: float = field(default=0.25, metadata={"help": "Share of rows reconstructed in the joint stage."})
+    latent_state_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the latent state probe (full state read from image latents, its gradient reaching the "
+            "encoder) in both stages, so latents keep small objects and goal markers; needs world_full_state; 0 off."
+        },
+    )
     hidden_size: int = field(default=128, metadata={"help": "Backbone (tiny Llama) width."})
     num_layers: int = field(default=3, metadata={"help": "Backbone layers."})
     num_heads: int = field(default=4, metadata={"help": "Backbone attention heads."})
@@ -249,6 +256,7 @@ def build_policy(cfg: SFTWLAConfig, processor: WLAProcessor, windows: WindowBatc
         latent_noise_std=cfg.latent_noise_std,
         latent_patch=cfg.latent_patch,
         recon_fraction=cfg.recon_fraction,
+        latent_state_weight=cfg.latent_state_weight,
         state_dim=windows.states.shape[1],
         full_state_dim=windows.full_states.shape[1] if cfg.world_full_state else 0,
         action_dim=windows.actions.shape[1],
@@ -299,7 +307,12 @@ def train_stage(policy, windows, cfg, stage: str, steps: int, log, rng: np.rando
 
     if steps == 0:
         return
-    params = policy.image_tokenizer.parameters() if stage == "tokenizer" else policy.parameters()
+    if stage == "tokenizer":
+        # the image tokenizer, and the latent state probe that shapes its encoder
+        probe = policy.latent_probe.parameters() if policy.latent_probe is not None else []
+        params = [*policy.image_tokenizer.parameters(), *probe]
+    else:
+        params = policy.parameters()
     lr = cfg.tokenizer_learning_rate if stage == "tokenizer" else cfg.learning_rate
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, steps, min(cfg.warmup_steps, steps)))

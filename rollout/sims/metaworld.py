@@ -258,6 +258,10 @@ class MetaWorldEnv(gym.Env):
         self.episode_seed = int(seed)
         self._env.seed(self.episode_seed)
         full, _ = self._env.reset()
+        # Meta-World moves the goal marker (`model.site("goal").pos`) after its last forward pass of the reset, so the
+        # marker's world position is stale until the next step: the reset frame would draw the previous episode's
+        # goal (10-30 cm off). The kinematics pass recomputes positions only; rollouts stay bitwise the same.
+        self._mujoco.mj_kinematics(self._env.model, self._env.data)
         self._t = 0
         self.instruction = instruction_for(self.task_name, self.episode_seed)
         obs = self._observe(full)

@@ -101,6 +101,26 @@ def test_project_lands_on_the_object(camera):
     env.close()
 
 
+def test_reset_frame_draws_this_episodes_goal():
+    # Meta-World moves the goal marker after its reset's last forward pass; the reset frame must show the new goal,
+    # not the previous episode's, and the physics must not change (same states as before the kinematics pass).
+    for task in ("reach-v3", "push-v3"):
+        env = make_env(task, image_size=64).unwrapped
+        for seed in (0, 1, 2):
+            _, info = env.reset(seed=seed)
+            np.testing.assert_allclose(env._env.data.site("goal").xpos, info["full_state"][36:39], atol=1e-6)
+        env.close()
+    a, b = make_env("push-v3", image_size=16), make_env("push-v3", image_size=16)
+    a.reset(seed=5)
+    b.reset(seed=9)
+    b.reset(seed=5)  # a different previous episode
+    for _ in range(10):
+        act = np.array([0.5, -0.3, 0.2, 1.0], np.float32)
+        np.testing.assert_array_equal(a.step(act)[4]["full_state"], b.step(act)[4]["full_state"])
+    a.close()
+    b.close()
+
+
 def test_closeup_draws_objects_larger():
     scales = {}
     for camera in ("corner", "closeup"):

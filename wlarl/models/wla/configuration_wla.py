@@ -63,6 +63,10 @@ class WLAConfig(PretrainedConfig):
         state_mean, state_std, action_mean, action_std: normalisation stats (length S / A) from the dataset.
         full_state_mean, full_state_std: normalisation stats of the full state (length F).
         *_weight: SFT loss weights.
+        latent_state_weight: weight of the latent state probe, a small head that reads the (normalised) full state
+            from a frame's image latents, trained with the image tokenizer in both SFT stages, its gradient reaching
+            the encoder; so latents keep small objects and goal markers, which the reconstruction loss alone blurs
+            away (2-3 px at 64 px). 0: no probe (and no probe weights). Needs full_state_dim > 0.
         task_names: simulator tasks of the SFT data (informational, for evaluation; nothing is task-specific).
     """
 
@@ -110,6 +114,7 @@ class WLAConfig(PretrainedConfig):
         world_full_state_weight: float = 1.0,
         subtask_weight: float = 0.1,
         recon_weight: float = 1.0,
+        latent_state_weight: float = 0.0,
         task_names: list[str] | None = None,
         **kwargs,
     ) -> None:
@@ -154,6 +159,7 @@ class WLAConfig(PretrainedConfig):
         self.world_full_state_weight = world_full_state_weight
         self.subtask_weight = subtask_weight
         self.recon_weight = recon_weight
+        self.latent_state_weight = latent_state_weight
         self.task_names = list(task_names) if task_names is not None else []
         super().__init__(**kwargs)
         self.validate()
@@ -183,6 +189,15 @@ class WLAConfig(PretrainedConfig):
         for name, n in (("state_mean", self.state_dim), ("state_std", self.state_dim)):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"WLAConfig.{name}: expected length state_dim={n}, got {len(getattr(self, name))}")
+        if self.latent_state_weight < 0:
+            raise ValueError(
+                f"WLAConfig.latent_state_weight: expected ≥ 0 (0 = no probe), got {self.latent_state_weight}"
+            )
+        if self.latent_state_weight > 0 and self.full_state_dim == 0:
+            raise ValueError(
+                "WLAConfig.latent_state_weight > 0 reads full states from image latents: it needs full_state_dim > 0 "
+                "(world_full_state in SFT)"
+            )
         if self.full_state_dim < 0:
             raise ValueError(f"WLAConfig.full_state_dim: expected ≥ 0 (0 = not modelled), got {self.full_state_dim}")
         for name, n in (("full_state_mean", self.full_state_dim), ("full_state_std", self.full_state_dim)):

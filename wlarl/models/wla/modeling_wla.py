@@ -101,6 +101,13 @@ class WLAPolicy(WLAPreTrainedModel):
             d, c.num_meta_queries, c.latent_channels, c.latent_size, c.chunk_size, c.action_dim, c.state_dim,
             c.world_hidden, c.world_layers, c.world_heads, c.latent_patch, c.full_state_dim,
         )  # fmt: skip
+        # The latent state probe: full state from a frame's latents (only with latent_state_weight > 0).
+        self.latent_probe = None
+        if c.latent_state_weight > 0:
+            self.latent_probe = nn.Sequential(
+                nn.Flatten(), nn.Linear(c.latent_channels * c.latent_size**2, 256), nn.GELU(),
+                nn.Linear(256, c.full_state_dim),
+            )  # fmt: skip
         # Normalisation stats live in the config and, as persistent buffers, in the weights.
         self.register_buffer("state_mean", torch.tensor(c.state_mean, dtype=torch.float32))
         self.register_buffer("state_std", torch.tensor(c.state_std, dtype=torch.float32))
@@ -599,7 +606,19 @@ class WLAPolicy(WLAPreTrainedModel):
         if "next_image" in batch:
             x = torch.cat([x, preprocess_images(batch["next_image"].to(dev), c.image_size, "batch['next_image']")])
         mse, psnr = self.image_tokenizer.recon_loss(x, c.latent_noise_std)
-        return {"loss": mse, "loss/recon": mse, "train/recon_psnr": psnr}
+        out = {"loss": mse, "loss/recon": mse, "train/recon_psnr": psnr}
+        if self.latent_probe is not None:
+            full = [batch["full_state"]] + ([batch["next_full_state"]] if "next_image" in batch else [])
+            out["loss/latent_state"] = self.latent_state_loss(self.image_tokenizer.encode(x), torch.cat(full))
+            out["loss"] = mse + c.latent_state_weight * out["loss/latent_state"]
+        return out
+
+    def latent_state_loss(self, latents: torch.Tensor, full_states: torch.Tensor) -> torch.Tensor:
+        """MSE of the latent state probe: normalised full states [N, F] read from image latents [N, C, h, w]."""
+        if self.latent_probe is None:
+            raise RuntimeError("latent_state_loss: this policy has no latent probe (latent_state_weight = 0)")
+        target = self._full_state_norm(torch.as_tensor(full_states), latents.shape[0])
+        return F.mse_loss(self.latent_probe(latents), target)
 
     def sft_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """Joint SFT losses on a collated window batch (`wlarl.data.collate_windows`).
@@ -644,6 +663,11 @@ class WLAPolicy(WLAPreTrainedModel):
         x_hat = self.image_tokenizer.decode(z_rec + c.latent_noise_std * torch.randn_like(z_rec))
         out["loss/recon"] = F.mse_loss(x_hat, x_rec)
         out["train/recon_psnr"] = 10 * torch.log10(4.0 / out["loss/recon"].detach().clamp_min(1e-10))
+        if self.latent_probe is not None:
+            full = torch.cat(
+                [torch.as_tensor(batch["full_state"])[:k], torch.as_tensor(batch["next_full_state"])[:k, 0]]
+            )
+            out["loss/latent_state"] = self.latent_state_loss(z_rec, full)
         # policy and world model see detached latents: the tokenizer is shaped by reconstruction only
         z, z_next = self._encode_window(batch, x)
         z_in = (z + c.latent_noise_std * torch.randn_like(z)).clamp(-1, 1)
@@ -684,6 +708,8 @@ class WLAPolicy(WLAPreTrainedModel):
             + c.subtask_weight * out["loss/subtask"]
             + c.recon_weight * out["loss/recon"]
         )
+        if "loss/latent_state" in out:
+            out["loss"] = out["loss"] + c.latent_state_weight * out["loss/latent_state"]
         return out
 
     # ------------------------------------------------------------------ open-loop World-Expert training

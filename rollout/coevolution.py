@@ -10,7 +10,9 @@ A round (`CoevolutionRound`, run by `wlarl.trainer.callbacks.CoevolutionCallback
    far, the newest round counted ``newest_weight`` times (`rollout.refresh.refresh_world_model`);
 3. **refresh the reward models** on the same data through ``reward_refresh(dataset_paths, round_dir)`` (the recipe
    retrains the state reward model into ``round_dir/state_reward`` and swaps it in where it is used);
-4. **branch points**: keyframes of the new episodes join the start states GRPO imagines from.
+4. **branch points**: keyframes of the new episodes join the start states GRPO imagines from, and the round's
+   per-task outcomes (``task_outcomes``) tell the trainer where real groups would carry signal
+   (``start_sampling='round_signal'``).
 
 Everything a round produces is on disk, so a resumed run rebuilds the rounds it had done (`restore`).
 """
@@ -150,6 +152,12 @@ class CoevolutionRound:
 
         return keyframe_states(load_episodes(path), self.keyframe_stride)
 
+    @staticmethod
+    def _outcomes(path: Path) -> dict[str, tuple[int, int]]:
+        from wlarl.data import load_episodes, task_outcomes
+
+        return task_outcomes(load_episodes(path))
+
     def __call__(self, policy: Any, round_index: int) -> dict[str, Any]:
         from wlarl.data import write_episodes
 
@@ -173,16 +181,21 @@ class CoevolutionRound:
         _save_atomic(tensors, rdir / WORLD_FILE)
         starts = self._starts(Path(path))
         metrics["round/new_starts"] = float(len(starts))
+        outcomes = self._outcomes(Path(path))
+        for task, (won, n) in outcomes.items():
+            metrics[f"round/success/{task}"] = won / n
         return {
             **metrics,
             "starts": starts,
+            "task_outcomes": outcomes,
             "real_episodes": int(getattr(res, "episodes_started", len(episodes))),
             "real_env_steps": int(getattr(res, "env_steps", sum(len(ep["action"]) for ep in episodes))),
         }
 
-    def restore(self, rounds_done: int) -> list[dict[str, Any]]:
+    def restore(self, rounds_done: int) -> dict[str, Any]:
         """Rebuild the first `rounds_done` rounds from disk (a resumed run): the episodes, the last round's World
-        Expert and state reward model. Returns the start states those rounds added.
+        Expert and state reward model. Returns ``starts`` (the start states those rounds added) and
+        ``task_outcomes`` (the last round's, as a round returns them; None when no round was done).
 
         Raises:
             FileNotFoundError: a round's outputs are missing (the run folder is not the one that was resumed).
@@ -204,7 +217,8 @@ class CoevolutionRound:
             self.world.load_state_dict(load_file(str(last / WORLD_FILE)))
             if self.reward_restore is not None:
                 self.reward_restore(last)
-        return starts
+        outcomes = self._outcomes(self.episode_paths[-1]) if rounds_done else None
+        return {"starts": starts, "task_outcomes": outcomes}
 
 
 def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:

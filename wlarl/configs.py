@@ -30,7 +30,7 @@ from wlarl.algorithms.grpo import AGGREGATIONS, IMPORTANCE_SAMPLING_LEVELS, LOSS
 
 START_STATE_SOURCES = ("auto", "dataset", "reset", "keyframes")
 BRANCH_POSITIONS = ("early", "middle", "late")  # rollout.ranking.POSITIONS (wlarl does not import rollout)
-START_SAMPLING_MODES = ("uniform", "signal")
+START_SAMPLING_MODES = ("uniform", "signal", "round_signal")
 ENGINES = ("imagined", "real")
 SUCCESS_SIGNALS = ("classifier", "head", "both", "state")
 STATE_DYNAMICS = ("world_expert", "ensemble")  # what predicts the full state in imagination
@@ -201,7 +201,9 @@ class GRPOWorldConfig(GRPOConfig):
             "help": "How starts are drawn from the start states: 'uniform', or 'signal' (in proportion to the estimated "
             "rate at which a start's groups carry learning signal, shrunk to its task's rate; see "
             "wlarl.trainer.start_sampling). 'signal' spends fewer rollouts on starts whose groups are all successes "
-            "or all failures."
+            "or all failures. 'round_signal' (co-evolution rounds only): each task's share ∝ the posterior probability "
+            "that a group of num_generations real episodes of the current policy on it has mixed success, from the "
+            "latest round's collected episodes; uniform among a task's starts."
         },
     )
     start_sampling_prior: float = field(
@@ -673,8 +675,18 @@ class GRPOWorldConfig(GRPOConfig):
                 raise bad("rounds", "co-evolution rounds refresh the imagination: they need engine='imagined'")
             if self.max_steps < self.rounds or self.max_steps % self.rounds:
                 raise bad("max_steps", f"{self.max_steps} steps do not split into {self.rounds} equal rounds")
-            if self.start_sampling != "uniform":
-                raise bad("start_sampling", "co-evolution rounds add starts every round: use 'uniform'")
+            if self.start_sampling == "signal":
+                raise bad(
+                    "start_sampling",
+                    "co-evolution rounds add starts every round, so per-start counts do not apply: use 'uniform' or "
+                    "'round_signal'",
+                )
+        elif self.start_sampling == "round_signal":
+            raise bad(
+                "start_sampling",
+                "'round_signal' weighs tasks by the rounds' real episodes: set rounds and "
+                "round_episodes_per_task ≥ 1, or use 'uniform' / 'signal'",
+            )
         if self.imagined_state_dynamics not in STATE_DYNAMICS:
             raise bad(
                 "imagined_state_dynamics",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wlarl.data import keyframe_states, load_episodes, start_states, write_episodes
+from wlarl.data import keyframe_states, load_episodes, start_states, task_outcomes, write_episodes
 from wlarl.types import Observation
 
 
@@ -48,3 +48,15 @@ def test_keyframe_stride_one_and_first_frames(tmp_path, episode_factory):
     assert [s["seed"] for s in first] == [5, 6] and all(int(s["image"][0, 0, 0]) == 0 for s in first)
     with pytest.raises(ValueError, match="stride"):
         keyframe_states(ds, stride=0)
+
+
+def test_task_outcomes_count_each_episode_once_by_whether_any_step_succeeded(tmp_path, episode_factory):
+    eps = [
+        episode_factory(t=10, seed=5, task="reach-v3", success_at=None),
+        episode_factory(t=9, seed=6, task="push-v3", success_at=3),  # success from step 3 on: one success
+        episode_factory(t=6, seed=7, task="push-v3", success_at=None),
+        episode_factory(t=4, seed=8, task="reach-v3", success_at=2),
+        episode_factory(t=5, seed=9, task="reach-v3", success_at=4),
+    ]
+    write_episodes(eps, tmp_path / "ds", {"camera": "corner"})
+    assert task_outcomes(load_episodes(tmp_path / "ds")) == {"push-v3": (1, 2), "reach-v3": (2, 3)}

@@ -184,7 +184,7 @@ def test_debug_coevolution_rounds_collect_refresh_and_resume_bitwise(tmp_path, c
         "--round_refresh_steps", "2", "--real_max_episode_steps", "16", "--tasks", "reach-v3", "--eval_steps", "0",
         "--verify_steps", "0", "--log_image_steps", "0", "--start_states", "keyframes", "--keyframe_stride", "4",
         "--reward_funcs", "state_progress", "--success_signal", "state", "--save_steps", "1",
-        "--imagined_state_dynamics", "ensemble", "--dynamics_ensemble_steps", "20",
+        "--imagined_state_dynamics", "ensemble", "--dynamics_ensemble_steps", "20", "--start_sampling", "round_signal",
     ]  # fmt: skip
     proc = launch("cpu_1proc.yaml", *flags, cache=cache)
     text = proc.stdout + proc.stderr
@@ -193,6 +193,9 @@ def test_debug_coevolution_rounds_collect_refresh_and_resume_bitwise(tmp_path, c
     rounds = [r for r in rows if "round/collected_episodes" in r]
     assert [r["round/index"] for r in rounds] == [0.0, 1.0] and [r["step"] for r in rounds] == [0, 1]
     assert rounds[1]["round/start_states"] > rounds[0]["round/start_states"]  # each round adds branch points
+    assert all(r["round/success/reach-v3"] in (0.0, 1.0) for r in rounds)  # one episode a round
+    # round_signal: the one task holds every draw
+    assert [r["starts/share/reach-v3"] for r in rows if "starts/share/reach-v3" in r] == [1.0, 1.0]
     train = [r for r in rows if "loss/policy" in r]
     assert train[-1]["budget/real_train_episodes"] == 2  # one episode per round of the one task
     for r in range(2):

@@ -411,12 +411,13 @@ def test_a_resumed_coevolution_rebuilds_its_rounds_instead_of_running_one(tmp_pa
 
     from wlarl.trainer.callbacks import CoevolutionCallback
 
-    restored, added = [], []
+    restored, added, outcomes = [], [], []
     cb = CoevolutionCallback(lambda p, r: pytest.fail("no new round at a resumed begin"), 2, 3, restore_fn=lambda d: (
-        restored.append(d) or [{"r": i} for i in range(d)]))  # fmt: skip
-    cb.trainer = SimpleNamespace(add_starts=added.extend)
+        restored.append(d) or {"starts": [{"r": i} for i in range(d)], "task_outcomes": {"reach-v3": (d, 8)}}))  # fmt: skip
+    cb.trainer = SimpleNamespace(add_starts=added.extend, set_round_outcomes=outcomes.append)
     cb.on_train_begin(SimpleNamespace(world_size=1), SimpleNamespace(global_step=3), None)
     assert restored == [2] and len(added) == 2  # rounds at steps 0 and 2 ran before the step-3 checkpoint
+    assert outcomes == [{"reach-v3": (2, 8)}]  # the last restored round's outcomes reach the trainer
     cb.on_train_begin(SimpleNamespace(world_size=1), SimpleNamespace(global_step=4), None)
     assert restored[-1] == 3  # the round of step 4 ran before its checkpoint was written
     with pytest.raises(ValueError, match="one process"):

@@ -135,3 +135,75 @@ def test_unknown_start_sampling_is_refused_naming_the_field(tmp_path):
         GRPOWorldConfig(output_dir=str(tmp_path), start_sampling="greedy", use_cpu=True)
     with pytest.raises(ValueError, match="start_sampling_prior"):
         GRPOWorldConfig(output_dir=str(tmp_path), start_sampling="signal", start_sampling_prior=0, use_cpu=True)
+
+
+# --------------------------------------------------------------------------- start_sampling='round_signal'
+def test_group_signal_probability_is_the_beta_posterior_mean_of_a_mixed_group():
+    from wlarl.trainer.start_sampling import group_signal_probability
+
+    # 1 success in 1 episode: p ~ Beta(2, 1); E[p²] = 2/3 · 3/4 = 1/2, E[(1-p)²] = 1/3 · 2/4 = 1/6
+    assert group_signal_probability(1, 1, 2) == pytest.approx(1 - 1 / 2 - 1 / 6)
+    assert group_signal_probability(0, 0, 8) == pytest.approx(1 - 2 / 9)  # the prior: E[p^G] = 1 / (G + 1)
+    mixed, solved, failed = (group_signal_probability(s, 32, 8) for s in (16, 32, 0))
+    assert mixed > 0.99 and solved == pytest.approx(failed) and solved < 0.25
+    assert group_signal_probability(8, 8, 8) > solved  # fewer episodes: less sure the task is saturated
+    with pytest.raises(ValueError, match="group_size"):
+        group_signal_probability(1, 2, 1)
+    with pytest.raises(ValueError, match="3 of 2"):
+        group_signal_probability(3, 2, 8)
+
+
+def test_task_signal_weights_share_tasks_by_signal_and_split_them_evenly_among_their_starts():
+    from wlarl.trainer.start_sampling import group_signal_probability, task_signal_weights
+
+    tasks = ["reach-v3"] * 3 + ["push-v3"] + ["door-open-v3"] * 2
+    probs, shares = task_signal_weights(tasks, {"reach-v3": (4, 8), "push-v3": (8, 8)}, 8)
+    assert probs.sum().item() == pytest.approx(1.0)
+    w = {t: group_signal_probability(*o, 8) for t, o in {"reach-v3": (4, 8), "push-v3": (8, 8)}.items()}
+    w["door-open-v3"] = group_signal_probability(0, 0, 8)  # absent from the outcomes: the prior
+    for t in w:
+        assert shares[t] == pytest.approx(w[t] / sum(w.values()))
+    assert probs[0] == probs[1] == probs[2] == pytest.approx(shares["reach-v3"] / 3)
+    assert probs[3] == pytest.approx(shares["push-v3"])
+    with pytest.raises(ValueError, match="no start states"):
+        task_signal_weights([], {}, 8)
+
+
+def test_round_signal_draws_starts_from_the_task_whose_real_groups_would_vary(tmp_path):
+    trainer = _trainer(
+        tmp_path, engine="imagined", max_steps=4, start_sampling="round_signal", rounds=1, round_episodes_per_task=1,
+        dynamic_sampling=False,
+    )  # fmt: skip
+    engine, seen = trainer.imagination, []
+
+    class _Log:  # the imagination engine, recording the seeds (start identities) of every rollout
+        world = engine.world
+
+        def rollout(self, policy, starts, *, seeds=None, **kw):
+            seen.append(seeds.tolist())
+            return engine.rollout(policy, starts, seeds=seeds, **kw)
+
+    trainer.imagination = _Log()
+    starts = list(trainer.train_dataset)  # tests' starts: even seeds reach-v3, odd seeds push-v3
+    trainer.add_starts([{**s, "seed": 100 + s["seed"]} for s in starts])
+    trainer.set_round_outcomes({"reach-v3": (16, 32), "push-v3": (32, 32)})  # push is saturated
+    trainer.train()
+    drawn = [x for s in seen for x in s]
+    assert len(drawn) == 4 * trainer.args.num_starts
+    reach = sum(x % 2 == 0 for x in drawn) / len(drawn)
+    assert reach > 0.7  # at G = 4 the shares are 0.89 / 0.11; uniform would give 0.5
+    logged = [r for r in _rows(tmp_path) if "starts/share/reach-v3" in r]
+    assert logged and logged[-1]["starts/share/reach-v3"] == pytest.approx(0.8876, abs=1e-3)
+    with pytest.raises(ValueError, match="successes ≤ episodes"):
+        trainer.set_round_outcomes({"reach-v3": (3, 2)})
+
+
+def test_round_signal_needs_rounds_and_rounds_refuse_per_start_sampling(tmp_path):
+    with pytest.raises(ValueError, match="round_signal"):
+        GRPOWorldConfig(output_dir=str(tmp_path), start_sampling="round_signal", use_cpu=True)
+    with pytest.raises(ValueError, match="per-start counts"):
+        GRPOWorldConfig(output_dir=str(tmp_path), start_sampling="signal", rounds=2, round_episodes_per_task=1,
+                        max_steps=2, use_cpu=True)  # fmt: skip
+    cfg = GRPOWorldConfig(output_dir=str(tmp_path), start_sampling="round_signal", rounds=2,
+                          round_episodes_per_task=1, max_steps=2, use_cpu=True)  # fmt: skip
+    assert cfg.start_sampling == "round_signal"

@@ -10,7 +10,7 @@ from wlarl.data.episodes import (
     window_rows,
     write_episodes,
 )
-from wlarl.data.starts import keyframe_states
+from wlarl.data.starts import keyframe_states, task_outcomes
 
 __all__ = [
     "META_FILE",
@@ -20,6 +20,7 @@ __all__ = [
     "keyframe_states",
     "load_episodes",
     "start_states",
+    "task_outcomes",
     "window_rows",
     "write_episodes",
 ]

@@ -39,3 +39,19 @@ def keyframe_states(ep_ds: EpisodeDataset, stride: int) -> list[dict[str, Any]]:
         solved[s + 1 : e] = np.cumsum(success[s : e - 1]) > 0
     rows = np.flatnonzero((step % stride == 0) & ~is_last & ~solved).tolist()
     return frame_states(ep_ds, rows)
+
+
+def task_outcomes(ep_ds: EpisodeDataset) -> dict[str, tuple[int, int]]:
+    """Per task, ``(successful episodes, episodes)``: an episode succeeded when any of its steps did.
+
+    Reads only the `task_name` and `success` columns (no images).
+    """
+    arrow = ep_ds.dataset.with_format("arrow")
+    cols = _read(arrow, slice(0, len(arrow)), ("task_name", "success"))
+    tasks, success = cols["task_name"], cols["success"].astype(bool)
+    out: dict[str, list[int]] = {}
+    for s, e in ep_ds.episode_ranges:
+        counts = out.setdefault(str(tasks[s]), [0, 0])
+        counts[0] += int(success[s:e].any())
+        counts[1] += 1
+    return {t: (c[0], c[1]) for t, c in sorted(out.items())}

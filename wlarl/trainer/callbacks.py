@@ -471,11 +471,13 @@ class CoevolutionCallback(_PeriodicCallback):
         round_fn: ``round_fn(policy, round_index) -> dict`` (e.g. `rollout.coevolution.CoevolutionRound`): collects
             real episodes with the current policy, refreshes the simulator and the reward models, and returns
             ``round/*`` metrics, ``real_episodes`` / ``real_env_steps`` (counted as training episodes) and
-            ``starts``: the new start states, added to the trainer's (`GRPOWorldTrainer.add_starts`).
+            ``starts``: the new start states, added to the trainer's (`GRPOWorldTrainer.add_starts`), and optionally
+            ``task_outcomes``: ``{task: (successes, episodes)}`` of the collected episodes
+            (`GRPOWorldTrainer.set_round_outcomes`).
         steps_per_round: K optimizer steps between rounds.
         rounds: R.
-        restore_fn: ``restore_fn(rounds_done) -> starts``: a resumed run rebuilds the rounds it had done instead of
-            running a new one at train begin (e.g. `CoevolutionRound.restore`).
+        restore_fn: ``restore_fn(rounds_done) -> {"starts", "task_outcomes"}``: a resumed run rebuilds the rounds it
+            had done instead of running a new one at train begin (e.g. `CoevolutionRound.restore`).
 
     One process only for now: the refreshed simulator lives on the main process.
     """
@@ -511,7 +513,7 @@ class CoevolutionCallback(_PeriodicCallback):
             done = min(self.rounds, state.global_step // self.steps_per_round + 1)
             if self.restore_fn is None:
                 raise ValueError("CoevolutionCallback: resuming needs restore_fn to rebuild the rounds already done")
-            self._add_starts(self.restore_fn(done))
+            self._apply(self.restore_fn(done))
             self.last_step = state.global_step
             return
         super().on_train_begin(args, state, control, model=model, **kwargs)
@@ -520,16 +522,20 @@ class CoevolutionCallback(_PeriodicCallback):
         if state.global_step < self.rounds * self.steps_per_round:
             super().on_step_end(args, state, control, model=model, **kwargs)
 
-    def _add_starts(self, starts: list[dict[str, Any]]) -> None:
-        add = getattr(self.trainer, "add_starts", None)
-        if not callable(add):
-            raise TypeError("CoevolutionCallback: the bound trainer has no add_starts (use GRPOWorldTrainer)")
-        add(starts)
+    def _apply(self, out: dict[str, Any]) -> None:
+        """A round's (or a restore's) new starts and task outcomes → the trainer."""
+        if not isinstance(out, dict):
+            raise TypeError(f"CoevolutionCallback: a round must return a dict, got {type(out).__name__}")
+        starts, outcomes = out.get("starts"), out.get("task_outcomes")
+        for name, value in (("add_starts", starts), ("set_round_outcomes", outcomes)):
+            if value:
+                method = getattr(self.trainer, name, None)
+                if not callable(method):
+                    raise TypeError(f"CoevolutionCallback: the bound trainer has no {name} (use GRPOWorldTrainer)")
+                method(list(value) if name == "add_starts" else dict(value))
 
     def _extra_metrics(self, model: torch.nn.Module, step: int, out: dict[str, Any]) -> dict[str, float]:
-        starts = out.get("starts")
-        if starts:
-            self._add_starts(list(starts))
+        self._apply(out)
         return {"round/start_states": float(len(self.trainer.train_dataset))} if self.trainer is not None else {}
 
 

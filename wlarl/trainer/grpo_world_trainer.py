@@ -25,7 +25,7 @@ from transformers import Trainer, TrainerCallback
 
 from wlarl.algorithms import grpo
 from wlarl.configs import GRPOWorldConfig
-from wlarl.trainer.start_sampling import SignalStartSampler
+from wlarl.trainer.start_sampling import SignalStartSampler, task_signal_weights
 from wlarl.types import ActionSample, Observation, RewardOutput, Trajectories
 
 
@@ -190,6 +190,11 @@ class GRPOWorldTrainer(Trainer):
         self.resumed_from: str | None = None  # the checkpoint `train` resumed from
         # start_sampling='signal': where groups carried signal so far (every process holds the same counts)
         self.start_sampler: SignalStartSampler | None = None
+        # start_sampling='round_signal': {task: (successes, episodes)} of the latest co-evolution round, and the start
+        # probabilities they give (recomputed when the starts or the outcomes change)
+        self._round_outcomes: dict[str, tuple[int, int]] | None = None
+        self._round_weights: torch.Tensor | None = None
+        self._round_shares: dict[str, float] = {}
         if args.start_sampling == "signal":
             tasks = [str(train_dataset[i].get("task_name", "")) for i in range(len(train_dataset))]
             self.start_sampler = SignalStartSampler(tasks, prior_strength=args.start_sampling_prior)
@@ -225,6 +230,30 @@ class GRPOWorldTrainer(Trainer):
             self.train_dataset = list(self.train_dataset)
         self.train_dataset.extend(starts)
         self._draws_starts = True
+        self._round_weights = None
+
+    def set_round_outcomes(self, outcomes: dict[str, tuple[int, int]]) -> None:
+        """The current policy's real outcomes per task, ``{task: (successes, episodes)}`` (a co-evolution round's
+        collection). With ``start_sampling='round_signal'`` they set each task's share of the starts drawn."""
+        bad = {t: v for t, v in outcomes.items() if len(v) != 2 or not 0 <= int(v[0]) <= int(v[1])}
+        if bad:
+            raise ValueError(
+                f"set_round_outcomes: expected (successes, episodes) with 0 ≤ successes ≤ episodes: {bad}"
+            )
+        self._round_outcomes = {str(t): (int(v[0]), int(v[1])) for t, v in outcomes.items()}
+        self._round_weights = None
+
+    def _round_signal_weights(self) -> torch.Tensor:
+        """[S] start probabilities of start_sampling='round_signal' (uniform until a round reported outcomes)."""
+        if self._round_weights is None:
+            tasks = [str(row.get("task_name", "")) for row in self.train_dataset]
+            self._round_weights, shares = task_signal_weights(
+                tasks, self._round_outcomes or {}, self.args.num_generations
+            )
+            self._round_shares = shares
+        for task, share in self._round_shares.items():
+            self._metrics[f"starts/share/{task}"].append(share)
+        return self._round_weights
 
     def _sample_starts(self, n: int, round_index: int = 0) -> dict[str, Any]:
         """n fresh start states for refill round `round_index` of this step (seeded by step, round and rank)."""
@@ -234,6 +263,8 @@ class GRPOWorldTrainer(Trainer):
         gen = torch.Generator().manual_seed(seed + 15_485_863 * self.args.process_index)
         if self.start_sampler is not None:
             idx = self.start_sampler.sample(n, gen)
+        elif self.args.start_sampling == "round_signal":
+            idx = torch.multinomial(self._round_signal_weights(), n, replacement=True, generator=gen).tolist()
         else:
             idx = torch.randint(len(self.train_dataset), (n,), generator=gen).tolist()
         batch = collate_starts([self.train_dataset[i] for i in idx])
@@ -333,7 +364,7 @@ class GRPOWorldTrainer(Trainer):
         keep_masks: list[torch.Tensor] = []  # per round: bool [B] groups kept
         # the signal sampler draws every round itself (the dataloader's batch is uniform), and so does a trainer
         # whose starts grew (`add_starts`: the dataloader only knows the starts it began with)
-        drawn_here = self.start_sampler is not None or self._draws_starts
+        drawn_here = self.start_sampler is not None or self._draws_starts or self._round_outcomes is not None
         batch = self._sample_starts(B, round_index=0) if drawn_here else inputs
         drawn: list[tuple[torch.Tensor, torch.Tensor]] = []  # per round: start indices [B], signal [B]
         while True:

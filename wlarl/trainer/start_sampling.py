@@ -13,6 +13,11 @@ A start never seen weighs as much as its task, and a task never seen weighs 1/2,
 task at the floor keeps being tried, less often, and comes back once its groups carry signal again. Every group
 rolled out counts, dropped ones included (they are what tells a start apart), on every process alike (the
 trainer gathers the observations before `update`).
+
+With co-evolution rounds the starts grow every round, so per-start counts do not apply; `start_sampling=
+'round_signal'` weighs whole tasks instead, by what the round's real episodes say about the current policy
+(`task_signal_weights`): a task the policy always solves, or never does, gives imagination groups whose only
+variation is the World Expert's error.
 """
 
 from __future__ import annotations
@@ -23,6 +28,59 @@ from typing import Any
 import torch
 
 STATE_VERSION = 1
+
+
+def group_signal_probability(successes: int, episodes: int, group_size: int) -> float:
+    """Posterior mean probability that a group of G episodes of one task has mixed outcomes.
+
+    With per-episode success p ~ Beta(1 + s, 1 + n − s) after s successes in n real episodes (uniform prior), the
+    probability that G i.i.d. outcomes are neither all successes nor all failures is 1 − p^G − (1 − p)^G, whose
+    posterior mean uses the Beta moments E[p^G] = Π_{i<G} (a + i) / (a + b + i).
+
+    Args:
+        successes: s, successful real episodes of the task (0 ≤ s ≤ n).
+        episodes: n, real episodes of the task (0: the prior alone, 1 − 2 / (G + 1)).
+        group_size: G ≥ 2.
+    """
+    if group_size < 2:
+        raise ValueError(f"group_signal_probability: group_size must be ≥ 2, got {group_size}")
+    if not 0 <= successes <= episodes:
+        raise ValueError(f"group_signal_probability: need 0 ≤ successes ≤ episodes, got {successes} of {episodes}")
+    a, b = 1.0 + successes, 1.0 + episodes - successes
+    all_succeed = all_fail = 1.0
+    for i in range(group_size):
+        all_succeed *= (a + i) / (a + b + i)
+        all_fail *= (b + i) / (a + b + i)
+    return 1.0 - all_succeed - all_fail
+
+
+def task_signal_weights(
+    start_tasks: Sequence[str], outcomes: dict[str, tuple[int, int]], group_size: int
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Start-state probabilities that give each task a share ∝ `group_signal_probability` of its real outcomes,
+    split evenly among its starts (a task with more keyframes gets no more draws for it).
+
+    Args:
+        start_tasks: the task of every start state [S].
+        outcomes: ``{task: (successes, episodes)}`` of the current policy's real episodes; a task missing from it
+            weighs as the prior does (no episodes).
+        group_size: G.
+
+    Returns:
+        probabilities [S] (sum 1), and each task's share of them.
+    """
+    if len(start_tasks) == 0:
+        raise ValueError("task_signal_weights: no start states")
+    names = sorted(set(start_tasks))
+    index = {t: i for i, t in enumerate(names)}
+    task_of = torch.as_tensor([index[t] for t in start_tasks], dtype=torch.long)  # [S]
+    weight = torch.as_tensor(
+        [group_signal_probability(*outcomes.get(t, (0, 0)), group_size) for t in names], dtype=torch.float64
+    )  # [num_tasks]
+    share = weight / weight.sum()
+    count = torch.bincount(task_of, minlength=len(names)).to(torch.float64)
+    probs = (share / count)[task_of]  # [S]
+    return probs, {t: float(share[i]) for i, t in enumerate(names)}
 
 
 class SignalStartSampler:

@@ -145,7 +145,7 @@ def test_group_signal_probability_is_the_beta_posterior_mean_of_a_mixed_group():
     assert group_signal_probability(1, 1, 2) == pytest.approx(1 - 1 / 2 - 1 / 6)
     assert group_signal_probability(0, 0, 8) == pytest.approx(1 - 2 / 9)  # the prior: E[p^G] = 1 / (G + 1)
     mixed, solved, failed = (group_signal_probability(s, 32, 8) for s in (16, 32, 0))
-    assert mixed > 0.99 and solved == pytest.approx(failed) and solved < 0.25
+    assert mixed > 0.98 and solved == pytest.approx(failed) and solved < 0.25
     assert group_signal_probability(8, 8, 8) > solved  # fewer episodes: less sure the task is saturated
     with pytest.raises(ValueError, match="group_size"):
         group_signal_probability(1, 2, 1)

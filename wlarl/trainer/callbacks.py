@@ -526,13 +526,16 @@ class CoevolutionCallback(_PeriodicCallback):
         """A round's (or a restore's) new starts and task outcomes → the trainer."""
         if not isinstance(out, dict):
             raise TypeError(f"CoevolutionCallback: a round must return a dict, got {type(out).__name__}")
-        starts, outcomes = out.get("starts"), out.get("task_outcomes")
-        for name, value in (("add_starts", starts), ("set_round_outcomes", outcomes)):
-            if value:
-                method = getattr(self.trainer, name, None)
-                if not callable(method):
-                    raise TypeError(f"CoevolutionCallback: the bound trainer has no {name} (use GRPOWorldTrainer)")
-                method(list(value) if name == "add_starts" else dict(value))
+        if out.get("starts"):
+            self._trainer_method("add_starts")(list(out["starts"]))
+        if out.get("task_outcomes"):
+            self._trainer_method("set_round_outcomes")(dict(out["task_outcomes"]))
+
+    def _trainer_method(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.trainer, name, None)
+        if not callable(method):
+            raise TypeError(f"CoevolutionCallback: the bound trainer has no {name} (use GRPOWorldTrainer)")
+        return method
 
     def _extra_metrics(self, model: torch.nn.Module, step: int, out: dict[str, Any]) -> dict[str, float]:
         self._apply(out)

@@ -190,11 +190,10 @@ class GRPOWorldTrainer(Trainer):
         self.resumed_from: str | None = None  # the checkpoint `train` resumed from
         # start_sampling='signal': where groups carried signal so far (every process holds the same counts)
         self.start_sampler: SignalStartSampler | None = None
-        # start_sampling='round_signal': {task: (successes, episodes)} of the latest co-evolution round, and the start
-        # probabilities they give (recomputed when the starts or the outcomes change)
+        # start_sampling='round_signal': {task: (successes, episodes)} of the latest co-evolution round, and a cache of
+        # the start probabilities [S] and task shares they give (cleared when the starts or the outcomes change)
         self._round_outcomes: dict[str, tuple[int, int]] | None = None
-        self._round_weights: torch.Tensor | None = None
-        self._round_shares: dict[str, float] = {}
+        self._round_draw: tuple[torch.Tensor, dict[str, float]] | None = None
         if args.start_sampling == "signal":
             tasks = [str(train_dataset[i].get("task_name", "")) for i in range(len(train_dataset))]
             self.start_sampler = SignalStartSampler(tasks, prior_strength=args.start_sampling_prior)
@@ -230,7 +229,7 @@ class GRPOWorldTrainer(Trainer):
             self.train_dataset = list(self.train_dataset)
         self.train_dataset.extend(starts)
         self._draws_starts = True
-        self._round_weights = None
+        self._round_draw = None
 
     def set_round_outcomes(self, outcomes: dict[str, tuple[int, int]]) -> None:
         """The current policy's real outcomes per task, ``{task: (successes, episodes)}`` (a co-evolution round's
@@ -241,19 +240,17 @@ class GRPOWorldTrainer(Trainer):
                 f"set_round_outcomes: expected (successes, episodes) with 0 ≤ successes ≤ episodes: {bad}"
             )
         self._round_outcomes = {str(t): (int(v[0]), int(v[1])) for t, v in outcomes.items()}
-        self._round_weights = None
+        self._round_draw = None
 
     def _round_signal_weights(self) -> torch.Tensor:
         """[S] start probabilities of start_sampling='round_signal' (uniform until a round reported outcomes)."""
-        if self._round_weights is None:
+        if self._round_draw is None:
             tasks = [str(row.get("task_name", "")) for row in self.train_dataset]
-            self._round_weights, shares = task_signal_weights(
-                tasks, self._round_outcomes or {}, self.args.num_generations
-            )
-            self._round_shares = shares
-        for task, share in self._round_shares.items():
+            self._round_draw = task_signal_weights(tasks, self._round_outcomes or {}, self.args.num_generations)
+        probs, shares = self._round_draw
+        for task, share in shares.items():
             self._metrics[f"starts/share/{task}"].append(share)
-        return self._round_weights
+        return probs
 
     def _sample_starts(self, n: int, round_index: int = 0) -> dict[str, Any]:
         """n fresh start states for refill round `round_index` of this step (seeded by step, round and rank)."""

@@ -86,6 +86,7 @@ def test_scale_rewards_accepts_trl_booleans(out, given, expected):
         ({"start_states": "sim"}, "start_states", "'reset'"),
         ({"start_states": "reset"}, "tasks", "--tasks"),
         ({"nll_coef": -1.0}, "nll_coef", "≥ 0"),
+        ({"solved_anchor_coef": -0.1}, "solved_anchor_coef", "≥ 0"),
         ({"subtask_coef": -0.5}, "subtask_coef", "≥ 0"),
         ({"verify_steps": -1}, "verify_steps", "≥ 0"),
         ({"eval_steps": -5}, "eval_steps", "≥ 0"),

@@ -310,6 +310,17 @@ class GRPOWorldConfig(GRPOConfig):
             "tasks can otherwise erode through the shared weights; 0 off."
         },
     )
+    solved_anchor_coef: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the solved-state anchor: the KL of the action chunk from the reference policy's "
+            "Gaussian to the current one, at the states visited by one row of every solved group: a group whose rows "
+            "all succeeded (with a success reward, one dynamic sampling drops), or any group of a task whose latest "
+            "co-evolution round succeeded in reality at ≥ dynamic_sampling_range's upper bound. It holds what the "
+            "policy already solves, which gets no policy gradient and erodes through the shared weights; 0 off. "
+            "Gaussian action head only."
+        },
+    )
     subtask_coef: float = field(
         default=0.5,
         metadata={
@@ -615,7 +626,15 @@ class GRPOWorldConfig(GRPOConfig):
             raise bad("start_sampling_prior", f"must be > 0, got {self.start_sampling_prior}")
         if self.max_resample_rounds < 1:
             raise bad("max_resample_rounds", f"must be ≥ 1 (1 = no refill), got {self.max_resample_rounds}")
-        for name in ("nll_coef", "world_aux_coef", "bc_coef", "subtask_coef", "subtask_beta", "keep_best_margin"):
+        for name in (
+            "nll_coef",
+            "world_aux_coef",
+            "bc_coef",
+            "solved_anchor_coef",
+            "subtask_coef",
+            "subtask_beta",
+            "keep_best_margin",
+        ):
             if getattr(self, name) < 0:
                 raise bad(name, f"must be ≥ 0 (0 disables), got {getattr(self, name)}")
         for name in (

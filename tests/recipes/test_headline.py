@@ -50,25 +50,27 @@ def test_shipped_headline_arms_are_valid_grpo_world_configs(tmp_path):
 
 def test_the_p1280_headline_gives_every_arm_the_same_1280_real_training_episodes(tmp_path):
     head, arms = headline.load_headline("headline_p1280")
-    assert list(arms) == ["real", "wlarl", "wlarl_focus"] and head["eval_episodes_per_task"] >= 50
+    assert list(arms) == ["real", "wlarl", "wlarl_focus", "real_anchor", "wlarl_anchor"]
+    assert head["eval_episodes_per_task"] >= 50
     cfgs = {}
     for i, (name, over) in enumerate(arms.items()):
         sec = headline.arm_config(head, over, PATHS, tmp_path / name, first=i == 0)
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({"grpo_world": sec}))
         cfgs[name] = parse_config(GRPOWorldConfig, "grpo_world", argv=["--config", str(tmp_path / f"{name}.yaml")])
     real = cfgs.pop("real")
-    assert (
-        real.engine == "real"
-        and real.max_steps // real.num_iterations * real.num_starts * real.num_generations == 1280
-    )
+    for r in (real, cfgs.pop("real_anchor")):
+        assert r.engine == "real" and r.max_steps // r.num_iterations * r.num_starts * r.num_generations == 1280
     for wl in cfgs.values():
         assert wl.engine == "imagined" and wl.rounds * wl.round_episodes_per_task * 8 == 1280
         assert wl.max_steps // wl.rounds == 10 and wl.learning_rate == real.learning_rate
-    # the two wlarl arms differ in how imagined starts are drawn, and in nothing else
-    focus, plain = (
-        yaml.safe_load((tmp_path / f"{n}.yaml").read_text())["grpo_world"] for n in ("wlarl_focus", "wlarl")
-    )
-    assert {k for k in focus if focus[k] != plain.get(k) and k != "output_dir"} == {"start_sampling"}
+    # each variant differs from its arm in one setting only
+    for variant, arm, changed in (
+        ("wlarl_focus", "wlarl", "start_sampling"),
+        ("wlarl_anchor", "wlarl", "solved_anchor_coef"),
+        ("real_anchor", "real", "solved_anchor_coef"),
+    ):
+        v, a = (yaml.safe_load((tmp_path / f"{n}.yaml").read_text())["grpo_world"] for n in (variant, arm))
+        assert {k for k in v if v[k] != a.get(k) and k not in ("output_dir", "eval_at_start")} == {changed}
 
 
 @pytest.mark.parametrize(

@@ -180,6 +180,83 @@ def test_unverified_successes_lose_their_reward(tmp_path):
     assert trainer._metrics["rollout/unverified_successes"][-1] == 2.0
 
 
+def test_solved_anchor_takes_the_first_row_of_every_all_success_group(tmp_path):
+    """Group 0 has an unverified row, group 1 succeeds throughout: its first row (row 4) is the anchor, with the
+    reference's mean chunk at its states (the reference is the policy itself before any step)."""
+    trainer = _trainer(
+        tmp_path, max_steps=1, dynamic_sampling=False, save_strategy="no", solved_anchor_coef=1.0,
+        engine_kwargs={"success_threshold": 1e-6},
+    )  # fmt: skip
+    trainer.success_filter = lambda traj: torch.tensor([1, 0, 1, 1, 1, 1, 1, 1], dtype=torch.bool)
+    out = trainer._generate_and_score(trainer._sample_starts(2))
+    anchor = out["anchor_trajectories"]
+    assert anchor.num_rows == 1
+    torch.testing.assert_close(anchor.actions, out["trajectories"].actions[4:5])
+    sampled_mean = torch.stack([s.extras["mean"] for s in anchor.samples], 0).flatten(0, 1)  # [T·1, H, A]
+    torch.testing.assert_close(out["anchor_ref_mean"], sampled_mean, rtol=1e-4, atol=1e-5)
+    assert trainer._metrics["rollout/solved_anchor_rows"][-1] == 1.0
+    # no group solved: no anchor rows, and the loss has no anchor term
+    trainer.success_filter = lambda traj: torch.tensor([0, 1, 1, 1, 1, 1, 1, 0], dtype=torch.bool)
+    out = trainer._generate_and_score(trainer._sample_starts(2))
+    assert "anchor_trajectories" not in out and trainer._metrics["rollout/solved_anchor_rows"][-1] == 0.0
+
+
+def test_solved_anchor_holds_tasks_the_latest_round_solved_in_reality(tmp_path):
+    """No imagined row succeeds, but the latest co-evolution round solved one task in reality at ≥ hi (0.9): every
+    group of that task is anchored (its first row), none of the other task's."""
+    trainer = _trainer(
+        tmp_path, max_steps=1, num_starts=6, seed=2, dynamic_sampling=False, save_strategy="no", solved_anchor_coef=1.0,
+        engine_kwargs={"success_threshold": 1e-6},
+    )  # fmt: skip
+    trainer.success_filter = lambda traj: torch.zeros(traj.num_rows, dtype=torch.bool)
+    for solved, outcomes in (("reach-v3", {"reach-v3": (29, 32), "push-v3": (28, 32)}),  # 0.906 ≥ 0.9 > 0.875
+                             ("push-v3", {"reach-v3": (0, 32), "push-v3": (32, 32)})):  # fmt: skip
+        trainer.set_round_outcomes(outcomes)
+        out = trainer._generate_and_score(trainer._sample_starts(6))
+        tasks = out["trajectories"].task_names[::4]
+        assert {"reach-v3", "push-v3"} <= set(tasks), tasks  # both tasks drawn, so the selection is tested
+        want = [4 * g for g, t in enumerate(tasks) if t == solved]
+        anchor = out["anchor_trajectories"]
+        assert anchor.task_names == [solved] * len(want)
+        torch.testing.assert_close(anchor.actions, out["trajectories"].actions[want])
+
+
+def test_solved_anchor_holds_the_mean_action_where_groups_all_succeed(tmp_path):
+    """Every episode succeeds and the dense reward pushes the first action dimension up: with the anchor the mean
+    action at those starts moves less from the reference than without it, and the term is logged."""
+
+    def shift(trainer) -> float:
+        obs, ref_model = tiny_obs(4), trainer.imagination.world
+        with torch.no_grad():
+            sample = ref_model.act(obs, sample=False)
+            now = trainer.model.log_prob(obs, sample)["action_mean"]
+            ref = ref_model.log_prob(obs, sample)["action_mean"]
+        return float((now - ref).abs().mean())
+
+    shifts = {}
+    for coef in (0.0, 3.0):
+        torch.manual_seed(0)
+        out = tmp_path / f"anchor{coef}"
+        trainer = _trainer(
+            out, max_steps=4, save_strategy="no", log_image_steps=0, learning_rate=3e-2, solved_anchor_coef=coef,
+            engine_kwargs={"success_threshold": 1e-6},
+        )  # fmt: skip
+        trainer.train()
+        shifts[coef] = shift(trainer)
+        logged = [r["loss/solved_anchor"] for r in _rows(out) if r.get("loss/solved_anchor") is not None]
+        assert (len(logged) > 0) == (coef > 0)
+    assert shifts[3.0] < 0.5 * shifts[0.0], shifts
+
+
+def test_solved_anchor_needs_a_gaussian_head(tmp_path):
+    trainer = _trainer(
+        tmp_path, max_steps=1, policy=tiny_policy("flow").train(), dynamic_sampling=False, save_strategy="no",
+        solved_anchor_coef=1.0, engine_kwargs={"success_threshold": 1e-6},
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="gaussian action head"):
+        trainer._generate_and_score(trainer._sample_starts(2))
+
+
 def test_every_loss_option_reaches_the_loss(tmp_path, monkeypatch):
     seen = {}
     real = grpo.policy_loss

@@ -287,7 +287,7 @@ class GRPOWorldTrainer(Trainer):
     def _generate_and_score(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """One batch of B groups: rollout with dynamic sampling → advantages → old/reference log-probs → logging."""
         t0 = time.perf_counter()
-        traj, rewards, counted, report = self._rollout_with_dynamic_sampling(inputs)
+        traj, rewards, counted, report, solved = self._rollout_with_dynamic_sampling(inputs)
         advantages, adv_stats = grpo.compute_advantages(
             rewards.per_function,
             rewards.weights,
@@ -309,7 +309,9 @@ class GRPOWorldTrainer(Trainer):
             self.count_real("train", int(self._global_sum(episodes)), int(self._global_sum(steps)))
         self._round_real = [0, 0]
         self._log_rollout(traj, rewards, counted, adv_stats, report, logps, has_signal, time.perf_counter() - t0)
+        anchor = self._solved_anchor_inputs(solved)
         return {
+            **anchor,
             "trajectories": traj,
             "advantages": advantages,
             "mask": mask,
@@ -353,8 +355,12 @@ class GRPOWorldTrainer(Trainer):
 
     def _rollout_with_dynamic_sampling(
         self, inputs: dict[str, Any]
-    ) -> tuple[Trajectories, RewardOutput, torch.Tensor, dict[str, int]]:
-        """Rollout rounds until B groups carry signal (DAPO dynamic sampling), each refill from new starts."""
+    ) -> tuple[Trajectories, RewardOutput, torch.Tensor, dict[str, int], Trajectories | None]:
+        """Rollout rounds until B groups carry signal (DAPO dynamic sampling), each refill from new starts.
+
+        Returns the kept groups' trajectories, rewards and counted successes, the report of `grpo.refill_groups`, and
+        (when `solved_anchor_coef` > 0) one row of every group of any round whose rows all succeeded, else None.
+        """
         G, B = self.args.num_generations, self.args.num_starts
         lo, hi = self.args.dynamic_sampling_range
         rounds: list[tuple[Trajectories, RewardOutput, torch.Tensor]] = []
@@ -398,7 +404,19 @@ class GRPOWorldTrainer(Trainer):
             names=parts[0][1].names,
             weights=parts[0][1].weights,
         )
-        return traj, rewards, torch.cat([p[2] for p in parts]), report
+        solved = None
+        if self.args.solved_anchor_coef > 0:
+            solved_tasks = self._really_solved_tasks()
+            solved_parts = []
+            for traj_r, _, counted_r in rounds:
+                solved_B = counted_r.view(-1, G).all(dim=1)  # [B] every row succeeded
+                task_B = traj_r.task_names[::G]
+                solved_B |= torch.tensor([t in solved_tasks for t in task_B], dtype=torch.bool)
+                groups = torch.nonzero(solved_B).flatten()
+                if groups.numel():
+                    solved_parts.append(traj_r.index(groups * G))  # the first row of each: its samples are i.i.d.
+            solved = Trajectories.cat(solved_parts) if solved_parts else None
+        return traj, rewards, torch.cat([p[2] for p in parts]), report, solved
 
     def _update_start_sampler(self, drawn: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Every process's groups of this step (dropped ones too) → the start sampler's counts, on every process."""
@@ -459,6 +477,38 @@ class GRPOWorldTrainer(Trainer):
         if "action_mean" in ref:
             out["ref_mean"] = ref["action_mean"].view(T, N, *ref["action_mean"].shape[1:]).transpose(0, 1)
         return out
+
+    def _really_solved_tasks(self) -> set[str]:
+        """Tasks whose latest co-evolution round succeeded in reality at least at dynamic sampling's upper bound: the
+        solved-state anchor holds all their groups, whatever imagination says of them (empty without rounds)."""
+        hi = self.args.dynamic_sampling_range[1]
+        return {t for t, (s, n) in (self._round_outcomes or {}).items() if n > 0 and s / n >= hi}
+
+    def _solved_anchor_inputs(self, solved: Trajectories | None) -> dict[str, Any]:
+        """The solved-state anchor's rows: observations and samples of the solved rows, their chunks that ran, and
+        the reference policy's mean action chunk there (`solved_anchor_coef`); empty when off or none solved."""
+        n = 0 if solved is None else solved.num_rows
+        self._metrics["rollout/solved_anchor_rows"].append(float(n))
+        if n == 0:
+            return {}
+        ref_model = self.ref_model if self.ref_model is not None else self.imagination.world
+        ref = self._flat_log_prob(ref_model, solved)
+        if "action_mean" not in ref:
+            raise ValueError("solved_anchor_coef > 0 needs the gaussian action head (a mean action to anchor)")
+        return {"anchor_trajectories": solved, "anchor_ref_mean": ref["action_mean"].detach()}
+
+    def _solved_anchor_loss(self, model, inputs: dict[str, Any]) -> torch.Tensor:
+        """KL of the action chunk, reference → current policy, at the solved rows' states (chunks that ran).
+
+        Both are Gaussians with the current policy's std σ (state-independent, diagonal): KL = Σ (μ_ref − μ)² / (2σ²)
+        over the H·A dimensions of a chunk, averaged over the chunks that ran.
+        """
+        traj: Trajectories = inputs["anchor_trajectories"]
+        out = self._flat_log_prob(model, traj)
+        std = self.accelerator.unwrap_model(model).action_expert.std().detach()  # [H, A] env units
+        kl = ((out["action_mean"] - inputs["anchor_ref_mean"]) / std).pow(2).sum(dim=(-1, -2)) / 2  # [T·N]
+        alive = traj.alive.T.reshape(-1).to(kl.device, torch.float32)  # chunk-major like `_flat_log_prob`
+        return (kl * alive).sum() / alive.sum().clamp(min=1)
 
     def count_real(self, kind: str, episodes: int, env_steps: int) -> None:
         """Add real interaction to the budget: kind "train" (rollouts the policy learns from, refresh collection) or
@@ -614,6 +664,10 @@ class GRPOWorldTrainer(Trainer):
             nll = grpo.nll_anchor_loss(logp, mask, inputs["success"])
             loss = loss + self.args.nll_coef * nll
             m["loss/nll"].append(nll.item())
+        if "anchor_trajectories" in inputs:
+            anchor = self._solved_anchor_loss(model, inputs)
+            loss = loss + self.args.solved_anchor_coef * anchor
+            m["loss/solved_anchor"].append(anchor.item())
         if self.args.world_aux_coef > 0 or self.args.bc_coef > 0:
             world, bc = self._real_window_losses(model)
             if self.args.world_aux_coef > 0:

@@ -62,6 +62,14 @@ class SFTWLAConfig:
             "encoder) in both stages, so latents keep small objects and goal markers; needs world_full_state; 0 off."
         },
     )
+    meta_state_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the backbone state probe (full state read from the meta-query states both experts "
+            "read, its gradient reaching the backbone), so the backbone carries goal and object positions; needs "
+            "world_full_state; 0 off."
+        },
+    )
     hidden_size: int = field(default=128, metadata={"help": "Backbone (tiny Llama) width."})
     num_layers: int = field(default=3, metadata={"help": "Backbone layers."})
     num_heads: int = field(default=4, metadata={"help": "Backbone attention heads."})
@@ -257,6 +265,7 @@ def build_policy(cfg: SFTWLAConfig, processor: WLAProcessor, windows: WindowBatc
         latent_patch=cfg.latent_patch,
         recon_fraction=cfg.recon_fraction,
         latent_state_weight=cfg.latent_state_weight,
+        meta_state_weight=cfg.meta_state_weight,
         state_dim=windows.states.shape[1],
         full_state_dim=windows.full_states.shape[1] if cfg.world_full_state else 0,
         action_dim=windows.actions.shape[1],

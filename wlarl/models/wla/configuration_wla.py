@@ -67,6 +67,11 @@ class WLAConfig(PretrainedConfig):
             from a frame's image latents, trained with the image tokenizer in both SFT stages, its gradient reaching
             the encoder; so latents keep small objects and goal markers, which the reconstruction loss alone blurs
             away (2-3 px at 64 px). 0: no probe (and no probe weights). Needs full_state_dim > 0.
+        meta_state_weight: weight of the backbone state probe, a small head that reads the (normalised) full state
+            from the meta-query states both experts read, in joint SFT only, its gradient reaching the backbone: the
+            backbone must then carry the goal and object positions that the frame shows (the action loss alone lets a
+            policy average over goals). Training only (the head is not used to act). 0: no probe. Needs
+            full_state_dim > 0.
         task_names: simulator tasks of the SFT data (informational, for evaluation; nothing is task-specific).
     """
 
@@ -115,6 +120,7 @@ class WLAConfig(PretrainedConfig):
         subtask_weight: float = 0.1,
         recon_weight: float = 1.0,
         latent_state_weight: float = 0.0,
+        meta_state_weight: float = 0.0,
         task_names: list[str] | None = None,
         **kwargs,
     ) -> None:
@@ -160,6 +166,7 @@ class WLAConfig(PretrainedConfig):
         self.subtask_weight = subtask_weight
         self.recon_weight = recon_weight
         self.latent_state_weight = latent_state_weight
+        self.meta_state_weight = meta_state_weight
         self.task_names = list(task_names) if task_names is not None else []
         super().__init__(**kwargs)
         self.validate()
@@ -196,6 +203,13 @@ class WLAConfig(PretrainedConfig):
         if self.latent_state_weight > 0 and self.full_state_dim == 0:
             raise ValueError(
                 "WLAConfig.latent_state_weight > 0 reads full states from image latents: it needs full_state_dim > 0 "
+                "(world_full_state in SFT)"
+            )
+        if self.meta_state_weight < 0:
+            raise ValueError(f"WLAConfig.meta_state_weight: expected ≥ 0 (0 = no probe), got {self.meta_state_weight}")
+        if self.meta_state_weight > 0 and self.full_state_dim == 0:
+            raise ValueError(
+                "WLAConfig.meta_state_weight > 0 reads full states from the backbone: it needs full_state_dim > 0 "
                 "(world_full_state in SFT)"
             )
         if self.full_state_dim < 0:

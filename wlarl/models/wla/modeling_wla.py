@@ -108,6 +108,12 @@ class WLAPolicy(WLAPreTrainedModel):
                 nn.Flatten(), nn.Linear(c.latent_channels * c.latent_size**2, 256), nn.GELU(),
                 nn.Linear(256, c.full_state_dim),
             )  # fmt: skip
+        # The backbone state probe: full state from the meta-query states (only with meta_state_weight > 0).
+        self.meta_probe = None
+        if c.meta_state_weight > 0:
+            self.meta_probe = nn.Sequential(
+                nn.Flatten(), nn.Linear(c.num_meta_queries * d, 256), nn.GELU(), nn.Linear(256, c.full_state_dim)
+            )
         # Normalisation stats live in the config and, as persistent buffers, in the weights.
         self.register_buffer("state_mean", torch.tensor(c.state_mean, dtype=torch.float32))
         self.register_buffer("state_std", torch.tensor(c.state_std, dtype=torch.float32))
@@ -677,6 +683,9 @@ class WLAPolicy(WLAPreTrainedModel):
         ids, sub_mask = proc.encode_subtasks(list(batch["subtask"]), dev)
         meta, sub_logp, _ = self._teacher_forced(emb, mask, ids, sub_mask)
         out["loss/subtask"] = -sub_logp.sum() / sub_mask.sum()
+        if self.meta_probe is not None:
+            target = self._full_state_norm(torch.as_tensor(batch["full_state"]), n)
+            out["loss/meta_state"] = F.mse_loss(self.meta_probe(meta), target)
 
         # action expert
         actions_n = (actions.to(dev) - self.action_mean) / self.action_std
@@ -710,6 +719,8 @@ class WLAPolicy(WLAPreTrainedModel):
         )
         if "loss/latent_state" in out:
             out["loss"] = out["loss"] + c.latent_state_weight * out["loss/latent_state"]
+        if "loss/meta_state" in out:
+            out["loss"] = out["loss"] + c.meta_state_weight * out["loss/meta_state"]
         return out
 
     # ------------------------------------------------------------------ open-loop World-Expert training

@@ -10,6 +10,9 @@ preset). This benchmark fits goal regressors on N reset frames (N distinct goals
 
 - `frame`: a small CNN trained from scratch on the 64 px frames (what an end-to-end policy has to learn);
 - `latents`: an MLP on the frozen image latents of the WLA policy's tokenizer (what the backbone reads);
+- `probe` (no fitting here): the policy's own backbone state probe (`meta_state_weight` > 0 in SFT), which read the
+  full state from the meta-query states on the demonstrations; scored on the same held-out resets, it says whether
+  the backbone learnt to read the goal or memorised its training episodes'.
 
 Score: the share of held-out goals predicted within the success radius (5 cm), and R² per axis. Reset frames of
 seeds 20000+ (away from every seed the project trains or evaluates on). Training: Adam, `--steps` minibatch steps,
@@ -36,22 +39,25 @@ GOAL = slice(36, 39)
 FIRST_SEED = 20000
 
 
-def reset_frames(task: str, n: int, image_size: int, camera: str) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 [n, H, W, 3] reset frames and float [n, 3] goals of seeds FIRST_SEED … FIRST_SEED + n - 1."""
+def reset_frames(task: str, n: int, image_size: int, camera: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    """Reset frames uint8 [n, H, W, 3], goals float [n, 3], robot states float [n, S] and instructions of seeds
+    FIRST_SEED … FIRST_SEED + n - 1."""
     from tqdm import tqdm
 
     from rollout.sims.metaworld import MetaWorldEnv
 
     env = MetaWorldEnv(task, image_size=image_size, camera=camera)
-    frames, goals = [], []
+    frames, goals, states, instructions = [], [], [], []
     try:
         for seed in tqdm(range(FIRST_SEED, FIRST_SEED + n), desc=f"{task} reset frames", leave=False):
             obs, info = env.reset(seed=seed)
             frames.append(obs["image"])
             goals.append(info["full_state"][GOAL])
+            states.append(obs["state"])
+            instructions.append(obs["instruction"])
     finally:
         env.close()
-    return np.stack(frames), np.asarray(goals, dtype=np.float32)
+    return np.stack(frames), np.asarray(goals, dtype=np.float32), np.asarray(states, dtype=np.float32), instructions
 
 
 def frame_net(image_size: int) -> nn.Module:
@@ -85,8 +91,34 @@ def fit_and_score(
         opt.step()
     with torch.no_grad():
         pred = torch.cat([net(x_test[i : i + 256]) for i in range(0, len(x_test), 256)]) * sd + mu
-    err = (pred - y_test).norm(dim=1)
-    r2 = 1 - ((pred - y_test) ** 2).sum(0) / ((y_test - y_test.mean(0)) ** 2).sum(0)
+    return score(pred, y_test, radius)
+
+
+@torch.no_grad()
+def probe_goals(policy, frames: np.ndarray, states: np.ndarray, instructions: list[str], task: str) -> torch.Tensor:
+    """float [N, 3]: the goal that the policy's backbone state probe reads from each observation (greedy subtask)."""
+    from wlarl.types import Observation
+
+    if policy.meta_probe is None:
+        raise SystemExit("--inputs probe: this policy has no backbone state probe (trained with meta_state_weight 0)")
+    out = []
+    for i in range(0, len(frames), 128):
+        obs = Observation(
+            images=torch.from_numpy(frames[i : i + 128]), states=torch.from_numpy(states[i : i + 128]),
+            instructions=instructions[i : i + 128], task_names=[task] * len(frames[i : i + 128]),
+        ).to(policy.device)  # fmt: skip
+        latents = policy._latents_of(obs)
+        emb, mask = policy._prefix(obs, latents)
+        ids, sub_mask = policy._generate_subtask(emb, mask, False, 1.0, None)
+        meta, _, _ = policy._teacher_forced(emb, mask, ids, sub_mask, 1.0)
+        full = policy.meta_probe(meta) * policy.full_state_std + policy.full_state_mean
+        out.append(full[:, GOAL].float().cpu())
+    return torch.cat(out)
+
+
+def score(pred: torch.Tensor, y: torch.Tensor, radius: float) -> dict[str, float]:
+    err = (pred - y).norm(dim=1)
+    r2 = 1 - ((pred - y) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)
     return {"success": float((err <= radius).float().mean()), "median_error_cm": 100 * float(err.median()),
             **{f"r2_{a}": float(v) for a, v in zip("xyz", r2)}}  # fmt: skip
 
@@ -100,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--test", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--radius", type=float, default=0.05, help="success radius (reach-v3: 5 cm)")
-    ap.add_argument("--inputs", nargs="+", default=["latents", "frame"], choices=["latents", "frame"])
+    ap.add_argument("--inputs", nargs="+", default=["latents", "frame"], choices=["latents", "frame", "probe"])
     ap.add_argument("--out", default="runs/bench_goal_learning")
     args = ap.parse_args(argv)
     from wlarl.models.wla import WLAPolicy
@@ -109,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     policy = WLAPolicy.from_pretrained(args.policy_path).eval()
     size = int(policy.config.image_size)
     n_train = max(args.train_sizes)
-    frames, goals = reset_frames(args.task, n_train + args.test, size, args.camera)
+    frames, goals, states, instructions = reset_frames(args.task, n_train + args.test, size, args.camera)
     images = torch.from_numpy(frames)
     with torch.no_grad():
         latents = torch.cat([policy.encode_images(images[i : i + 256]).flatten(1) for i in range(0, len(images), 256)])
@@ -118,7 +150,11 @@ def main(argv: list[str] | None = None) -> dict:
     y = torch.from_numpy(goals)
     test = slice(n_train, n_train + args.test)
     results: dict[str, dict[str, dict]] = {}
-    for name in args.inputs:
+    if "probe" in args.inputs:
+        pred = probe_goals(policy, frames[test], states[test], instructions[test], args.task)
+        results["probe"] = {"0": score(pred, y[test], args.radius)}  # nothing fitted here: 0 new goals
+        print("probe", {k: round(v, 3) for k, v in results["probe"]["0"].items()}, flush=True)
+    for name in [i for i in args.inputs if i != "probe"]:
         results[name] = {}
         for n in sorted(args.train_sizes):
             t0 = time.perf_counter()
@@ -136,6 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
              "|---|---|---|---|---|"]  # fmt: skip
     for name, per_n in results.items():
         for n, r in per_n.items():
+            n = "its SFT demonstrations'" if name == "probe" else n
             lines.append(f"| {name} | {n} | {r['success']:.2f} | {r['median_error_cm']:.1f} | "
                          f"{r['r2_x']:.2f} / {r['r2_y']:.2f} / {r['r2_z']:.2f} |")  # fmt: skip
     (out / "goal_learning.md").write_text("\n".join(lines) + "\n")

@@ -133,6 +133,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--radius", type=float, default=0.05, help="success radius (reach-v3: 5 cm)")
     ap.add_argument("--inputs", nargs="+", default=["latents", "frame"], choices=["latents", "frame", "probe"])
+    ap.add_argument(
+        "--latent_noise", type=float, default=0.0,
+        help="Gaussian noise std added to the latents in fitting and scoring, clamped to (-1, 1): the noise joint SFT "
+        "adds to the latents the backbone reads (the policy's latent_noise_std)",
+    )  # fmt: skip
     ap.add_argument("--out", default="runs/bench_goal_learning")
     args = ap.parse_args(argv)
     from wlarl.models.wla import WLAPolicy
@@ -145,6 +150,9 @@ def main(argv: list[str] | None = None) -> dict:
     images = torch.from_numpy(frames)
     with torch.no_grad():
         latents = torch.cat([policy.encode_images(images[i : i + 256]).flatten(1) for i in range(0, len(images), 256)])
+    if args.latent_noise > 0:
+        gen = torch.Generator().manual_seed(1)
+        latents = (latents + args.latent_noise * torch.randn(latents.shape, generator=gen)).clamp(-1, 1)
     x = {"frame": images.permute(0, 3, 1, 2).float() / 255.0, "latents": latents.float()}
     makers = {"frame": lambda: frame_net(size), "latents": lambda: latent_net(latents.shape[1])}
     y = torch.from_numpy(goals)
@@ -165,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"task": args.task, "camera": args.camera, "image_size": size, "test": args.test, "steps": args.steps,
+            "latent_noise": args.latent_noise,
             "policy_path": args.policy_path, "latent_dim": int(latents.shape[1])}  # fmt: skip
     (out / "goal_learning.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     lines = [f"{args.task}, {args.camera} {size} px, {args.test} held-out resets, {args.steps} steps per fit.", "",

@@ -104,7 +104,9 @@ class SFTWLAConfig:
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak AdamW learning rate of the joint stage."})
     tokenizer_learning_rate: float = field(default=2e-3, metadata={"help": "AdamW learning rate of the pre-stage."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    warmup_steps: int = field(default=50, metadata={"help": "Linear warm-up steps, then cosine decay to 10 %."})
+    warmup_steps: int = field(
+        default=50, metadata={"help": "Linear warm-up steps, then cosine decay to a tenth of the peak learning rate."}
+    )
     grad_clip: float = field(default=1.0, metadata={"help": "Gradient-norm clip (0 = off)."})
     logging_steps: int = field(default=20, metadata={"help": "Write metrics.jsonl every this many steps."})
     save_steps: int = field(

@@ -1,5 +1,6 @@
-"""The latent state probe: a head that reads the full state from image latents, its gradient shaping the encoder so
-that latents keep small objects (a goal marker of a few pixels), in the tokenizer pre-stage and in joint SFT."""
+"""The state probes. The latent state probe: a head that reads the full state from image latents, its gradient
+shaping the encoder so that latents keep small objects (a goal marker of a few pixels), in the tokenizer pre-stage
+and in joint SFT. Saving, loading and config errors are tested here for the backbone state probe too."""
 
 from __future__ import annotations
 
@@ -63,22 +64,37 @@ def test_probe_trains_the_encoder_and_reads_the_marker():
     assert "loss/latent_state" in joint and torch.isfinite(joint["loss"])
 
 
-def test_probe_weights_save_and_load(tmp_path):
-    policy = _probe_policy(0.1)
+PROBES = [("latent_state_weight", "latent_probe"), ("meta_state_weight", "meta_probe")]
+
+
+@pytest.mark.parametrize("weight_name, module_name", PROBES)
+def test_probe_weights_save_and_load(tmp_path, weight_name, module_name):
+    torch.manual_seed(0)
+    proc = tiny_processor()
+    cfg = tiny_config(vocab_size=proc.vocab_size, full_state_dim=F)
+    setattr(cfg, weight_name, 0.1)
+    policy = WLAPolicy(cfg, processor=proc)
     policy.save_pretrained(tmp_path / "p")
     loaded = WLAPolicy.from_pretrained(tmp_path / "p")
-    assert loaded.config.latent_state_weight == 0.1
-    for a, b in zip(policy.latent_probe.parameters(), loaded.latent_probe.parameters(), strict=True):
+    assert getattr(loaded.config, weight_name) == 0.1
+    for a, b in zip(getattr(policy, module_name).parameters(), getattr(loaded, module_name).parameters(), strict=True):
         torch.testing.assert_close(a, b)
 
 
-def test_no_probe_by_default_and_clear_errors():
+@pytest.mark.parametrize("weight_name, module_name", PROBES)
+def test_no_probe_by_default_and_clear_errors(weight_name, module_name):
     proc = tiny_processor()
     policy = WLAPolicy(tiny_config(vocab_size=proc.vocab_size, full_state_dim=F), processor=proc)
-    assert policy.latent_probe is None and "loss/latent_state" not in policy.tokenizer_losses(tiny_batch(4))
+    assert getattr(policy, module_name) is None
+    with pytest.raises(ValueError, match="full_state_dim > 0"):
+        WLAConfig(**{weight_name: 0.5, "full_state_dim": 0})
+    with pytest.raises(ValueError, match=weight_name):
+        WLAConfig(**{weight_name: -1.0, "full_state_dim": F})
+
+
+def test_latent_probe_loss_needs_the_probe():
+    proc = tiny_processor()
+    policy = WLAPolicy(tiny_config(vocab_size=proc.vocab_size, full_state_dim=F), processor=proc)
+    assert "loss/latent_state" not in policy.tokenizer_losses(tiny_batch(4))
     with pytest.raises(RuntimeError, match="no latent probe"):
         policy.latent_state_loss(torch.zeros(2, 4, 4, 4), torch.zeros(2, F))
-    with pytest.raises(ValueError, match="full_state_dim > 0"):
-        WLAConfig(latent_state_weight=0.5, full_state_dim=0)
-    with pytest.raises(ValueError, match="latent_state_weight"):
-        WLAConfig(latent_state_weight=-1.0, full_state_dim=F)

@@ -1,13 +1,13 @@
 """The backbone state probe: a head that reads the full state from the meta-query states both experts read, in joint
-SFT, its gradient reaching the backbone, so the backbone carries goal and object positions the frame shows."""
+SFT, its gradient reaching the backbone, so the backbone carries goal and object positions the frame shows. Saving,
+loading and config errors are tested with the latent probe's (test_latent_probe.py)."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from wla_tiny import tiny_batch, tiny_config, tiny_processor
 
-from wlarl.models.wla import WLAConfig, WLAPolicy
+from wlarl.models.wla import WLAPolicy
 
 F = 4
 
@@ -65,20 +65,7 @@ def test_probe_learns_to_read_the_state_from_the_backbone():
     assert float(policy.sft_losses(batch)["loss/meta_state"].detach()) < 0.3 * first
 
 
-def test_probe_weights_save_and_load(tmp_path):
-    policy = _probe_policy(0.1)
-    policy.save_pretrained(tmp_path / "p")
-    loaded = WLAPolicy.from_pretrained(tmp_path / "p")
-    assert loaded.config.meta_state_weight == 0.1
-    for a, b in zip(policy.meta_probe.parameters(), loaded.meta_probe.parameters(), strict=True):
-        torch.testing.assert_close(a, b)
-
-
-def test_no_probe_by_default_and_clear_errors():
+def test_no_probe_term_by_default():
     proc = tiny_processor()
     policy = WLAPolicy(tiny_config(vocab_size=proc.vocab_size, full_state_dim=F), processor=proc)
-    assert policy.meta_probe is None and "loss/meta_state" not in policy.sft_losses(_batch(4))
-    with pytest.raises(ValueError, match="full_state_dim > 0"):
-        WLAConfig(meta_state_weight=0.5, full_state_dim=0)
-    with pytest.raises(ValueError, match="meta_state_weight"):
-        WLAConfig(meta_state_weight=-1.0, full_state_dim=F)
+    assert "loss/meta_state" not in policy.sft_losses(_batch(4))

@@ -404,19 +404,20 @@ class GRPOWorldTrainer(Trainer):
             names=parts[0][1].names,
             weights=parts[0][1].weights,
         )
-        solved = None
-        if self.args.solved_anchor_coef > 0:
-            solved_tasks = self._really_solved_tasks()
-            solved_parts = []
-            for traj_r, _, counted_r in rounds:
-                solved_B = counted_r.view(-1, G).all(dim=1)  # [B] every row succeeded
-                task_B = traj_r.task_names[::G]
-                solved_B |= torch.tensor([t in solved_tasks for t in task_B], dtype=torch.bool)
-                groups = torch.nonzero(solved_B).flatten()
-                if groups.numel():
-                    solved_parts.append(traj_r.index(groups * G))  # the first row of each: its samples are i.i.d.
-            solved = Trajectories.cat(solved_parts) if solved_parts else None
+        solved = self._solved_rows(rounds) if self.args.solved_anchor_coef > 0 else None
         return traj, rewards, torch.cat([p[2] for p in parts]), report, solved
+
+    def _solved_rows(self, rounds: list[tuple[Trajectories, RewardOutput, torch.Tensor]]) -> Trajectories | None:
+        """The first row (its samples are i.i.d.) of every solved group of every round, kept or dropped: all its rows'
+        counted successes are true, or its task is one the latest co-evolution round solved in reality."""
+        G, hi = self.args.num_generations, self.args.dynamic_sampling_range[1]
+        solved_tasks = {t for t, (s, n) in (self._round_outcomes or {}).items() if n > 0 and s / n >= hi}
+        parts = []
+        for traj, _, counted in rounds:
+            solved_B = counted.view(-1, G).all(dim=1) | torch.tensor([t in solved_tasks for t in traj.task_names[::G]])
+            if solved_B.any():
+                parts.append(traj.index(torch.nonzero(solved_B).flatten() * G))
+        return Trajectories.cat(parts) if parts else None
 
     def _update_start_sampler(self, drawn: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Every process's groups of this step (dropped ones too) → the start sampler's counts, on every process."""
@@ -478,18 +479,13 @@ class GRPOWorldTrainer(Trainer):
             out["ref_mean"] = ref["action_mean"].view(T, N, *ref["action_mean"].shape[1:]).transpose(0, 1)
         return out
 
-    def _really_solved_tasks(self) -> set[str]:
-        """Tasks whose latest co-evolution round succeeded in reality at least at dynamic sampling's upper bound: the
-        solved-state anchor holds all their groups, whatever imagination says of them (empty without rounds)."""
-        hi = self.args.dynamic_sampling_range[1]
-        return {t for t, (s, n) in (self._round_outcomes or {}).items() if n > 0 and s / n >= hi}
-
     def _solved_anchor_inputs(self, solved: Trajectories | None) -> dict[str, Any]:
         """The solved-state anchor's rows: observations and samples of the solved rows, their chunks that ran, and
         the reference policy's mean action chunk there (`solved_anchor_coef`); empty when off or none solved."""
-        n = 0 if solved is None else solved.num_rows
-        self._metrics["rollout/solved_anchor_rows"].append(float(n))
-        if n == 0:
+        if self.args.solved_anchor_coef <= 0:
+            return {}
+        self._metrics["rollout/solved_anchor_rows"].append(0.0 if solved is None else float(solved.num_rows))
+        if solved is None:
             return {}
         ref_model = self.ref_model if self.ref_model is not None else self.imagination.world
         ref = self._flat_log_prob(ref_model, solved)

@@ -521,6 +521,9 @@ def main() -> None:
             os.path.join(cfg.output_dir, "final"),
             os.path.join(cfg.output_dir, "metrics.jsonl"),
         )
+    # Tear the process group down on every rank before exit: left to the interpreter's exit, a rank's gloo threads
+    # can abort it ("terminate called without an active exception") after training has finished.
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":

@@ -126,6 +126,24 @@ def arm_config(head: dict[str, Any], over: dict[str, Any], paths: dict[str, str]
     return cfg
 
 
+def check_eval_seeds(dataset_path: str, seed: int, episodes_per_task: int) -> None:
+    """Raise when an evaluation seed (``seed + e``) resets an episode of the training dataset for the same task: the
+    headline's claims are on seeds never used in training."""
+    from wlarl.data import load_episodes, seeds_by_task
+
+    evaluated = set(range(seed, seed + episodes_per_task))
+    clashes = {
+        t: sorted(s & evaluated) for t, s in seeds_by_task(load_episodes(dataset_path)).items() if s & evaluated
+    }
+    if clashes:
+        shown = "; ".join(f"{t}: {v[:5]}{' …' if len(v) > 5 else ''} ({len(v)} seeds)" for t, v in clashes.items())
+        raise ValueError(
+            f"headline: evaluation seeds {seed}..{seed + episodes_per_task - 1} also reset demonstrations of the "
+            f"training dataset {dataset_path} ({shown}); evaluate on unseen seeds: change --seed, or collect the "
+            "demonstrations with a collect_demos seed clear of them"
+        )
+
+
 def arm_done(out: Path, max_steps: int) -> bool:
     """Whether an arm finished: its final evaluation (at `max_steps`) is in its metrics."""
     if not (out / "metrics.jsonl").is_file():
@@ -386,6 +404,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     paths = grpo_world.bootstrap(head["bootstrap"])
     logger.info("headline: base policy %s", paths["policy_path"])
+    check_eval_seeds(paths["dataset_path"], int(head["seed"]), int(head["eval_episodes_per_task"]))
     for i, name in enumerate(names):
         cfg = arm_config(head, arms[name], paths, out / name, first=i == 0)
         if arm_done(out / name, int(cfg["max_steps"])):

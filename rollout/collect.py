@@ -33,6 +33,14 @@ class CollectConfig:
         metadata={"help": "Meta-World task names and/or task sets (MT10, MT50)."},
     )
     episodes_per_task: int = field(default=20, metadata={"help": "Episodes collected per task."})
+    task_episodes: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Per-task episode counts as TASK=N (e.g. reach-v3=200), overriding episodes_per_task for those "
+            "tasks: more goals for the tasks whose goal the policy must read from the frame. Each task's episodes "
+            "reset with seeds seed .. seed + N - 1, so keep them clear of the evaluation seeds."
+        },
+    )
     noise_modes: list[str] = field(
         default_factory=lambda: ["clean", "gaussian", "random_segments", "perturbed_start"],
         metadata={
@@ -92,6 +100,7 @@ class CollectConfig:
             raise ValueError(f"tasks: {self.tasks} lists a task twice; give each task once")
         if self.episodes_per_task < 1:
             raise ValueError(f"episodes_per_task={self.episodes_per_task}: expected >= 1")
+        self.episode_counts()  # validates task_episodes
         bad = [m for m in self.noise_modes if m not in NOISE_MODES]
         if bad or not self.noise_modes:
             raise ValueError(f"noise_modes={self.noise_modes}: expected a non-empty list from {NOISE_MODES}")
@@ -124,12 +133,30 @@ class CollectConfig:
             ensure_miss=self.ensure_miss,
         )
 
-    def mode_counts(self) -> dict[str, int]:
-        """Episodes per task of each noise mode (largest-remainder split of `episodes_per_task`)."""
+    def episode_counts(self) -> dict[str, int]:
+        """Episodes of each task: `episodes_per_task`, or the task's `task_episodes` entry."""
+        counts = dict.fromkeys(self.tasks, self.episodes_per_task)
+        for item in self.task_episodes:
+            task, sep, n = str(item).partition("=")
+            if not sep or not n.strip().lstrip("-").isdigit():
+                raise ValueError(f"task_episodes entry {item!r}: expected TASK=N, e.g. reach-v3=200")
+            task, n = task.strip(), int(n)
+            if task not in counts:
+                raise ValueError(
+                    f"task_episodes entry {item!r}: {task!r} is not among the collected tasks {self.tasks}"
+                )
+            if n < 1:
+                raise ValueError(f"task_episodes entry {item!r}: expected N >= 1 episodes")
+            counts[task] = n
+        return counts
+
+    def mode_counts(self, episodes: int | None = None) -> dict[str, int]:
+        """Episodes of each noise mode among `episodes` (default `episodes_per_task`; largest-remainder split)."""
+        total = self.episodes_per_task if episodes is None else int(episodes)
         w = np.asarray(self.noise_weights, dtype=np.float64)
-        exact = w / w.sum() * self.episodes_per_task
+        exact = w / w.sum() * total
         counts = np.floor(exact).astype(int)
-        for i in np.argsort(-(exact - counts), kind="stable")[: self.episodes_per_task - counts.sum()]:
+        for i in np.argsort(-(exact - counts), kind="stable")[: total - counts.sum()]:
             counts[i] += 1
         return {m: int(c) for m, c in zip(self.noise_modes, counts)}
 
@@ -171,9 +198,9 @@ def _worker_init() -> None:
 def make_jobs(cfg: CollectConfig) -> list[dict[str, Any]]:
     """One job per episode: task, seed, noise spec and env arguments (in dataset order)."""
     jobs = []
-    for task in cfg.tasks:
+    for task, episodes in cfg.episode_counts().items():
         e = 0
-        for mode, count in cfg.mode_counts().items():
+        for mode, count in cfg.mode_counts(episodes).items():
             for _ in range(count):
                 spec = asdict(cfg.noise_spec(mode))
                 jobs.append(

@@ -65,12 +65,58 @@ def test_bad_task_and_bad_config_errors(tmp_path):
 
 
 def test_presets_are_valid():
-    for preset in ("debug", "default"):
+    for preset in ("debug", "default", "many_goals"):
         cfg = parse_config(CollectConfig, "collect_demos", ["--config", preset])
         counts = cfg.mode_counts()
         assert sum(counts.values()) == cfg.episodes_per_task and set(counts) == set(cfg.noise_modes)
     default = parse_config(CollectConfig, "collect_demos", ["--config", "default"])
     assert default.mode_counts() == {"clean": 8, "gaussian": 4, "random_segments": 4, "perturbed_start": 4}
+
+
+def test_task_episodes_set_per_task_counts_seeds_and_mode_splits():
+    from rollout.collect import make_jobs
+
+    cfg = parse_config(CollectConfig, "collect_demos", ["--config", "many_goals"])
+    counts = cfg.episode_counts()
+    assert counts["reach-v3"] == counts["push-v3"] == 200
+    assert {counts[t] for t in cfg.tasks if t not in ("reach-v3", "push-v3")} == {cfg.episodes_per_task}
+    jobs = make_jobs(cfg)
+    assert len(jobs) == sum(counts.values())
+    by_task = {t: [j for j in jobs if j["task"] == t] for t in cfg.tasks}
+    assert [j["seed"] for j in by_task["reach-v3"]] == list(range(cfg.seed, cfg.seed + 200))
+    assert [j["seed"] for j in by_task["drawer-open-v3"]] == list(range(cfg.seed, cfg.seed + cfg.episodes_per_task))
+    modes = [j["noise"]["mode"] for j in by_task["push-v3"]]
+    assert {m: modes.count(m) for m in set(modes)} == cfg.mode_counts(200) == {
+        "clean": 80, "gaussian": 40, "random_segments": 40, "perturbed_start": 40}  # fmt: skip
+    # without task_episodes every task gets episodes_per_task
+    plain = CollectConfig(tasks=["reach-v3", "push-v3"], episodes_per_task=3)
+    assert plain.episode_counts() == {"reach-v3": 3, "push-v3": 3}
+
+
+@pytest.mark.parametrize(
+    "entries, match",
+    [
+        (["reach-v3:5"], "expected TASK=N"),
+        (["reach-v3=many"], "expected TASK=N"),
+        (["door-open-v3=5"], "not among the collected tasks"),
+        (["reach-v3=0"], "expected N >= 1"),
+    ],
+)
+def test_bad_task_episodes_are_clear_errors(entries, match):
+    with pytest.raises(ValueError, match=match):
+        CollectConfig(tasks=["reach-v3", "push-v3"], task_episodes=entries)
+
+
+@pytest.mark.metaworld
+@requires_metaworld
+def test_task_episodes_collect_the_counted_episodes_on_their_seeds(tmp_path):
+    from wlarl.data import load_episodes, seeds_by_task
+
+    out = tmp_path / "demos"
+    proc = _run("--tasks", "reach-v3", "push-v3", "--episodes_per_task", "1", "--task_episodes", "push-v3=3",
+                "--seed", "500", "--max_episode_steps", "6", "--num_workers", "0", "--output_dir", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert seeds_by_task(load_episodes(out)) == {"reach-v3": {500}, "push-v3": {500, 501, 502}}
 
 
 @pytest.mark.metaworld

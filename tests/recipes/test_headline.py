@@ -160,6 +160,20 @@ def test_report_refuses_arms_without_a_base_evaluation(tmp_path):
         headline.report({"a": headline.summarize("a", tmp_path / "a")}, seed=0, episodes_per_task=1)
 
 
+def test_evaluation_seeds_that_reset_training_demonstrations_are_refused(tmp_path, episode_factory):
+    from wlarl.data import write_episodes
+
+    eps = [episode_factory(seed=s, task="reach-v3") for s in (40, 60)] + [episode_factory(seed=45, task="push-v3")]
+    write_episodes(eps, tmp_path / "data", {"tasks": ["reach-v3", "push-v3"]})
+    with pytest.raises(ValueError, match=r"seeds 42\.\.51 .*\(push-v3: \[45\] \(1 seeds\)\)") as err:
+        headline.check_eval_seeds(str(tmp_path / "data"), seed=42, episodes_per_task=10)
+    assert "reach-v3" not in str(err.value)  # its demonstrations (40, 60) lie outside 42..51
+    with pytest.raises(ValueError, match=r"reach-v3: \[60\]"):
+        headline.check_eval_seeds(str(tmp_path / "data"), seed=42, episodes_per_task=19)
+    headline.check_eval_seeds(str(tmp_path / "data"), seed=61, episodes_per_task=50)  # clear of every demo seed
+    headline.check_eval_seeds(str(tmp_path / "data"), seed=41, episodes_per_task=4)  # 41..44
+
+
 @requires_metaworld
 def test_debug_headline_runs_both_arms_reports_and_resumes(tmp_path):
     cfg = tmp_path / "headline_debug.yaml"

@@ -454,6 +454,15 @@ def frame_states(ep_ds: EpisodeDataset, rows: Sequence[int]) -> list[dict[str, A
     ]
 
 
+def seeds_by_task(ep_ds: EpisodeDataset) -> dict[str, set[int]]:
+    """The reset seeds of the dataset's episodes, per task (read from each episode's first row)."""
+    first = _read(ep_ds.dataset.with_format("arrow"), ep_ds.episode_ranges[:, 0].tolist(), ("task_name", "seed"))
+    out: dict[str, set[int]] = {}
+    for task, seed in zip(first["task_name"], first["seed"]):
+        out.setdefault(str(task), set()).add(int(seed))
+    return out
+
+
 def start_states(ep_ds: EpisodeDataset) -> list[dict[str, Any]]:
     """First observation of every episode (see `frame_states`)."""
     return frame_states(ep_ds, ep_ds.episode_ranges[:, 0].tolist())

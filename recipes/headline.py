@@ -2,6 +2,7 @@
 
     python recipes/headline.py                                   # recipes/configs/headline.yaml
     python recipes/headline.py --output_dir runs/headline_s7 --seed 7 --docs_dir docs/headline
+    python recipes/headline.py --config headline_p1280 --bootstrap many_goals --output_dir runs/headline_many_goals
 
 One command runs the whole comparison on the preset's cached bootstrap (demos → SFT → reward models, built on first
 use):
@@ -271,8 +272,11 @@ def plot(arms: dict[str, dict[str, Any]], out: Path) -> list[Path]:
     def err(row: dict) -> list[list[float]]:
         return [[row[key] - row[f"{key}_ci_low"]], [row[f"{key}_ci_high"] - row[key]]]
 
+    # legends sit right of the axes, where they cover no data however many arms there are
+    outside = {"fontsize": 7, "loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0}
+
     # 1. real (and imagined) success vs real training episodes
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     ax.errorbar([0], [first[key]], yerr=err(first), fmt="ks", capsize=4, label="base, greedy (95 % CI)")
     for name, a in arms.items():
         c = colors.get(name)
@@ -297,7 +301,7 @@ def plot(arms: dict[str, dict[str, Any]], out: Path) -> list[Path]:
     ax.set_ylabel("success rate (8 tasks)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(**outside)
     ax.set_title("Real success against the real episodes it cost")
     fig.tight_layout()
     written.append(out / "headline_success.png")
@@ -307,7 +311,7 @@ def plot(arms: dict[str, dict[str, Any]], out: Path) -> list[Path]:
     # 2. gap and advantage agreement vs step, rounds marked (arms that measured them)
     measured = {n: a for n, a in arms.items() if a["advantage_agreement"] or a["agreement_gap"]}
     if measured:
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = plt.subplots(figsize=(10, 4))
         for name, a in measured.items():
             rows = read_metrics(a["output_dir"])
             for k, style, label in (("verify/advantage_agreement", "-o", "advantage agreement (chance 0.5)"),
@@ -324,7 +328,7 @@ def plot(arms: dict[str, dict[str, Any]], out: Path) -> list[Path]:
         ax.set_xlabel("optimizer step (grey lines: co-evolution rounds)")
         ax.set_ylim(-0.6, 1.05)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(**outside)
         ax.set_title("Does imagination point the way reality does?")
         fig.tight_layout()
         written.append(out / "headline_rounds.png")
@@ -334,7 +338,7 @@ def plot(arms: dict[str, dict[str, Any]], out: Path) -> list[Path]:
     # 3. per task
     tasks = eval_tasks(first)
     if tasks:
-        fig, ax = plt.subplots(figsize=(9, 4))
+        fig, ax = plt.subplots(figsize=(11, 4))
         width = 0.8 / (1 + len(arms))
         for i, (label, row, c) in enumerate(
             [("base", first, "grey")]
@@ -350,7 +354,7 @@ def plot(arms: dict[str, dict[str, Any]], out: Path) -> list[Path]:
         ax.set_xticklabels([t.removesuffix("-v3") for t in tasks], rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("greedy real success")
         ax.set_ylim(0, 1.05)
-        ax.legend(fontsize=7)
+        ax.legend(**outside)
         fig.tight_layout()
         written.append(out / "headline_tasks.png")
         fig.savefig(written[-1], dpi=120)
@@ -387,6 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--config", default="headline", help="headline preset (a file, or a name under recipes/configs)")
     ap.add_argument("--output_dir", help="overrides headline.output_dir")
     ap.add_argument("--seed", type=int, help="overrides headline.seed (training and evaluation seeds)")
+    ap.add_argument("--bootstrap", help="overrides headline.bootstrap (the preset that builds the base policy)")
     ap.add_argument("--arms", nargs="+", help="run only these arms (the first listed evaluates the base)")
     ap.add_argument("--docs_dir", help="also copy the plots and headline.md there")
     args = ap.parse_args(argv)
@@ -395,6 +400,8 @@ def main(argv: list[str] | None = None) -> None:
         head["output_dir"] = args.output_dir
     if args.seed is not None:
         head["seed"] = args.seed
+    if args.bootstrap:
+        head["bootstrap"] = args.bootstrap
     names = args.arms or list(arms)
     missing = [n for n in names if n not in arms]
     if missing:

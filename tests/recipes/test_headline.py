@@ -174,6 +174,21 @@ def test_evaluation_seeds_that_reset_training_demonstrations_are_refused(tmp_pat
     headline.check_eval_seeds(str(tmp_path / "data"), seed=41, episodes_per_task=4)  # 41..44
 
 
+def test_bootstrap_option_overrides_the_presets_base(tmp_path, monkeypatch):
+    built = []
+
+    def fake_bootstrap(preset):  # records the preset instead of building a base policy
+        built.append(preset)
+        raise RuntimeError("stop after the bootstrap")
+
+    monkeypatch.setattr(headline.grpo_world, "bootstrap", fake_bootstrap)
+    with pytest.raises(RuntimeError, match="stop after the bootstrap"):
+        headline.main(["--config", "headline_p1280", "--bootstrap", "many_goals", "--output_dir", str(tmp_path)])
+    with pytest.raises(RuntimeError, match="stop after the bootstrap"):
+        headline.main(["--config", "headline_p1280", "--output_dir", str(tmp_path)])
+    assert built == ["many_goals", "default"]
+
+
 @requires_metaworld
 def test_debug_headline_runs_both_arms_reports_and_resumes(tmp_path):
     cfg = tmp_path / "headline_debug.yaml"

@@ -136,6 +136,7 @@ class CollectConfig:
     def episode_counts(self) -> dict[str, int]:
         """Episodes of each task: `episodes_per_task`, or the task's `task_episodes` entry."""
         counts = dict.fromkeys(self.tasks, self.episodes_per_task)
+        given: set[str] = set()
         for item in self.task_episodes:
             task, sep, n = str(item).partition("=")
             if not sep or not n.strip().lstrip("-").isdigit():
@@ -147,6 +148,9 @@ class CollectConfig:
                 )
             if n < 1:
                 raise ValueError(f"task_episodes entry {item!r}: expected N >= 1 episodes")
+            if task in given:
+                raise ValueError(f"task_episodes: {task!r} is given twice ({self.task_episodes}); give each task once")
+            given.add(task)
             counts[task] = n
         return counts
 

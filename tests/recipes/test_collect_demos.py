@@ -100,6 +100,7 @@ def test_task_episodes_set_per_task_counts_seeds_and_mode_splits():
         (["reach-v3=many"], "expected TASK=N"),
         (["door-open-v3=5"], "not among the collected tasks"),
         (["reach-v3=0"], "expected N >= 1"),
+        (["reach-v3=5", "reach-v3=7"], "given twice"),
     ],
 )
 def test_bad_task_episodes_are_clear_errors(entries, match):

@@ -295,8 +295,12 @@ def plot(arms: dict[str, dict[str, Any]], out: Path) -> list[Path]:
             ax.plot(xs, vals, ":", marker=".", color=c, label=f"{name}: sampled real success while training")
         steps, vals = series(rows, "rollout/imagined_success_all_rows")
         if vals:
-            ax.plot([budget_at(rows, s) for s in steps], vals, "--", color=c, alpha=0.6,
-                    label=f"{name}: imagined success (not success)")  # fmt: skip
+            # the steps between two rounds share one budget: their mean, one point per budget
+            at: dict[float, list[float]] = {}
+            for s, v in zip(steps, vals):
+                at.setdefault(budget_at(rows, s), []).append(v)
+            ax.plot(list(at), [sum(v) / len(v) for v in at.values()], "--", marker="x", color=c, alpha=0.6,
+                    label=f"{name}: imagined success, mean per budget (not success)")  # fmt: skip
     ax.set_xlabel("real training episodes")
     ax.set_ylabel("success rate (8 tasks)")
     ax.set_ylim(0, 1)

@@ -130,12 +130,12 @@ def arm_config(head: dict[str, Any], over: dict[str, Any], paths: dict[str, str]
 def check_eval_seeds(dataset_path: str, seed: int, episodes_per_task: int) -> None:
     """Raise when an evaluation seed (``seed + e``) resets an episode of the training dataset for the same task: the
     headline's claims are on seeds never used in training."""
+    from rollout.real import episode_seeds
     from wlarl.data import load_episodes, seeds_by_task
 
-    evaluated = set(range(seed, seed + episodes_per_task))
-    clashes = {
-        t: sorted(s & evaluated) for t, s in seeds_by_task(load_episodes(dataset_path)).items() if s & evaluated
-    }
+    evaluated = set(episode_seeds(episodes_per_task, seed))  # the evaluators' seeds: seed + e
+    clashes = {t: sorted(s & evaluated) for t, s in seeds_by_task(load_episodes(dataset_path)).items()}
+    clashes = {t: v for t, v in clashes.items() if v}
     if clashes:
         shown = "; ".join(f"{t}: {v[:5]}{' …' if len(v) > 5 else ''} ({len(v)} seeds)" for t, v in clashes.items())
         raise ValueError(

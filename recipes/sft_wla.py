@@ -70,6 +70,30 @@ class SFTWLAConfig:
             "world_full_state; 0 off."
         },
     )
+    meta_state_frames: int = field(
+        default=0,
+        metadata={
+            "help": "Simulator frames per task on which the backbone state probe is also trained, one per seeded "
+            "layout (rollout.collect.state_frames), a batch of them beside every joint step: with a new goal in "
+            "every frame the backbone must read it from the frame instead of recalling its episode; needs "
+            "meta_state_weight > 0 and the simulator; 0 off."
+        },
+    )
+    meta_state_frame_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Up to this many random actions after each reset before the frame is taken (0: reset frames)."
+        },
+    )
+    meta_state_frame_seed: int = field(
+        default=100_000,
+        metadata={
+            "help": "First reset seed of the state-probe frames (away from demonstration and evaluation seeds)."
+        },
+    )
+    meta_state_frame_workers: int = field(
+        default=2, metadata={"help": "Processes rendering the state-probe frames (one task per process at a time)."}
+    )
     hidden_size: int = field(default=128, metadata={"help": "Backbone (tiny Llama) width."})
     num_layers: int = field(default=3, metadata={"help": "Backbone layers."})
     num_heads: int = field(default=4, metadata={"help": "Backbone attention heads."})
@@ -149,6 +173,19 @@ class SFTWLAConfig:
             )
         if self.max_steps < 0 or self.tokenizer_steps < 0:
             raise ValueError("max_steps and tokenizer_steps must be >= 0")
+        if self.meta_state_frame_workers < 1:
+            raise ValueError(f"meta_state_frame_workers={self.meta_state_frame_workers}: expected ≥ 1")
+        if self.meta_state_frames < 0 or self.meta_state_frame_steps < 0:
+            raise ValueError(
+                f"meta_state_frames={self.meta_state_frames}, meta_state_frame_steps={self.meta_state_frame_steps}: "
+                "expected ≥ 0"
+            )
+        if self.meta_state_frames > 0 and (self.meta_state_weight <= 0 or not self.world_full_state):
+            raise ValueError(
+                f"meta_state_frames={self.meta_state_frames} trains the backbone state probe: it needs "
+                f"meta_state_weight > 0 (got {self.meta_state_weight}) and world_full_state true "
+                f"(got {self.world_full_state})"
+            )
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size={self.hidden_size} must be divisible by num_heads={self.num_heads}")
 
@@ -247,6 +284,82 @@ class WindowBatches:
         }
 
 
+class StateFrames:
+    """Frames of fresh seeded layouts with their full states, for the backbone state probe (`meta_state_frames`).
+
+    Each task's frames get the subtask its demonstrations start with (the most common one at their first rows), which
+    the backbone reads teacher-forced as in SFT. Batches have the keys of `WLAPolicy.meta_state_loss`.
+    """
+
+    def __init__(self, frames: dict[str, dict[str, Any]], subtasks: dict[str, str]) -> None:
+        missing = sorted(set(frames) - set(subtasks))
+        if missing:
+            raise ValueError(f"StateFrames: no subtask for tasks {missing} (give one per task of `frames`)")
+        tasks = list(frames)
+        self.images = np.concatenate([frames[t]["image"] for t in tasks])
+        self.states = np.concatenate([frames[t]["state"] for t in tasks]).astype(np.float32)
+        self.full_states = np.concatenate([frames[t]["full_state"] for t in tasks]).astype(np.float32)
+        self.instruction = [s for t in tasks for s in frames[t]["instruction"]]
+        self.subtask = [subtasks[t] for t in tasks for _ in range(len(frames[t]["image"]))]
+
+    @classmethod
+    def collect(cls, ep_ds, windows: WindowBatches, cfg: SFTWLAConfig, image_size: int) -> StateFrames:
+        """`cfg.meta_state_frames` frames per task of the dataset, with its camera and image size."""
+        from collections import Counter
+
+        from rollout.collect import state_frames
+
+        starts = [s for s, _ in ep_ds.episode_ranges]
+        tasks = list(ep_ds.meta.get("tasks") or sorted(set(windows.task_name)))
+        subtasks = {}
+        for task in tasks:
+            first = Counter(windows.subtask[s] for s in starts if windows.task_name[s] == task)
+            if not first:
+                raise ValueError(f"meta_state_frames: task {task!r} has no episode in {cfg.dataset_path}")
+            subtasks[task] = first.most_common(1)[0][0]
+        seeds = range(cfg.meta_state_frame_seed, cfg.meta_state_frame_seed + cfg.meta_state_frames)
+        camera = ep_ds.meta.get("camera", "corner")
+        args = [(t, seeds, image_size, camera, cfg.meta_state_frame_steps, False) for t in tasks]
+        workers = min(cfg.meta_state_frame_workers, len(tasks))
+        if workers > 1:
+            import concurrent.futures as cf
+            import multiprocessing as mp
+
+            from tqdm.auto import tqdm
+
+            with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+                jobs = [pool.submit(state_frames, *a) for a in args]
+                bar = tqdm(cf.as_completed(jobs), total=len(jobs), desc="state-probe frames", unit="task",
+                           disable=not cfg.progress)  # fmt: skip
+                for _ in bar:
+                    pass
+                frames = {t: job.result() for t, job in zip(tasks, jobs)}
+        else:
+            frames = {t: state_frames(*a[:-1], progress=cfg.progress) for t, a in zip(tasks, args)}
+        out = cls(frames, subtasks)
+        for name, ours, theirs in (("image", out.images, windows.images), ("state", out.states, windows.states),
+                                   ("full_state", out.full_states, windows.full_states)):  # fmt: skip
+            if ours.shape[1:] != theirs.shape[1:]:
+                raise ValueError(
+                    f"meta_state_frames: the simulator's {name} has shape {list(ours.shape[1:])}, the dataset's "
+                    f"{cfg.dataset_path} {list(theirs.shape[1:])}: the probe frames must come from the simulator, "
+                    "camera and image size the dataset was collected with"
+                )
+        return out
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, idx: np.ndarray) -> dict[str, Any]:
+        return {
+            "image": torch.from_numpy(self.images[idx]),
+            "state": torch.from_numpy(self.states[idx]),
+            "full_state": torch.from_numpy(self.full_states[idx]),
+            "instruction": [self.instruction[i] for i in idx],
+            "subtask": [self.subtask[i] for i in idx],
+        }
+
+
 def build_processor(ep_ds, cfg: SFTWLAConfig, image_size: int) -> WLAProcessor:
     """Word-level tokenizer over the dataset's instructions and subtasks (+ the simulator's instruction templates)."""
     corpus = set(ep_ds.dataset.unique("instruction")) | set(ep_ds.dataset.unique("subtask"))
@@ -312,8 +425,11 @@ def lr_at(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def train_stage(policy, windows, cfg, stage: str, steps: int, log, rng: np.random.Generator) -> None:
-    """Run `steps` optimisation steps of `stage` ("tokenizer": reconstruction only, "joint": all SFT losses)."""
+def train_stage(
+    policy, windows, cfg, stage: str, steps: int, log, rng: np.random.Generator, frames: StateFrames | None = None
+) -> None:
+    """Run `steps` optimisation steps of `stage` ("tokenizer": reconstruction only, "joint": all SFT losses; with
+    `frames`, the joint stage also trains the backbone state probe on a batch of them per step)."""
     from tqdm.auto import tqdm
 
     if steps == 0:
@@ -338,6 +454,10 @@ def train_stage(policy, windows, cfg, stage: str, steps: int, log, rng: np.rando
             rng.integers(0, len(windows), cfg.batch_size), chunks=1 if stage == "tokenizer" else None
         )
         out = loss_fn(batch)
+        if frames is not None and stage == "joint":
+            probe = policy.meta_state_loss(frames.batch(rng.integers(0, len(frames), cfg.batch_size)))
+            out["loss/meta_state_frames"] = probe
+            out["loss"] = out["loss"] + cfg.meta_state_weight * probe
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         if cfg.grad_clip > 0:
@@ -425,8 +545,13 @@ def main(argv: list[str] | None = None) -> None:
                 ep_ds.num_episodes, len(windows), 100 * windows.action_weight.mean(), sizes)  # fmt: skip
     log("setup", 0, {f"model/params_{k}": float(v) for k, v in sizes.items()} | {"data/windows": float(len(windows))})
 
+    frames = None
+    if cfg.meta_state_frames > 0:
+        frames = StateFrames.collect(ep_ds, windows, cfg, image_size)
+        logger.info("state-probe frames: %d (%d per task, seeds %d+, up to %d random steps)", len(frames),
+                    cfg.meta_state_frames, cfg.meta_state_frame_seed, cfg.meta_state_frame_steps)  # fmt: skip
     train_stage(policy, windows, cfg, "tokenizer", cfg.tokenizer_steps, log, rng)
-    train_stage(policy, windows, cfg, "joint", cfg.max_steps, log, rng)
+    train_stage(policy, windows, cfg, "joint", cfg.max_steps, log, rng, frames)
     train_s, train_cpu_s = time.perf_counter() - t_start, time.process_time() - cpu_start
     save_atomic(policy, out / "final")
     logger.info("saved %s after %.0f s of training", out / "final", train_s)

@@ -308,3 +308,55 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
         bar.close()
     seconds = time.time() - start
     return {"rows": summarize(records), "seconds": seconds, "env_steps": int(sum(r["length"] for r in records))}
+
+
+def state_frames(
+    task: str,
+    seeds: range | list[int],
+    image_size: int = 64,
+    camera: str = "corner",
+    random_steps: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """One frame per seeded layout of `task`, with the simulator state it shows: training data for a state probe
+    that must read goals and objects from the frame (every frame a new layout, so nothing can be recalled by episode).
+
+    Each layout is reset from its seed; with `random_steps` > 0 the arm then takes k uniform random actions, k drawn
+    from 0 … random_steps by a generator seeded with the layout's seed (hand positions and occlusions as in an
+    episode). Deterministic in (task, seeds, image_size, camera, random_steps).
+
+    Returns:
+        {"image": uint8 [N, H, W, 3], "state": float32 [N, 4], "full_state": float32 [N, 39],
+         "instruction": N strings, "seed": int64 [N]}.
+    """
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from tqdm.auto import tqdm
+
+    from rollout.sims.metaworld import MetaWorldEnv
+
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError(f"state_frames({task!r}): expected at least one seed")
+    if random_steps < 0:
+        raise ValueError(f"state_frames: random_steps={random_steps}: expected ≥ 0 (0 = reset frames)")
+    env = MetaWorldEnv(task, image_size=image_size, camera=camera, render_images=False)
+    out: dict[str, list] = {"image": [], "state": [], "full_state": [], "instruction": []}
+    try:
+        for seed in tqdm(seeds, desc=f"{task} state frames", unit="frame", disable=not progress, leave=False):
+            obs, _ = env.reset(seed=seed)
+            rng = np.random.default_rng(seed)
+            for _ in range(int(rng.integers(0, random_steps + 1)) if random_steps else 0):
+                obs, *_ = env.step(rng.uniform(-1.0, 1.0, 4).astype(np.float32))
+            out["image"].append(env.refresh_frame())
+            out["state"].append(obs["state"])
+            out["full_state"].append(env.full_state)
+            out["instruction"].append(obs["instruction"])
+    finally:
+        env.close()
+    return {
+        "image": np.stack(out["image"]),
+        "state": np.asarray(out["state"], dtype=np.float32),
+        "full_state": np.asarray(out["full_state"], dtype=np.float32),
+        "instruction": out["instruction"],
+        "seed": np.asarray(seeds, dtype=np.int64),
+    }

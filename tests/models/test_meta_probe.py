@@ -4,6 +4,7 @@ loading and config errors are tested with the latent probe's (test_latent_probe.
 
 from __future__ import annotations
 
+import pytest
 import torch
 from wla_tiny import tiny_batch, tiny_config, tiny_processor
 
@@ -69,3 +70,38 @@ def test_no_probe_term_by_default():
     proc = tiny_processor()
     policy = WLAPolicy(tiny_config(vocab_size=proc.vocab_size, full_state_dim=F), processor=proc)
     assert "loss/meta_state" not in policy.sft_losses(_batch(4))
+
+
+def _frames(n: int = 16) -> dict:
+    """Single frames for `meta_state_loss`: image, state, full state, instruction and subtask per row."""
+    batch = _batch(n)
+    return {k: batch[k] for k in ("image", "state", "full_state", "instruction", "subtask")}
+
+
+def test_meta_state_loss_on_frames_trains_backbone_not_tokenizer():
+    policy = _probe_policy(1.0)
+    frames = _frames()
+    loss = policy.meta_state_loss(frames)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    policy.zero_grad()
+    loss.backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in policy.backbone.parameters())
+    assert all(p.grad is None for p in policy.image_tokenizer.parameters()), "frames are encoded without gradient"
+    # it is the probe's MSE on those frames: it falls when the backbone and the probe are trained on it
+    params = [*policy.backbone.parameters(), *policy.meta_probe.parameters(), policy.meta_queries,
+              *policy.latent_proj.parameters()]  # fmt: skip
+    opt = torch.optim.Adam(params, lr=3e-3)
+    first = float(loss.detach())
+    for _ in range(60):
+        step_loss = policy.meta_state_loss(frames)
+        opt.zero_grad()
+        step_loss.backward()
+        opt.step()
+    assert float(policy.meta_state_loss(frames).detach()) < 0.3 * first
+
+
+def test_meta_state_loss_needs_the_probe():
+    proc = tiny_processor()
+    policy = WLAPolicy(tiny_config(vocab_size=proc.vocab_size, full_state_dim=F), processor=proc)
+    with pytest.raises(RuntimeError, match="no backbone state probe"):
+        policy.meta_state_loss(_frames(4))

@@ -134,3 +134,80 @@ def test_debug_run(dataset, tmp_path, head):
     assert sample.actions.shape == (2, 8, 4) and torch.isfinite(sample.actions).all()
     # normalisation stats come from the dataset
     assert not np.allclose(policy.config.action_std, 1.0)
+
+
+def test_state_frames_batches_carry_each_tasks_first_subtask():
+    mod = load_recipe()
+    frames = {
+        task: {
+            "image": np.full((n, IMG, IMG, 3), k, np.uint8),
+            "state": np.full((n, 4), k, np.float32),
+            "full_state": np.full((n, 39), k, np.float32),
+            "instruction": [f"{task} {i}" for i in range(n)],
+        }
+        for k, (task, n) in enumerate([("push-v3", 3), ("reach-v3", 2)])
+    }
+    sf = mod.StateFrames(frames, {"push-v3": "reach the puck", "reach-v3": "reach the goal"})
+    assert len(sf) == 5
+    batch = sf.batch(np.array([4, 0]))
+    assert batch["subtask"] == ["reach the goal", "reach the puck"]
+    assert batch["instruction"] == ["reach-v3 1", "push-v3 0"]
+    assert batch["image"][:, 0, 0, 0].tolist() == [1, 0] and batch["full_state"].shape == (2, 39)
+    with pytest.raises(ValueError, match=r"no subtask for tasks \['reach-v3'\]"):
+        mod.StateFrames(frames, {"push-v3": "reach the puck"})
+
+
+def test_state_frame_settings_are_checked():
+    mod = load_recipe()
+    with pytest.raises(ValueError, match="needs meta_state_weight > 0"):
+        mod.SFTWLAConfig(meta_state_frames=10)
+    with pytest.raises(ValueError, match="expected ≥ 0"):
+        mod.SFTWLAConfig(meta_state_weight=1.0, meta_state_frames=-1)
+    with pytest.raises(ValueError, match="expected ≥ 0"):
+        mod.SFTWLAConfig(meta_state_weight=1.0, meta_state_frames=5, meta_state_frame_steps=-2)
+    with pytest.raises(ValueError, match="meta_state_frame_workers=0"):
+        mod.SFTWLAConfig(meta_state_frame_workers=0)
+
+
+@pytest.mark.metaworld
+def test_state_frames_must_match_the_dataset(dataset):
+    pytest.importorskip("metaworld")
+    mod = load_recipe()
+    ep = load_episodes(dataset)  # its full state is the 4-d robot state, not the simulator's 39-d one
+    windows = mod.WindowBatches(ep, 4, ["clean"], bc_successful_only=True)
+    cfg = mod.SFTWLAConfig(
+        dataset_path=str(dataset),
+        meta_state_weight=1.0,
+        meta_state_frames=1,
+        meta_state_frame_workers=1,
+        progress=False,
+    )
+    with pytest.raises(ValueError, match=r"full_state has shape \[39\], the dataset's .* \[4\]"):
+        mod.StateFrames.collect(ep, windows, cfg, IMG)
+
+
+@pytest.mark.metaworld
+def test_debug_run_with_state_frames(tmp_path):
+    """SFT trains the backbone state probe on simulator frames of fresh layouts beside the demonstrations."""
+    pytest.importorskip("metaworld")
+    eps = fake_episodes()
+    rng = np.random.default_rng(1)
+    for ep in eps:
+        ep["full_state"] = rng.normal(0, 0.1, (len(ep["state"]), 39)).astype(np.float32)
+    data = tmp_path / "data"
+    write_episodes(eps, data, {"image_size": IMG, "camera": "corner", "tasks": ["push-v3", "reach-v3"]})
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "MUJOCO_GL": "egl"}
+    args = [
+        sys.executable, str(RECIPE), "--config", "debug", "--dataset_path", str(data), "--output_dir", str(out),
+        "--latent_size", "4", "--max_steps", "4", "--tokenizer_steps", "2", "--logging_steps", "2",
+        "--batch_size", "8", "--eval_episodes_per_task", "0", "--torch_threads", "1", "--progress", "false",
+        "--meta_state_weight", "1.0", "--meta_state_frames", "3", "--meta_state_frame_steps", "5",
+    ]  # fmt: skip
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "state-probe frames: 6 (3 per task" in proc.stderr
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    joint = [r for r in rows if r["stage"] == "joint"]
+    assert all(np.isfinite(r["loss/meta_state_frames"]) and r["loss/meta_state_frames"] > 0 for r in joint)
+    assert not any("loss/meta_state_frames" in r for r in rows if r["stage"] == "tokenizer")

@@ -626,6 +626,34 @@ class WLAPolicy(WLAPreTrainedModel):
         target = self._full_state_norm(torch.as_tensor(full_states), latents.shape[0])
         return F.mse_loss(self.latent_probe(latents), target)
 
+    def meta_state_loss(self, batch: dict) -> torch.Tensor:
+        """MSE of the backbone state probe on single frames: the normalised full state read from the meta-query states.
+
+        Used on frames outside the demonstrations (`rollout.collect.state_frames`: one frame per seeded layout), so
+        that the backbone learns to read goals and objects from the frame instead of recalling them from an episode.
+        The frame is encoded without gradient and noised as in `sft_losses`; the backbone reads it with the given
+        subtask teacher-forced.
+
+        Args:
+            batch: `image` uint8 [N, H, W, 3], `state` [N, S], `full_state` [N, F], `instruction` and `subtask`
+                (N strings each).
+        """
+        if self.meta_probe is None:
+            raise RuntimeError("meta_state_loss: this policy has no backbone state probe (meta_state_weight = 0)")
+        c, dev = self.config, self.device
+        proc = self._require_processor()
+        n = batch["image"].shape[0]
+        x = preprocess_images(batch["image"].to(dev), c.image_size, "batch['image']")
+        with torch.no_grad():
+            z = self.image_tokenizer.encode(x)
+        z_in = (z + c.latent_noise_std * torch.randn_like(z)).clamp(-1, 1)
+        state = torch.as_tensor(batch["state"], dtype=torch.float32, device=dev)
+        emb, mask = self._prefix_of(list(batch["instruction"]), state, z_in)
+        ids, sub_mask = proc.encode_subtasks(list(batch["subtask"]), dev)
+        meta, _, _ = self._teacher_forced(emb, mask, ids, sub_mask)
+        target = self._full_state_norm(torch.as_tensor(batch["full_state"]), n)
+        return F.mse_loss(self.meta_probe(meta), target)
+
     def sft_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """Joint SFT losses on a collated window batch (`wlarl.data.collate_windows`).
 

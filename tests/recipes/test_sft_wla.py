@@ -84,11 +84,13 @@ def test_window_batches_match_sftwindows(dataset, horizon):
     assert np.array_equal(got["action_weight"].numpy() > 0, clean)
 
 
-@pytest.mark.parametrize("preset", ["debug", "default"])
+@pytest.mark.parametrize("preset", ["debug", "default", "frame_probe"])
 def test_presets_parse(preset):
     mod = load_recipe()
     cfg = parse_config(mod.SFTWLAConfig, "sft_wla", ["--config", preset, "--dataset_path", "x"])
     assert cfg.max_steps >= 1 and cfg.action_head in ("gaussian", "flow")
+    # the frame-probe preset is the default one plus the probe on fresh layouts
+    assert (cfg.meta_state_frames > 0) == (preset == "frame_probe")
 
 
 def test_bad_config_says_what_to_change():

@@ -91,6 +91,15 @@ class SFTWLAConfig:
             "help": "First reset seed of the state-probe frames (away from demonstration and evaluation seeds)."
         },
     )
+    meta_state_frame_norm: str = field(
+        default="task",
+        metadata={
+            "help": "Scale of the probe's error on the frames: 'task' weighs each dimension by its inverse variance "
+            "within the frame's task (dimensions that do not vary within the task weigh 0), so that a goal that "
+            "varies little across the dataset's tasks still counts; 'dataset' is the plain MSE in the dataset's "
+            "normalisation (as on the demonstrations)."
+        },
+    )
     meta_state_frame_workers: int = field(
         default=2, metadata={"help": "Processes rendering the state-probe frames (one task per process at a time)."}
     )
@@ -173,6 +182,8 @@ class SFTWLAConfig:
             )
         if self.max_steps < 0 or self.tokenizer_steps < 0:
             raise ValueError("max_steps and tokenizer_steps must be >= 0")
+        if self.meta_state_frame_norm not in ("task", "dataset"):
+            raise ValueError(f"meta_state_frame_norm={self.meta_state_frame_norm!r}: use 'task' or 'dataset'")
         if self.meta_state_frame_workers < 1:
             raise ValueError(f"meta_state_frame_workers={self.meta_state_frame_workers}: expected ≥ 1")
         if self.meta_state_frames < 0 or self.meta_state_frame_steps < 0:
@@ -301,6 +312,22 @@ class StateFrames:
         self.full_states = np.concatenate([frames[t]["full_state"] for t in tasks]).astype(np.float32)
         self.instruction = [s for t in tasks for s in frames[t]["instruction"]]
         self.subtask = [subtasks[t] for t in tasks for _ in range(len(frames[t]["image"]))]
+        self.task_rows = {}  # task -> its rows
+        start = 0
+        for t in tasks:
+            self.task_rows[t] = np.arange(start, start + len(frames[t]["image"]))
+            start += len(frames[t]["image"])
+        self.weights: np.ndarray | None = None  # [N, F] per-row error weights (`weigh_by_task`)
+
+    def weigh_by_task(self, mean: np.ndarray, std: np.ndarray, min_var: float = 1e-4) -> None:
+        """Weigh every frame's probe error by the inverse variance of each dimension within its task, in the
+        normalisation (`mean`, `std`) the probe predicts in; dimensions whose variance there is below `min_var`
+        (constant within the task) weigh 0."""
+        norm = (self.full_states - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+        self.weights = np.zeros_like(norm)
+        for rows in self.task_rows.values():
+            var = norm[rows].var(0)
+            self.weights[rows] = np.where(var >= min_var, 1.0 / np.maximum(var, min_var), 0.0)
 
     @classmethod
     def collect(cls, ep_ds, windows: WindowBatches, cfg: SFTWLAConfig, image_size: int) -> StateFrames:
@@ -357,7 +384,7 @@ class StateFrames:
             "full_state": torch.from_numpy(self.full_states[idx]),
             "instruction": [self.instruction[i] for i in idx],
             "subtask": [self.subtask[i] for i in idx],
-        }
+        } | ({} if self.weights is None else {"full_state_weight": torch.from_numpy(self.weights[idx])})
 
 
 def build_processor(ep_ds, cfg: SFTWLAConfig, image_size: int) -> WLAProcessor:
@@ -548,6 +575,8 @@ def main(argv: list[str] | None = None) -> None:
     frames = None
     if cfg.meta_state_frames > 0:
         frames = StateFrames.collect(ep_ds, windows, cfg, image_size)
+        if cfg.meta_state_frame_norm == "task":
+            frames.weigh_by_task(policy.full_state_mean.numpy(), policy.full_state_std.numpy())
         logger.info("state-probe frames: %d (%d per task, seeds %d+, up to %d random steps)", len(frames),
                     cfg.meta_state_frames, cfg.meta_state_frame_seed, cfg.meta_state_frame_steps)  # fmt: skip
     train_stage(policy, windows, cfg, "tokenizer", cfg.tokenizer_steps, log, rng)

@@ -105,3 +105,16 @@ def test_meta_state_loss_needs_the_probe():
     policy = WLAPolicy(tiny_config(vocab_size=proc.vocab_size, full_state_dim=F), processor=proc)
     with pytest.raises(RuntimeError, match="no backbone state probe"):
         policy.meta_state_loss(_frames(4))
+
+
+def test_meta_state_loss_weighs_the_squared_error_per_row_and_dimension():
+    policy = _probe_policy(1.0)
+    frames = _frames(6)
+    torch.manual_seed(3)
+    plain = policy.meta_state_loss(frames)
+    torch.manual_seed(3)
+    doubled = policy.meta_state_loss(frames | {"full_state_weight": torch.full((6, F), 2.0)})
+    torch.testing.assert_close(doubled, 2 * plain)
+    assert float(policy.meta_state_loss(frames | {"full_state_weight": torch.zeros(6, F)})) == 0.0
+    with pytest.raises(ValueError, match=r"full_state_weight'\]: expected shape \[6, 4\]"):
+        policy.meta_state_loss(frames | {"full_state_weight": torch.ones(6, 3)})

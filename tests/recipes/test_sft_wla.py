@@ -159,6 +159,31 @@ def test_state_frames_batches_carry_each_tasks_first_subtask():
         mod.StateFrames(frames, {"push-v3": "reach the puck"})
 
 
+def test_state_frames_weigh_each_dimension_by_its_variance_within_the_task():
+    mod = load_recipe()
+    rng = np.random.default_rng(0)
+    full = {"push-v3": np.zeros((400, 39), np.float32), "reach-v3": np.zeros((400, 39), np.float32)}
+    full["push-v3"][:, 0] = rng.normal(0, 0.1, 400)  # varies a little within push
+    full["reach-v3"][:, 0] = rng.normal(0, 2.0, 400)  # a lot within reach
+    full["reach-v3"][:, 1] = 5.0  # constant within reach: nothing to read from its frames
+    frames = {
+        t: {"image": np.zeros((400, IMG, IMG, 3), np.uint8), "state": np.zeros((400, 4), np.float32),
+            "full_state": f, "instruction": ["x"] * 400}
+        for t, f in full.items()
+    }  # fmt: skip
+    sf = mod.StateFrames(frames, {"push-v3": "a", "reach-v3": "b"})
+    assert "full_state_weight" not in sf.batch(np.array([0]))
+    sf.weigh_by_task(np.zeros(39), np.ones(39))
+    w = sf.batch(np.array([0, 400]))["full_state_weight"].numpy()  # a push row, a reach row
+    np.testing.assert_allclose(w[:, 0], [1 / 0.1**2, 1 / 2.0**2], rtol=0.15)
+    assert w[1, 1] == 0 and (w[:, 2:] == 0).all()  # constant within the task: weight 0
+    # in the probe's normalisation: a dimension scaled by 10 there weighs 100 times more
+    std = np.ones(39)
+    std[0] = 0.1
+    sf.weigh_by_task(np.zeros(39), std)
+    np.testing.assert_allclose(sf.weights[0, 0], 1 / 1.0**2, rtol=0.15)
+
+
 def test_state_frame_settings_are_checked():
     mod = load_recipe()
     with pytest.raises(ValueError, match="needs meta_state_weight > 0"):
@@ -167,6 +192,8 @@ def test_state_frame_settings_are_checked():
         mod.SFTWLAConfig(meta_state_weight=1.0, meta_state_frames=-1)
     with pytest.raises(ValueError, match="expected ≥ 0"):
         mod.SFTWLAConfig(meta_state_weight=1.0, meta_state_frames=5, meta_state_frame_steps=-2)
+    with pytest.raises(ValueError, match="meta_state_frame_norm='global'"):
+        mod.SFTWLAConfig(meta_state_frame_norm="global")
     with pytest.raises(ValueError, match="meta_state_frame_workers=0"):
         mod.SFTWLAConfig(meta_state_frame_workers=0)
 

@@ -636,7 +636,9 @@ class WLAPolicy(WLAPreTrainedModel):
 
         Args:
             batch: `image` uint8 [N, H, W, 3], `state` [N, S], `full_state` [N, F], `instruction` and `subtask`
-                (N strings each).
+                (N strings each); optional `full_state_weight` float [N, F], a weight per row and dimension of the
+                squared error (e.g. the inverse variance within the row's task, so that a goal that varies little
+                across the dataset still counts); without it, the plain MSE.
         """
         if self.meta_probe is None:
             raise RuntimeError("meta_state_loss: this policy has no backbone state probe (meta_state_weight = 0)")
@@ -652,7 +654,15 @@ class WLAPolicy(WLAPreTrainedModel):
         ids, sub_mask = proc.encode_subtasks(list(batch["subtask"]), dev)
         meta, _, _ = self._teacher_forced(emb, mask, ids, sub_mask)
         target = self._full_state_norm(torch.as_tensor(batch["full_state"]), n)
-        return F.mse_loss(self.meta_probe(meta), target)
+        err = (self.meta_probe(meta) - target) ** 2
+        if "full_state_weight" in batch:
+            weight = torch.as_tensor(batch["full_state_weight"], dtype=torch.float32, device=dev)
+            if weight.shape != err.shape:
+                raise ValueError(
+                    f"batch['full_state_weight']: expected shape {list(err.shape)}, got {list(weight.shape)}"
+                )
+            err = err * weight
+        return err.mean()
 
     def sft_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """Joint SFT losses on a collated window batch (`wlarl.data.collate_windows`).

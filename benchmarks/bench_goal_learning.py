@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
              "|---|---|---|---|---|"]  # fmt: skip
     for name, per_n in results.items():
         for n, r in per_n.items():
-            n = "its SFT demonstrations'" if name == "probe" else n
+            n = "its SFT's (demonstrations, and state-probe frames if any)" if name == "probe" else n
             lines.append(f"| {name} | {n} | {r['success']:.2f} | {r['median_error_cm']:.1f} | "
                          f"{r['r2_x']:.2f} / {r['r2_y']:.2f} / {r['r2_z']:.2f} |")  # fmt: skip
     (out / "goal_learning.md").write_text("\n".join(lines) + "\n")

@@ -10,6 +10,9 @@ preset). This benchmark fits goal regressors on N reset frames (N distinct goals
 
 - `frame`: a small CNN trained from scratch on the 64 px frames (what an end-to-end policy has to learn);
 - `latents`: an MLP on the frozen image latents of the WLA policy's tokenizer (what the backbone reads);
+- `backbone`: the policy's own backbone path (latent projection, tiny Llama, meta-queries; its SFT weights as the
+  start, fine-tuned) with a fresh head on the meta-query states, fitted on the frames' latents and robot states with
+  the task's first subtask teacher-forced: whether this architecture can learn to read the goal when trained on it;
 - `probe` (no fitting here): the policy's own backbone state probe (`meta_state_weight` > 0 in SFT), which read the
   full state from the meta-query states on the demonstrations; scored on the same held-out resets, it says whether
   the backbone learnt to read the goal or memorised its training episodes'.
@@ -73,6 +76,32 @@ def latent_net(dim: int) -> nn.Module:
     return nn.Sequential(nn.Linear(dim, 512), nn.GELU(), nn.Linear(512, 256), nn.GELU(), nn.Linear(256, 3))
 
 
+class BackboneNet(nn.Module):
+    """The policy's backbone path from latents and robot state to the meta-query states, plus a fresh 3-d head.
+
+    Input rows are [flattened latents C·h·w | robot state S]; the instruction and subtask are fixed strings (one task).
+    """
+
+    def __init__(self, policy, instruction: str, subtask: str) -> None:
+        super().__init__()
+        import copy
+
+        self.policy = copy.deepcopy(policy).train()
+        c = self.policy.config
+        self.shape = (c.latent_channels, c.latent_size, c.latent_size)
+        self.instruction, self.subtask = instruction, subtask
+        d = self.policy.backbone.config.hidden_size
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c.num_meta_queries * d, 256), nn.GELU(), nn.Linear(256, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p, n = self.policy, x.shape[0]
+        k = int(np.prod(self.shape))
+        emb, mask = p._prefix_of([self.instruction] * n, x[:, k:], x[:, :k].view(n, *self.shape))
+        ids, sub_mask = p._require_processor().encode_subtasks([self.subtask] * n, p.device)
+        meta, _, _ = p._teacher_forced(emb, mask, ids, sub_mask)
+        return self.head(meta)
+
+
 def fit_and_score(
     make: callable, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
     steps: int, radius: float, seed: int = 0,
@@ -132,7 +161,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--test", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--radius", type=float, default=0.05, help="success radius (reach-v3: 5 cm)")
-    ap.add_argument("--inputs", nargs="+", default=["latents", "frame"], choices=["latents", "frame", "probe"])
+    ap.add_argument(
+        "--inputs", nargs="+", default=["latents", "frame"], choices=["latents", "frame", "probe", "backbone"]
+    )
     ap.add_argument(
         "--latent_noise", type=float, default=0.0,
         help="Gaussian noise std added to the latents in fitting and scoring, clamped to (-1, 1): the noise joint SFT "
@@ -141,6 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default="runs/bench_goal_learning")
     args = ap.parse_args(argv)
     from wlarl.models.wla import WLAPolicy
+    from wlarl.types import Observation
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     policy = WLAPolicy.from_pretrained(args.policy_path).eval()
@@ -154,7 +186,16 @@ def main(argv: list[str] | None = None) -> dict:
         gen = torch.Generator().manual_seed(1)
         latents = (latents + args.latent_noise * torch.randn(latents.shape, generator=gen)).clamp(-1, 1)
     x = {"frame": images.permute(0, 3, 1, 2).float() / 255.0, "latents": latents.float()}
+    x["backbone"] = torch.cat([x["latents"], torch.from_numpy(states)], 1)
     makers = {"frame": lambda: frame_net(size), "latents": lambda: latent_net(latents.shape[1])}
+    if "backbone" in args.inputs:
+        with torch.no_grad():  # the subtask the policy itself starts with on this task's first frame
+            obs = Observation(images=images[:1], states=torch.from_numpy(states[:1]), instructions=instructions[:1],
+                              task_names=[args.task])  # fmt: skip
+            emb, mask = policy._prefix(obs, policy._latents_of(obs))
+            ids, _ = policy._generate_subtask(emb, mask, False, 1.0, None)
+        subtask = policy._require_processor().decode_subtasks(ids)[0]
+        makers["backbone"] = lambda: BackboneNet(policy, instructions[0], subtask)
     y = torch.from_numpy(goals)
     test = slice(n_train, n_train + args.test)
     results: dict[str, dict[str, dict]] = {}

@@ -14,8 +14,8 @@ preset). This benchmark fits goal regressors on N reset frames (N distinct goals
   start, fine-tuned) with a fresh head on the meta-query states, fitted on the frames' latents and robot states with
   the task's first subtask teacher-forced: whether this architecture can learn to read the goal when trained on it;
 - `probe` (no fitting here): the policy's own backbone state probe (`meta_state_weight` > 0 in SFT), which read the
-  full state from the meta-query states on the demonstrations; scored on the same held-out resets, it says whether
-  the backbone learnt to read the goal or memorised its training episodes'.
+  full state from the meta-query states on the demonstrations (and, with `meta_state_frames`, on frames of fresh
+  layouts); scored on the same held-out resets, it says whether the backbone learnt to read the goal.
 
 Score: the share of held-out goals predicted within the success radius (5 cm), and R² per axis. Reset frames of
 seeds 20000+ (away from every seed the project trains or evaluates on). Training: Adam, `--steps` minibatch steps,

@@ -44,23 +44,11 @@ FIRST_SEED = 20000
 
 def reset_frames(task: str, n: int, image_size: int, camera: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
     """Reset frames uint8 [n, H, W, 3], goals float [n, 3], robot states float [n, S] and instructions of seeds
-    FIRST_SEED … FIRST_SEED + n - 1."""
-    from tqdm import tqdm
+    FIRST_SEED … FIRST_SEED + n - 1 (`rollout.collect.state_frames`)."""
+    from rollout.collect import state_frames
 
-    from rollout.sims.metaworld import MetaWorldEnv
-
-    env = MetaWorldEnv(task, image_size=image_size, camera=camera)
-    frames, goals, states, instructions = [], [], [], []
-    try:
-        for seed in tqdm(range(FIRST_SEED, FIRST_SEED + n), desc=f"{task} reset frames", leave=False):
-            obs, info = env.reset(seed=seed)
-            frames.append(obs["image"])
-            goals.append(info["full_state"][GOAL])
-            states.append(obs["state"])
-            instructions.append(obs["instruction"])
-    finally:
-        env.close()
-    return np.stack(frames), np.asarray(goals, dtype=np.float32), np.asarray(states, dtype=np.float32), instructions
+    f = state_frames(task, range(FIRST_SEED, FIRST_SEED + n), image_size, camera)
+    return f["image"], f["full_state"][:, GOAL].copy(), f["state"], f["instruction"]
 
 
 def frame_net(image_size: int) -> nn.Module:

@@ -13,8 +13,9 @@ use):
 Each arm is one ``accelerate launch recipes/grpo_world.py`` with the bootstrap preset's ``grpo_world`` section, the
 headline's shared settings (seed, evaluation) and the arm's overrides; its output_dir is ``<output_dir>/<arm>``. The
 first arm evaluates the base policy at step 0 (greedy, ``eval_episodes_per_task`` per task, seeds never used in
-training: a seed that resets a demonstration of the bootstrap's dataset is an error); every arm evaluates its final policy on the same seeds. An arm whose final evaluation is on record is not
-run again, so an interrupted headline resumes where it stopped.
+training: a seed that resets a demonstration of the bootstrap's dataset is an error); every arm evaluates its final
+policy on the same seeds. An arm whose final evaluation is on record is not run again, so an interrupted headline
+resumes where it stopped.
 
 Then ``<output_dir>`` holds ``results.json``, ``headline.md`` (the table: real success with 95 % Wilson intervals and
 the verdict against the base, real training episodes, imagined success and gap, advantage agreement, wall time; and

@@ -333,6 +333,7 @@ class StateFrames:
     def collect(cls, ep_ds, windows: WindowBatches, cfg: SFTWLAConfig, image_size: int) -> StateFrames:
         """`cfg.meta_state_frames` frames per task of the dataset, with its camera and image size."""
         from collections import Counter
+        from functools import partial
 
         from rollout.collect import state_frames
 
@@ -346,7 +347,8 @@ class StateFrames:
             subtasks[task] = first.most_common(1)[0][0]
         seeds = range(cfg.meta_state_frame_seed, cfg.meta_state_frame_seed + cfg.meta_state_frames)
         camera = ep_ds.meta.get("camera", "corner")
-        args = [(t, seeds, image_size, camera, cfg.meta_state_frame_steps, False) for t in tasks]
+        render = partial(state_frames, seeds=seeds, image_size=image_size, camera=camera,
+                         random_steps=cfg.meta_state_frame_steps)  # fmt: skip
         workers = min(cfg.meta_state_frame_workers, len(tasks))
         if workers > 1:
             import concurrent.futures as cf
@@ -355,14 +357,14 @@ class StateFrames:
             from tqdm.auto import tqdm
 
             with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-                jobs = [pool.submit(state_frames, *a) for a in args]
+                jobs = [pool.submit(render, t, progress=False) for t in tasks]
                 bar = tqdm(cf.as_completed(jobs), total=len(jobs), desc="state-probe frames", unit="task",
                            disable=not cfg.progress)  # fmt: skip
                 for _ in bar:
                     pass
                 frames = {t: job.result() for t, job in zip(tasks, jobs)}
         else:
-            frames = {t: state_frames(*a[:-1], progress=cfg.progress) for t, a in zip(tasks, args)}
+            frames = {t: render(t, progress=cfg.progress) for t in tasks}
         out = cls(frames, subtasks)
         for name, ours, theirs in (("image", out.images, windows.images), ("state", out.states, windows.states),
                                    ("full_state", out.full_states, windows.full_states)):  # fmt: skip

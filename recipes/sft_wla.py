@@ -103,6 +103,21 @@ class SFTWLAConfig:
     meta_state_frame_workers: int = field(
         default=2, metadata={"help": "Processes rendering the state-probe frames (one task per process at a time)."}
     )
+    meta_state_frame_noise: bool = field(
+        default=True,
+        metadata={
+            "help": "Noise the state-probe frames' latents as SFT noises the demonstrations' (latent_noise_std); "
+            "false: the probe reads clean latents, as the policy does when it acts."
+        },
+    )
+    meta_state_pre_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Steps of a probe stage between the tokenizer and joint stages: the backbone and its state "
+            "probe train on the state-probe frames alone (batch_size frames a step), so the backbone learns to read "
+            "goals and objects before the joint stage asks it for actions; needs meta_state_frames; 0 off."
+        },
+    )
     hidden_size: int = field(default=128, metadata={"help": "Backbone (tiny Llama) width."})
     num_layers: int = field(default=3, metadata={"help": "Backbone layers."})
     num_heads: int = field(default=4, metadata={"help": "Backbone attention heads."})
@@ -190,6 +205,13 @@ class SFTWLAConfig:
             raise ValueError(
                 f"meta_state_frames={self.meta_state_frames}, meta_state_frame_steps={self.meta_state_frame_steps}: "
                 "expected ≥ 0"
+            )
+        if self.meta_state_pre_steps < 0:
+            raise ValueError(f"meta_state_pre_steps={self.meta_state_pre_steps}: expected ≥ 0")
+        if self.meta_state_pre_steps > 0 and self.meta_state_frames <= 0:
+            raise ValueError(
+                f"meta_state_pre_steps={self.meta_state_pre_steps} trains the state probe on simulator frames: it "
+                f"needs meta_state_frames > 0 (got {self.meta_state_frames})"
             )
         if self.meta_state_frames > 0 and (self.meta_state_weight <= 0 or not self.world_full_state):
             raise ValueError(
@@ -457,12 +479,20 @@ def lr_at(step: int, total: int, warmup: int) -> float:
 def train_stage(
     policy, windows, cfg, stage: str, steps: int, log, rng: np.random.Generator, frames: StateFrames | None = None
 ) -> None:
-    """Run `steps` optimisation steps of `stage` ("tokenizer": reconstruction only, "joint": all SFT losses; with
-    `frames`, the joint stage also trains the backbone state probe on a batch of them per step)."""
+    """Run `steps` optimisation steps of `stage` ("tokenizer": reconstruction only; "probe": the backbone state probe
+    on `frames` alone; "joint": all SFT losses, and with `frames` the state probe on a batch of them per step)."""
     from tqdm.auto import tqdm
 
     if steps == 0:
         return
+    if stage == "probe" and frames is None:
+        raise ValueError("train_stage: the probe stage trains on state-probe frames; got frames=None")
+    noise = cfg.meta_state_frame_noise
+
+    def probe_losses(_) -> dict[str, torch.Tensor]:
+        loss = policy.meta_state_loss(frames.batch(rng.integers(0, len(frames), cfg.batch_size)), noise=noise)
+        return {"loss": loss, "loss/meta_state_frames": loss}
+
     if stage == "tokenizer":
         # the image tokenizer, and the latent state probe that shapes its encoder
         probe = policy.latent_probe.parameters() if policy.latent_probe is not None else []
@@ -472,19 +502,21 @@ def train_stage(
     lr = cfg.tokenizer_learning_rate if stage == "tokenizer" else cfg.learning_rate
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, steps, min(cfg.warmup_steps, steps)))
-    loss_fn = policy.tokenizer_losses if stage == "tokenizer" else policy.sft_losses
+    loss_fn = {"tokenizer": policy.tokenizer_losses, "probe": probe_losses, "joint": policy.sft_losses}[stage]
     policy.train()
     acc: dict[str, list[float]] = {}
     t_log = time.perf_counter()
     bar = tqdm(range(steps), desc=f"sft_wla[{stage}]", disable=not cfg.progress, dynamic_ncols=True)
     for step in bar:
         # the tokenizer reconstructs frames: one-chunk windows; the joint stage reads K chunks when asked
-        batch = windows.batch(
-            rng.integers(0, len(windows), cfg.batch_size), chunks=1 if stage == "tokenizer" else None
-        )
+        batch = None
+        if stage != "probe":
+            batch = windows.batch(
+                rng.integers(0, len(windows), cfg.batch_size), chunks=1 if stage == "tokenizer" else None
+            )
         out = loss_fn(batch)
         if frames is not None and stage == "joint":
-            probe = policy.meta_state_loss(frames.batch(rng.integers(0, len(frames), cfg.batch_size)))
+            probe = policy.meta_state_loss(frames.batch(rng.integers(0, len(frames), cfg.batch_size)), noise=noise)
             out["loss/meta_state_frames"] = probe
             out["loss"] = out["loss"] + cfg.meta_state_weight * probe
         opt.zero_grad(set_to_none=True)
@@ -582,6 +614,7 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("state-probe frames: %d (%d per task, seeds %d+, up to %d random steps)", len(frames),
                     cfg.meta_state_frames, cfg.meta_state_frame_seed, cfg.meta_state_frame_steps)  # fmt: skip
     train_stage(policy, windows, cfg, "tokenizer", cfg.tokenizer_steps, log, rng)
+    train_stage(policy, windows, cfg, "probe", cfg.meta_state_pre_steps, log, rng, frames)
     train_stage(policy, windows, cfg, "joint", cfg.max_steps, log, rng, frames)
     train_s, train_cpu_s = time.perf_counter() - t_start, time.process_time() - cpu_start
     save_atomic(policy, out / "final")

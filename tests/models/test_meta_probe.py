@@ -118,3 +118,12 @@ def test_meta_state_loss_weighs_the_squared_error_per_row_and_dimension():
     assert float(policy.meta_state_loss(frames | {"full_state_weight": torch.zeros(6, F)})) == 0.0
     with pytest.raises(ValueError, match=r"full_state_weight'\]: expected shape \[6, 4\]"):
         policy.meta_state_loss(frames | {"full_state_weight": torch.ones(6, 3)})
+
+
+def test_meta_state_loss_reads_clean_latents_without_noise():
+    policy = _probe_policy(1.0).eval()
+    frames = _frames(6)
+    clean = [float(policy.meta_state_loss(frames, noise=False)) for _ in range(2)]
+    assert clean[0] == clean[1], "without noise the probe's error on the same frames is deterministic"
+    noisy = [float(policy.meta_state_loss(frames)) for _ in range(2)]
+    assert noisy[0] != noisy[1] and clean[0] not in noisy, "SFT's latent noise is drawn afresh at every call"

@@ -196,6 +196,10 @@ def test_state_frame_settings_are_checked():
         mod.SFTWLAConfig(meta_state_frame_norm="global")
     with pytest.raises(ValueError, match="meta_state_frame_workers=0"):
         mod.SFTWLAConfig(meta_state_frame_workers=0)
+    with pytest.raises(ValueError, match="meta_state_pre_steps=5 .* needs meta_state_frames > 0"):
+        mod.SFTWLAConfig(meta_state_weight=1.0, meta_state_pre_steps=5)
+    with pytest.raises(ValueError, match="meta_state_pre_steps=-1"):
+        mod.SFTWLAConfig(meta_state_weight=1.0, meta_state_frames=5, meta_state_pre_steps=-1)
 
 
 @pytest.mark.metaworld
@@ -232,6 +236,7 @@ def test_debug_run_with_state_frames(tmp_path):
         "--latent_size", "4", "--max_steps", "4", "--tokenizer_steps", "2", "--logging_steps", "2",
         "--batch_size", "8", "--eval_episodes_per_task", "0", "--torch_threads", "1", "--progress", "false",
         "--meta_state_weight", "1.0", "--meta_state_frames", "3", "--meta_state_frame_steps", "5",
+        "--meta_state_pre_steps", "4", "--meta_state_frame_noise", "false",
     ]  # fmt: skip
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -240,3 +245,9 @@ def test_debug_run_with_state_frames(tmp_path):
     joint = [r for r in rows if r["stage"] == "joint"]
     assert all(np.isfinite(r["loss/meta_state_frames"]) and r["loss/meta_state_frames"] > 0 for r in joint)
     assert not any("loss/meta_state_frames" in r for r in rows if r["stage"] == "tokenizer")
+    # the probe stage, between the two, trains on the frames alone
+    assert [r["stage"] for r in rows if r["stage"] != "setup"] == ["tokenizer"] + ["probe"] * 2 + ["joint"] * 2 + [
+        "final"
+    ]
+    probe = [r for r in rows if r["stage"] == "probe"]
+    assert all(r["loss"] == r["loss/meta_state_frames"] > 0 and "loss/action" not in r for r in probe)

@@ -626,7 +626,7 @@ class WLAPolicy(WLAPreTrainedModel):
         target = self._full_state_norm(torch.as_tensor(full_states), latents.shape[0])
         return F.mse_loss(self.latent_probe(latents), target)
 
-    def meta_state_loss(self, batch: dict) -> torch.Tensor:
+    def meta_state_loss(self, batch: dict, noise: bool = True) -> torch.Tensor:
         """MSE of the backbone state probe on single frames: the normalised full state read from the meta-query states.
 
         Used on frames outside the demonstrations (`rollout.collect.state_frames`: one frame per seeded layout), so
@@ -639,6 +639,8 @@ class WLAPolicy(WLAPreTrainedModel):
                 (N strings each); optional `full_state_weight` float [N, F], a weight per row and dimension of the
                 squared error (e.g. the inverse variance within the row's task, so that a goal that varies little
                 across the dataset still counts); without it, the plain MSE.
+            noise: add SFT's latent noise (`latent_noise_std`) to the frames' latents; false reads them clean, as
+                the policy reads its frames when it acts.
         """
         if self.meta_probe is None:
             raise RuntimeError("meta_state_loss: this policy has no backbone state probe (meta_state_weight = 0)")
@@ -648,7 +650,7 @@ class WLAPolicy(WLAPreTrainedModel):
         x = preprocess_images(batch["image"].to(dev), c.image_size, "batch['image']")
         with torch.no_grad():
             z = self.image_tokenizer.encode(x)
-        z_in = (z + c.latent_noise_std * torch.randn_like(z)).clamp(-1, 1)
+        z_in = (z + c.latent_noise_std * torch.randn_like(z)).clamp(-1, 1) if noise else z
         state = torch.as_tensor(batch["state"], dtype=torch.float32, device=dev)
         emb, mask = self._prefix_of(list(batch["instruction"]), state, z_in)
         ids, sub_mask = proc.encode_subtasks(list(batch["subtask"]), dev)

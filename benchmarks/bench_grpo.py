@@ -181,6 +181,11 @@ def worker(args) -> None:
         (Path(out) / "throughput.json").write_text(
             json.dumps({"rows_per_s": rows / split["time/step"], "world_size": state.num_processes, **split})
         )
+    if state.num_processes > 1:
+        from wlarl.utils.distributed import exit_without_teardown
+
+        state.destroy_process_group()
+        exit_without_teardown()
 
 
 def main() -> None:

@@ -68,6 +68,7 @@ from wlarl.trainer.callbacks import (  # noqa: E402
     VerifyCallback,
     period_steps,
 )
+from wlarl.utils.distributed import exit_without_teardown  # noqa: E402
 
 logger = logging.getLogger("wlarl.grpo_world")
 RECIPES = Path(__file__).resolve().parent
@@ -524,24 +525,6 @@ def main() -> None:
     trainer.accelerator.end_training()
     if state.num_processes > 1:
         exit_without_teardown()
-
-
-def exit_without_teardown() -> None:
-    """End a finished multi-process run without the interpreter's teardown.
-
-    When Python frees the DDP model, the gloo process group's destructor joins its worker threads while holding the
-    GIL; a worker that is still dropping a finished collective's tensors needs the GIL, so the rank hangs forever
-    after its outputs are written (py-spy: `~ProcessGroupGloo` joining in the main thread, `~AsyncAllgatherWork`
-    waiting for the GIL in the worker), or its threads abort at exit ("terminate called without an active
-    exception"). Everything is saved and closed by then: flush the logs and wandb, then leave with `os._exit`.
-    """
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ sys.path.append(str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from test_grpo_trainer import _trainer  # noqa: E402
 
+from wlarl.utils.distributed import exit_without_teardown  # noqa: E402
+
 
 def main() -> None:
     out = Path(sys.argv[1])
@@ -32,6 +34,9 @@ def main() -> None:
         "global_step": trainer.state.global_step,
     }
     (out / f"rank{acc.process_index}.json").write_text(json.dumps(record))
+    acc.end_training()
+    if acc.num_processes > 1:
+        exit_without_teardown()
 
 
 if __name__ == "__main__":

@@ -110,6 +110,13 @@ class SFTWLAConfig:
             "false: the probe reads clean latents, as the policy does when it acts."
         },
     )
+    meta_state_frame_batch: int = field(
+        default=0,
+        metadata={
+            "help": "State-probe frames per step, in the probe stage and beside every joint step (0: batch_size); "
+            "the frames of all tasks are drawn uniformly, so each task gets about this / tasks per step."
+        },
+    )
     meta_state_pre_steps: int = field(
         default=0,
         metadata={
@@ -206,6 +213,8 @@ class SFTWLAConfig:
                 f"meta_state_frames={self.meta_state_frames}, meta_state_frame_steps={self.meta_state_frame_steps}: "
                 "expected ≥ 0"
             )
+        if self.meta_state_frame_batch < 0:
+            raise ValueError(f"meta_state_frame_batch={self.meta_state_frame_batch}: expected ≥ 0 (0: batch_size)")
         if self.meta_state_pre_steps < 0:
             raise ValueError(f"meta_state_pre_steps={self.meta_state_pre_steps}: expected ≥ 0")
         if self.meta_state_pre_steps > 0 and self.meta_state_frames <= 0:
@@ -487,10 +496,10 @@ def train_stage(
         return
     if stage == "probe" and frames is None:
         raise ValueError("train_stage: the probe stage trains on state-probe frames; got frames=None")
-    noise = cfg.meta_state_frame_noise
+    noise, frame_batch = cfg.meta_state_frame_noise, cfg.meta_state_frame_batch or cfg.batch_size
 
     def probe_losses(_) -> dict[str, torch.Tensor]:
-        loss = policy.meta_state_loss(frames.batch(rng.integers(0, len(frames), cfg.batch_size)), noise=noise)
+        loss = policy.meta_state_loss(frames.batch(rng.integers(0, len(frames), frame_batch)), noise=noise)
         return {"loss": loss, "loss/meta_state_frames": loss}
 
     if stage == "tokenizer":
@@ -516,7 +525,7 @@ def train_stage(
             )
         out = loss_fn(batch)
         if frames is not None and stage == "joint":
-            probe = policy.meta_state_loss(frames.batch(rng.integers(0, len(frames), cfg.batch_size)), noise=noise)
+            probe = policy.meta_state_loss(frames.batch(rng.integers(0, len(frames), frame_batch)), noise=noise)
             out["loss/meta_state_frames"] = probe
             out["loss"] = out["loss"] + cfg.meta_state_weight * probe
         opt.zero_grad(set_to_none=True)

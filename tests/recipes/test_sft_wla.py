@@ -198,6 +198,8 @@ def test_state_frame_settings_are_checked():
         mod.SFTWLAConfig(meta_state_frame_workers=0)
     with pytest.raises(ValueError, match="meta_state_pre_steps=5 .* needs meta_state_frames > 0"):
         mod.SFTWLAConfig(meta_state_weight=1.0, meta_state_pre_steps=5)
+    with pytest.raises(ValueError, match="meta_state_frame_batch=-4"):
+        mod.SFTWLAConfig(meta_state_weight=1.0, meta_state_frames=5, meta_state_frame_batch=-4)
     with pytest.raises(ValueError, match="meta_state_pre_steps=-1"):
         mod.SFTWLAConfig(meta_state_weight=1.0, meta_state_frames=5, meta_state_pre_steps=-1)
 
@@ -236,7 +238,7 @@ def test_debug_run_with_state_frames(tmp_path):
         "--latent_size", "4", "--max_steps", "4", "--tokenizer_steps", "2", "--logging_steps", "2",
         "--batch_size", "8", "--eval_episodes_per_task", "0", "--torch_threads", "1", "--progress", "false",
         "--meta_state_weight", "1.0", "--meta_state_frames", "3", "--meta_state_frame_steps", "5",
-        "--meta_state_pre_steps", "4", "--meta_state_frame_noise", "false",
+        "--meta_state_pre_steps", "4", "--meta_state_frame_noise", "false", "--meta_state_frame_batch", "5",
     ]  # fmt: skip
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -227,13 +227,19 @@ def main() -> None:
                     videos[f"real_{ep['task_name']}_seed{ep['seed']}"] = ep["image"]
         else:
             real = rollout_policy(
-                policy, cfg.tasks, cfg.episodes_per_task, seeds=cfg.seed, record_video=cfg.num_videos, **rollout_kwargs
+                policy,
+                cfg.tasks,
+                cfg.episodes_per_task,
+                seeds=cfg.seed,
+                record_video=cfg.num_videos,
+                progress=True,
+                **rollout_kwargs,
             )
             videos.update({f"real_{k}": v for k, v in real.videos.items()})
         if cfg.sampled_temperature > 0:
             sampled = rollout_policy(
                 policy, cfg.tasks, cfg.episodes_per_task, seeds=cfg.seed, sample=True,
-                temperature=cfg.sampled_temperature, **rollout_kwargs,
+                temperature=cfg.sampled_temperature, progress=True, **rollout_kwargs,
             )  # fmt: skip
             results["real_sampled"] = {**sampled.summary(), "temperature": cfg.sampled_temperature}
     summary = real.summary()

@@ -745,6 +745,7 @@ def rollout_policy(
     frames: str = "all",
     record_samples: bool = False,
     slots_per_worker: int = 1,
+    progress: bool = False,
 ) -> RealRolloutResult:
     """Run `policy` in the real simulator for `episodes_per_task` seeded episodes of every task.
 
@@ -781,6 +782,7 @@ def rollout_policy(
             observation (with latents) and the `ActionSample` of every chunk. Needs a `WLAPolicy`.
         slots_per_worker: episodes each new worker runs at once (without `pool`; a pool has its own), so that a
             batched policy call covers num_workers × slots_per_worker episodes.
+        progress: show a progress bar of finished episodes with their running success rate.
 
     Returns:
         A `RealRolloutResult`.
@@ -871,6 +873,10 @@ def rollout_policy(
             procs.append(fresh)
             slots.extend(fresh.slots)
 
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(queue), desc="real episodes", unit="ep", disable=not progress, dynamic_ncols=True)
+    done_count = successes = 0
     try:
         while queue or any(sl.job is not None for sl in slots if sl.alive):
             alive = [sl for sl in slots if sl.alive]
@@ -974,6 +980,9 @@ def rollout_policy(
                         attempts=job["attempts"] + 1,
                     )
                     finished[(job["task"], job["episode"])] = (outcome, job)
+                    done_count, successes = done_count + 1, successes + outcome.success
+                    bar.update(1)
+                    bar.set_postfix(success=f"{successes / done_count:.2f}")
                     w.job = None
             # --- one batched policy call for every running episode, then a chunk request each
             active = [w for w in slots if w.alive and w.job is not None and w.job["obs"] is not None]
@@ -999,6 +1008,7 @@ def rollout_policy(
                 timed_out = True
                 break
     finally:
+        bar.close()
         for p in procs:
             if p.alive:
                 if timed_out and p.proc is not None:

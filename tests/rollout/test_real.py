@@ -117,6 +117,15 @@ def test_scripted_succeeds_zero_fails_in_process():
     assert np.array_equal(good.episodes[1]["state"][0], bad.episodes[1]["state"][0])
 
 
+def test_progress_bar_counts_finished_episodes_and_their_success(capsys):
+    res = rollout_policy(steer, ["a", "b"], 2, seeds=0, num_workers=0, keep_episodes=False, progress=True, **COMMON)
+    bar = capsys.readouterr().err
+    assert res.success.all()
+    assert "real episodes" in bar and "4/4" in bar and "success=1.00" in bar
+    rollout_policy(zero, ["a"], 1, seeds=0, num_workers=0, keep_episodes=False, **COMMON)
+    assert "real episodes" not in capsys.readouterr().err  # off by default
+
+
 def test_worker_processes_match_in_process():
     par = rollout_policy(steer, ["a"], 4, seeds=3, num_workers=2, **COMMON)
     seq = rollout_policy(steer, ["a"], 4, seeds=3, num_workers=0, **COMMON)

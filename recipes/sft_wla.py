@@ -121,7 +121,7 @@ class SFTWLAConfig:
         default=0,
         metadata={
             "help": "Steps of a probe stage between the tokenizer and joint stages: the backbone and its state "
-            "probe train on the state-probe frames alone (batch_size frames a step), so the backbone learns to read "
+            "probe train on the state-probe frames alone (meta_state_frame_batch a step), so the backbone learns to read "
             "goals and objects before the joint stage asks it for actions; needs meta_state_frames; 0 off."
         },
     )
@@ -541,7 +541,8 @@ def train_stage(
             dt = time.perf_counter() - t_log
             n = len(acc["loss"])
             row = {k: float(np.mean(v)) for k, v in acc.items()}
-            row.update({"train/lr": sched.get_last_lr()[0], "train/samples_per_s": n * cfg.batch_size / dt})
+            rows = frame_batch if stage == "probe" else cfg.batch_size  # windows a step (frames in the probe stage)
+            row.update({"train/lr": sched.get_last_lr()[0], "train/samples_per_s": n * rows / dt})
             log(stage, step + 1, row)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             acc, t_log = {}, time.perf_counter()

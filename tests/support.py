@@ -10,3 +10,11 @@ HAS_METAWORLD = importlib.util.find_spec("metaworld") is not None and importlib.
 requires_metaworld = pytest.mark.skipif(
     not HAS_METAWORLD, reason="needs the metaworld extra: pip install -e '.[metaworld]'"
 )
+
+
+def load_script(path, name: str):
+    """Import a script that is not a package module (a benchmark or recipe) from its file, as module `name`."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_goal_action.py"
-    spec = importlib.util.spec_from_file_location("bench_goal_action_cli", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(
+        Path(__file__).resolve().parents[2] / "benchmarks" / "bench_goal_action.py", "bench_goal_action_cli"
+    )
 
 
 def test_linear_r2_separates_an_action_that_follows_the_goal_from_one_that_does_not(bench):

@@ -3,20 +3,18 @@ where the answer is known."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_observability.py"
-    spec = importlib.util.spec_from_file_location("bench_observability_cli", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(
+        Path(__file__).resolve().parents[2] / "benchmarks" / "bench_observability.py", "bench_observability_cli"
+    )
 
 
 def _goals(n: int, seed: int = 0) -> np.ndarray:

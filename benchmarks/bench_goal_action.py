@@ -3,7 +3,8 @@
     MUJOCO_GL=egl python benchmarks/bench_goal_action.py --policy_paths <policy>/final [<policy>/final ...] \
         --n 300 --out runs/bench_goal_action
 
-On N held-out reset frames of reach-v3 (seeds 20020+, the held-out range of `bench_goal_learning.py`), every policy
+On N reset frames of reach-v3 (seeds 20020+: the held-out resets of `bench_goal_learning.py --train_sizes 20`, never
+trained on), every policy
 acts greedily once; the mean x / y / z of its first action chunk is regressed linearly on (a) the hand position,
 (b) the hand and the true goal, (c) the hand and the goal its own backbone state probe reads (`--inputs probe` of
 `bench_goal_learning.py`). R² of (b) says how much the action follows the goal; R² of (c) how much it follows what
@@ -25,9 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_goal_learning import FIRST_SEED, probe_goals  # noqa: E402
+from bench_goal_learning import FIRST_SEED, GOAL, probe_goals  # noqa: E402
 
-HAND, GOAL = slice(0, 3), slice(36, 39)
+HAND = slice(0, 3)  # the hand's position in the 39-d full state
 
 
 def linear_r2(y: np.ndarray, x: np.ndarray) -> float:
@@ -51,11 +52,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from wlarl.models.wla import WLAPolicy
     from wlarl.types import Observation
 
-    rows = []
+    first = FIRST_SEED + 20
+    rows, rendered = [], {}  # frames per image size: the same resets for every policy
     for path in args.policy_paths:
         policy = WLAPolicy.from_pretrained(path).eval()
-        first = FIRST_SEED + 20
-        f = state_frames(args.task, range(first, first + args.n), policy.config.image_size, args.camera)
+        size = policy.config.image_size
+        if size not in rendered:
+            rendered[size] = state_frames(args.task, range(first, first + args.n), size, args.camera)
+        f = rendered[size]
         hand, goal = f["full_state"][:, HAND], f["full_state"][:, GOAL]
         actions = []
         with torch.no_grad():
@@ -74,7 +78,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "probe_within_radius": float((np.linalg.norm(read - goal, axis=1) <= args.radius).mean()),
         })  # fmt: skip
     lines = [
-        f"{args.task}, {args.camera}, {args.n} held-out resets (seeds {FIRST_SEED + 20}+), greedy first chunk's mean "
+        f"{args.task}, {args.camera}, {args.n} held-out resets (seeds {first}+), greedy first chunk's mean "
         "x/y/z action, linear R².",
         "",
         "| policy | R² from the hand | from hand + true goal | from hand + probe's goal | probe's goal ≤ "

@@ -496,11 +496,11 @@ def train_stage(
         return
     if stage == "probe" and frames is None:
         raise ValueError("train_stage: the probe stage trains on state-probe frames; got frames=None")
-    noise, frame_batch = cfg.meta_state_frame_noise, cfg.meta_state_frame_batch or cfg.batch_size
+    frame_batch = cfg.meta_state_frame_batch or cfg.batch_size
 
-    def probe_losses(_) -> dict[str, torch.Tensor]:
-        loss = policy.meta_state_loss(frames.batch(rng.integers(0, len(frames), frame_batch)), noise=noise)
-        return {"loss": loss, "loss/meta_state_frames": loss}
+    def frame_loss() -> torch.Tensor:  # the backbone state probe's error on a fresh draw of frames
+        draw = rng.integers(0, len(frames), frame_batch)
+        return policy.meta_state_loss(frames.batch(draw), noise=cfg.meta_state_frame_noise)
 
     if stage == "tokenizer":
         # the image tokenizer, and the latent state probe that shapes its encoder
@@ -511,23 +511,23 @@ def train_stage(
     lr = cfg.tokenizer_learning_rate if stage == "tokenizer" else cfg.learning_rate
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, steps, min(cfg.warmup_steps, steps)))
-    loss_fn = {"tokenizer": policy.tokenizer_losses, "probe": probe_losses, "joint": policy.sft_losses}[stage]
     policy.train()
     acc: dict[str, list[float]] = {}
     t_log = time.perf_counter()
     bar = tqdm(range(steps), desc=f"sft_wla[{stage}]", disable=not cfg.progress, dynamic_ncols=True)
     for step in bar:
-        # the tokenizer reconstructs frames: one-chunk windows; the joint stage reads K chunks when asked
-        batch = None
-        if stage != "probe":
-            batch = windows.batch(
-                rng.integers(0, len(windows), cfg.batch_size), chunks=1 if stage == "tokenizer" else None
-            )
-        out = loss_fn(batch)
-        if frames is not None and stage == "joint":
-            probe = policy.meta_state_loss(frames.batch(rng.integers(0, len(frames), frame_batch)), noise=noise)
-            out["loss/meta_state_frames"] = probe
-            out["loss"] = out["loss"] + cfg.meta_state_weight * probe
+        if stage == "probe":
+            probe = frame_loss()
+            out = {"loss": probe, "loss/meta_state_frames": probe}
+        else:
+            # the tokenizer reconstructs frames: one-chunk windows; the joint stage reads K chunks when asked
+            tokenizer = stage == "tokenizer"
+            batch = windows.batch(rng.integers(0, len(windows), cfg.batch_size), chunks=1 if tokenizer else None)
+            out = policy.tokenizer_losses(batch) if tokenizer else policy.sft_losses(batch)
+            if frames is not None and stage == "joint":
+                probe = frame_loss()
+                out["loss/meta_state_frames"] = probe
+                out["loss"] = out["loss"] + cfg.meta_state_weight * probe
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         if cfg.grad_clip > 0:

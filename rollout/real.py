@@ -876,7 +876,7 @@ def rollout_policy(
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(queue), desc="real episodes", unit="ep", disable=not progress, dynamic_ncols=True)
-    done_count = successes = 0
+    successes = 0
     try:
         while queue or any(sl.job is not None for sl in slots if sl.alive):
             alive = [sl for sl in slots if sl.alive]
@@ -980,9 +980,9 @@ def rollout_policy(
                         attempts=job["attempts"] + 1,
                     )
                     finished[(job["task"], job["episode"])] = (outcome, job)
-                    done_count, successes = done_count + 1, successes + outcome.success
+                    successes += outcome.success
                     bar.update(1)
-                    bar.set_postfix(success=f"{successes / done_count:.2f}")
+                    bar.set_postfix(success=f"{successes / len(finished):.2f}")
                     w.job = None
             # --- one batched policy call for every running episode, then a chunk request each
             active = [w for w in slots if w.alive and w.job is not None and w.job["obs"] is not None]

@@ -253,3 +253,39 @@ def test_debug_run_with_state_frames(tmp_path):
     ]
     probe = [r for r in rows if r["stage"] == "probe"]
     assert all(r["loss"] == r["loss/meta_state_frames"] > 0 and "loss/action" not in r for r in probe)
+
+
+class _ProbeOnly(torch.nn.Module):
+    """Records what the probe stage asks of `meta_state_loss`: batch sizes and the noise flag."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(2))
+        self.calls: list[tuple[int, bool]] = []
+
+    def meta_state_loss(self, batch, noise=True):
+        self.calls.append((len(batch["image"]), noise))
+        return (self.w**2).sum()
+
+
+class _Frames:
+    def __len__(self) -> int:
+        return 20
+
+    def batch(self, idx):
+        return {"image": idx}
+
+
+def test_probe_stage_draws_the_frame_batch_with_the_noise_setting():
+    mod = load_recipe()
+    cfg = mod.SFTWLAConfig(
+        meta_state_weight=1.0, meta_state_frames=5, meta_state_frame_batch=7, meta_state_frame_noise=False,
+        batch_size=3, logging_steps=2, progress=False,
+    )  # fmt: skip
+    policy, rows = _ProbeOnly(), []
+    mod.train_stage(policy, None, cfg, "probe", 4, lambda *r: rows.append(r), np.random.default_rng(0), _Frames())
+    assert policy.calls == [(7, False)] * 4
+    assert [(stage, step) for stage, step, _ in rows] == [("probe", 2), ("probe", 4)]
+    assert float(policy.w[0]) < 1.0  # the probe's loss was optimised
+    with pytest.raises(ValueError, match="probe stage trains on state-probe frames"):
+        mod.train_stage(policy, None, cfg, "probe", 1, print, np.random.default_rng(0))

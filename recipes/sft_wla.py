@@ -125,6 +125,22 @@ class SFTWLAConfig:
             "goals and objects before the joint stage asks it for actions; needs meta_state_frames; 0 off."
         },
     )
+    meta_state_frame_expert_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Up to this many clean scripted-expert steps after the random ones before each state-probe frame "
+            "is taken, so that frames also lie along the expert's way to the goal (0: none)."
+        },
+    )
+    meta_state_frame_action_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the Action Expert's loss on the state-probe frames, each labelled with the clean "
+            "scripted expert's next chunk from its state and its subtask by rollout.experts' rules (one expert chunk "
+            "per fresh layout: many goals at the price of one chunk each); 0 off (the frames then keep the subtask "
+            "their task's demonstrations start with)."
+        },
+    )
     hidden_size: int = field(default=128, metadata={"help": "Backbone (tiny Llama) width."})
     num_layers: int = field(default=3, metadata={"help": "Backbone layers."})
     num_heads: int = field(default=4, metadata={"help": "Backbone attention heads."})
@@ -215,6 +231,11 @@ class SFTWLAConfig:
             )
         if self.meta_state_frame_batch < 0:
             raise ValueError(f"meta_state_frame_batch={self.meta_state_frame_batch}: expected ≥ 0 (0: batch_size)")
+        if self.meta_state_frame_expert_steps < 0 or self.meta_state_frame_action_weight < 0:
+            raise ValueError(
+                f"meta_state_frame_expert_steps={self.meta_state_frame_expert_steps}, meta_state_frame_action_weight="
+                f"{self.meta_state_frame_action_weight}: expected ≥ 0 (0: off)"
+            )
         if self.meta_state_pre_steps < 0:
             raise ValueError(f"meta_state_pre_steps={self.meta_state_pre_steps}: expected ≥ 0")
         if self.meta_state_pre_steps > 0 and self.meta_state_frames <= 0:
@@ -327,22 +348,38 @@ class WindowBatches:
 
 
 class StateFrames:
-    """Frames of fresh seeded layouts with their full states, for the backbone state probe (`meta_state_frames`).
+    """Frames of fresh seeded layouts with their full states, for the backbone state probe (`meta_state_frames`), and
+    with the expert's chunk from each frame for the Action Expert (`meta_state_frame_action_weight`).
 
-    Each task's frames get the subtask its demonstrations start with (the most common one at their first rows), which
-    the backbone reads teacher-forced as in SFT. Batches have the keys of `WLAPolicy.meta_state_loss`.
+    With `subtasks` each task's frames get the subtask its demonstrations start with (the most common one at their
+    first rows); without it, every frame's own label (`state_frames`' "subtask"). The backbone reads it teacher-forced
+    as in SFT. Batches have the keys of `WLAPolicy.frame_losses` ("actions" when the frames carry an "action").
     """
 
-    def __init__(self, frames: dict[str, dict[str, Any]], subtasks: dict[str, str]) -> None:
-        missing = sorted(set(frames) - set(subtasks))
+    def __init__(self, frames: dict[str, dict[str, Any]], subtasks: dict[str, str] | None = None) -> None:
+        tasks = list(frames)
+        missing = sorted(set(frames) - set(subtasks)) if subtasks is not None else []
         if missing:
             raise ValueError(f"StateFrames: no subtask for tasks {missing} (give one per task of `frames`)")
-        tasks = list(frames)
+        unlabelled = [t for t in tasks if subtasks is None and "subtask" not in frames[t]]
+        if unlabelled:
+            raise ValueError(f"StateFrames: tasks {unlabelled} have no per-frame subtask; give `subtasks` per task")
+        with_actions = [t for t in tasks if "action" in frames[t]]
+        if with_actions and len(with_actions) != len(tasks):
+            raise ValueError(
+                f"StateFrames: only tasks {with_actions} of {tasks} carry expert chunks; label all frames or none"
+            )
         self.images = np.concatenate([frames[t]["image"] for t in tasks])
         self.states = np.concatenate([frames[t]["state"] for t in tasks]).astype(np.float32)
         self.full_states = np.concatenate([frames[t]["full_state"] for t in tasks]).astype(np.float32)
+        self.actions = (
+            np.concatenate([frames[t]["action"] for t in tasks]).astype(np.float32) if with_actions else None
+        )
         self.instruction = [s for t in tasks for s in frames[t]["instruction"]]
-        self.subtask = [subtasks[t] for t in tasks for _ in range(len(frames[t]["image"]))]
+        if subtasks is None:
+            self.subtask = [s for t in tasks for s in frames[t]["subtask"]]
+        else:
+            self.subtask = [subtasks[t] for t in tasks for _ in range(len(frames[t]["image"]))]
         self.task_rows = {}  # task -> its rows
         start = 0
         for t in tasks:
@@ -378,8 +415,10 @@ class StateFrames:
             subtasks[task] = first.most_common(1)[0][0]
         seeds = range(cfg.meta_state_frame_seed, cfg.meta_state_frame_seed + cfg.meta_state_frames)
         camera = ep_ds.meta.get("camera", "corner")
+        labelled = cfg.meta_state_frame_action_weight > 0
         render = partial(state_frames, seeds=seeds, image_size=image_size, camera=camera,
-                         random_steps=cfg.meta_state_frame_steps)  # fmt: skip
+                         random_steps=cfg.meta_state_frame_steps, expert_steps=cfg.meta_state_frame_expert_steps,
+                         action_chunk=cfg.chunk_size if labelled else 0)  # fmt: skip
         workers = min(cfg.meta_state_frame_workers, len(tasks))
         if workers > 1:
             import concurrent.futures as cf
@@ -396,7 +435,7 @@ class StateFrames:
                 frames = {t: job.result() for t, job in zip(tasks, jobs)}
         else:
             frames = {t: render(t, progress=cfg.progress) for t in tasks}
-        out = cls(frames, subtasks)
+        out = cls(frames, None if labelled else subtasks)
         for name, ours, theirs in (("image", out.images, windows.images), ("state", out.states, windows.states),
                                    ("full_state", out.full_states, windows.full_states)):  # fmt: skip
             if ours.shape[1:] != theirs.shape[1:]:
@@ -411,13 +450,17 @@ class StateFrames:
         return len(self.images)
 
     def batch(self, idx: np.ndarray) -> dict[str, Any]:
-        return {
-            "image": torch.from_numpy(self.images[idx]),
-            "state": torch.from_numpy(self.states[idx]),
-            "full_state": torch.from_numpy(self.full_states[idx]),
-            "instruction": [self.instruction[i] for i in idx],
-            "subtask": [self.subtask[i] for i in idx],
-        } | ({} if self.weights is None else {"full_state_weight": torch.from_numpy(self.weights[idx])})
+        return (
+            {
+                "image": torch.from_numpy(self.images[idx]),
+                "state": torch.from_numpy(self.states[idx]),
+                "full_state": torch.from_numpy(self.full_states[idx]),
+                "instruction": [self.instruction[i] for i in idx],
+                "subtask": [self.subtask[i] for i in idx],
+            }
+            | ({} if self.weights is None else {"full_state_weight": torch.from_numpy(self.weights[idx])})
+            | ({} if self.actions is None else {"actions": torch.from_numpy(self.actions[idx])})
+        )
 
 
 def build_processor(ep_ds, cfg: SFTWLAConfig, image_size: int) -> WLAProcessor:
@@ -498,9 +541,17 @@ def train_stage(
         raise ValueError("train_stage: the probe stage trains on state-probe frames; got frames=None")
     frame_batch = cfg.meta_state_frame_batch or cfg.batch_size
 
-    def frame_loss() -> torch.Tensor:  # the backbone state probe's error on a fresh draw of frames
+    def frame_losses() -> dict[str, torch.Tensor]:
+        """The losses on a fresh draw of frames, with "loss": the state probe's error (weight 1 in the probe stage,
+        meta_state_weight beside a joint step) plus meta_state_frame_action_weight × the action loss on labelled
+        frames."""
         draw = rng.integers(0, len(frames), frame_batch)
-        return policy.meta_state_loss(frames.batch(draw), noise=cfg.meta_state_frame_noise)
+        out = policy.frame_losses(frames.batch(draw), noise=cfg.meta_state_frame_noise)
+        probe_weight = 1.0 if stage == "probe" else cfg.meta_state_weight
+        out["loss"] = probe_weight * out["loss/meta_state_frames"]
+        if "loss/action_frames" in out:
+            out["loss"] = out["loss"] + cfg.meta_state_frame_action_weight * out["loss/action_frames"]
+        return out
 
     if stage == "tokenizer":
         # the image tokenizer, and the latent state probe that shapes its encoder
@@ -517,17 +568,16 @@ def train_stage(
     bar = tqdm(range(steps), desc=f"sft_wla[{stage}]", disable=not cfg.progress, dynamic_ncols=True)
     for step in bar:
         if stage == "probe":
-            probe = frame_loss()
-            out = {"loss": probe, "loss/meta_state_frames": probe}
+            out = frame_losses()
         else:
             # the tokenizer reconstructs frames: one-chunk windows; the joint stage reads K chunks when asked
             tokenizer = stage == "tokenizer"
             batch = windows.batch(rng.integers(0, len(windows), cfg.batch_size), chunks=1 if tokenizer else None)
             out = policy.tokenizer_losses(batch) if tokenizer else policy.sft_losses(batch)
             if frames is not None and stage == "joint":
-                probe = frame_loss()
-                out["loss/meta_state_frames"] = probe
-                out["loss"] = out["loss"] + cfg.meta_state_weight * probe
+                extra = frame_losses()
+                out.update({k: v for k, v in extra.items() if k != "loss"})
+                out["loss"] = out["loss"] + extra["loss"]
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         if cfg.grad_clip > 0:
@@ -621,8 +671,10 @@ def main(argv: list[str] | None = None) -> None:
         frames = StateFrames.collect(ep_ds, windows, cfg, image_size)
         if cfg.meta_state_frame_norm == "task":
             frames.weigh_by_task(policy.full_state_mean.numpy(), policy.full_state_std.numpy())
-        logger.info("state-probe frames: %d (%d per task, seeds %d+, up to %d random steps)", len(frames),
-                    cfg.meta_state_frames, cfg.meta_state_frame_seed, cfg.meta_state_frame_steps)  # fmt: skip
+        logger.info("state-probe frames: %d (%d per task, seeds %d+, up to %d random and %d expert steps, %s)",
+                    len(frames), cfg.meta_state_frames, cfg.meta_state_frame_seed, cfg.meta_state_frame_steps,
+                    cfg.meta_state_frame_expert_steps,
+                    "with expert chunks" if frames.actions is not None else "no action labels")  # fmt: skip
     train_stage(policy, windows, cfg, "tokenizer", cfg.tokenizer_steps, log, rng)
     train_stage(policy, windows, cfg, "probe", cfg.meta_state_pre_steps, log, rng, frames)
     train_stage(policy, windows, cfg, "joint", cfg.max_steps, log, rng, frames)

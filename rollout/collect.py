@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from rollout.experts import NOISE_MODES, NoiseSpec
+from rollout.experts import NOISE_MODES, NoiseSpec, ScriptedExpert
 from rollout.sims.metaworld import resolve_tasks
 
 
@@ -317,17 +317,28 @@ def state_frames(
     camera: str = "corner",
     random_steps: int = 0,
     progress: bool = True,
+    expert_steps: int = 0,
+    action_chunk: int = 0,
 ) -> dict[str, Any]:
     """One frame per seeded layout of `task`, with the simulator state it shows: training data for a state probe
     that must read goals and objects from the frame (every frame a new layout, so nothing can be recalled by episode).
 
     Each layout is reset from its seed; with `random_steps` > 0 the arm then takes k uniform random actions, k drawn
     from 0 … random_steps by a generator seeded with the layout's seed (hand positions and occlusions as in an
-    episode). Deterministic in (task, seeds, image_size, camera, random_steps).
+    episode). With `expert_steps` > 0 the clean scripted expert (`rollout.experts`) then takes j steps, j drawn from
+    0 … expert_steps by the same generator, so that frames also lie along the expert's way to the goal. The random
+    steps are drawn first, so frames with `expert_steps` 0 are those of the same seeds without it.
+
+    With `action_chunk` H > 0 every frame is also labelled with the clean expert's next H actions, taken from the
+    frame's state by stepping the simulator after the frame is rendered (the frame is unchanged): one expert chunk per
+    fresh layout, for a policy's action loss. Every frame carries the subtask label of `rollout.experts`' rules,
+    followed from the reset through the steps before it. Deterministic in (task, seeds, image_size, camera,
+    random_steps, expert_steps).
 
     Returns:
         {"image": uint8 [N, H, W, 3], "state": float32 [N, 4], "full_state": float32 [N, 39],
-         "instruction": N strings, "seed": int64 [N]}.
+         "instruction": N strings, "subtask": N strings, "seed": int64 [N]}, plus "action" float32
+        [N, action_chunk, 4] when `action_chunk` > 0.
     """
     os.environ.setdefault("MUJOCO_GL", "egl")
     from tqdm.auto import tqdm
@@ -337,26 +348,53 @@ def state_frames(
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError(f"state_frames({task!r}): expected at least one seed")
-    if random_steps < 0:
-        raise ValueError(f"state_frames: random_steps={random_steps}: expected ≥ 0 (0 = reset frames)")
+    for name, value in (
+        ("random_steps", random_steps),
+        ("expert_steps", expert_steps),
+        ("action_chunk", action_chunk),
+    ):
+        if value < 0:
+            raise ValueError(f"state_frames: {name}={value}: expected ≥ 0 (0 = off)")
     env = MetaWorldEnv(task, image_size=image_size, camera=camera, render_images=False)
-    out: dict[str, list] = {"image": [], "state": [], "full_state": [], "instruction": []}
+    if random_steps + expert_steps + action_chunk > env.max_episode_steps:
+        env.close()
+        raise ValueError(
+            f"state_frames({task!r}): random_steps + expert_steps + action_chunk = "
+            f"{random_steps + expert_steps + action_chunk} steps may run past the episode's {env.max_episode_steps}"
+        )
+    expert = ScriptedExpert(task, "clean")
+    out: dict[str, list] = {"image": [], "state": [], "full_state": [], "instruction": [], "subtask": [], "action": []}
     try:
         for seed in tqdm(seeds, desc=f"{task} state frames", unit="frame", disable=not progress, leave=False):
             obs, _ = env.reset(seed=seed)
+            subtask = expert.reset(env.full_state, seed)
             rng = np.random.default_rng(seed)
             for _ in range(int(rng.integers(0, random_steps + 1)) if random_steps else 0):
                 obs, *_ = env.step(rng.uniform(-1.0, 1.0, 4).astype(np.float32))
+                subtask = expert.subtask(env.full_state)
+            for _ in range(int(rng.integers(0, expert_steps + 1)) if expert_steps else 0):
+                obs, *_ = env.step(expert.clean_action(env.full_state))
+                subtask = expert.subtask(env.full_state)
             out["image"].append(env.refresh_frame())
             out["state"].append(obs["state"])
             out["full_state"].append(env.full_state)
             out["instruction"].append(obs["instruction"])
+            out["subtask"].append(subtask)
+            chunk = []
+            for _ in range(action_chunk):  # the expert's chunk from the frame's state; the frame is already taken
+                chunk.append(expert.clean_action(env.full_state))
+                env.step(chunk[-1])
+            out["action"].append(chunk)
     finally:
         env.close()
-    return {
+    frames = {
         "image": np.stack(out["image"]),
         "state": np.asarray(out["state"], dtype=np.float32),
         "full_state": np.asarray(out["full_state"], dtype=np.float32),
         "instruction": out["instruction"],
+        "subtask": out["subtask"],
         "seed": np.asarray(seeds, dtype=np.int64),
     }
+    if action_chunk:
+        frames["action"] = np.asarray(out["action"], dtype=np.float32)
+    return frames

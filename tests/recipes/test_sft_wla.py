@@ -222,8 +222,10 @@ def test_state_frames_must_match_the_dataset(dataset):
 
 
 @pytest.mark.metaworld
-def test_debug_run_with_state_frames(tmp_path):
-    """SFT trains the backbone state probe on simulator frames of fresh layouts beside the demonstrations."""
+@pytest.mark.parametrize("labelled", [False, True], ids=["probe", "expert_chunks"])
+def test_debug_run_with_state_frames(tmp_path, labelled):
+    """SFT trains the backbone state probe on simulator frames of fresh layouts beside the demonstrations, and with
+    expert chunks on them the Action Expert too."""
     pytest.importorskip("metaworld")
     eps = fake_episodes()
     rng = np.random.default_rng(1)
@@ -240,12 +242,22 @@ def test_debug_run_with_state_frames(tmp_path):
         "--meta_state_weight", "1.0", "--meta_state_frames", "3", "--meta_state_frame_steps", "5",
         "--meta_state_pre_steps", "4", "--meta_state_frame_noise", "false", "--meta_state_frame_batch", "5",
     ]  # fmt: skip
+    if labelled:
+        args += ["--meta_state_frame_action_weight", "0.5", "--meta_state_frame_expert_steps", "5"]
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "state-probe frames: 6 (3 per task" in proc.stderr
+    assert ("with expert chunks" in proc.stderr) == labelled
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     joint = [r for r in rows if r["stage"] == "joint"]
     assert all(np.isfinite(r["loss/meta_state_frames"]) and r["loss/meta_state_frames"] > 0 for r in joint)
+    assert all(("loss/action_frames" in r) == labelled for r in rows if r["stage"] in ("probe", "joint"))
+    if labelled:  # the probe stage optimises the probe and the weighted action loss of the frames
+        probe = [r for r in rows if r["stage"] == "probe"]
+        assert all(
+            r["loss"] == pytest.approx(r["loss/meta_state_frames"] + 0.5 * r["loss/action_frames"]) for r in probe
+        )
+        return
     assert not any("loss/meta_state_frames" in r for r in rows if r["stage"] == "tokenizer")
     # the probe stage, between the two, trains on the frames alone
     assert [r["stage"] for r in rows if r["stage"] != "setup"] == ["tokenizer"] + ["probe"] * 2 + ["joint"] * 2 + [
@@ -256,24 +268,31 @@ def test_debug_run_with_state_frames(tmp_path):
 
 
 class _ProbeOnly(torch.nn.Module):
-    """Records what the probe stage asks of `meta_state_loss`: batch sizes and the noise flag."""
+    """Records what the probe stage asks of `frame_losses`: batch sizes and the noise flag; its action loss (on
+    labelled frames) is twice its probe loss."""
 
     def __init__(self) -> None:
         super().__init__()
         self.w = torch.nn.Parameter(torch.ones(2))
         self.calls: list[tuple[int, bool]] = []
 
-    def meta_state_loss(self, batch, noise=True):
+    def frame_losses(self, batch, noise=True):
         self.calls.append((len(batch["image"]), noise))
-        return (self.w**2).sum()
+        out = {"loss/meta_state_frames": (self.w**2).sum()}
+        if "actions" in batch:
+            out["loss/action_frames"] = 2 * (self.w**2).sum()
+        return out
 
 
 class _Frames:
+    def __init__(self, actions: bool = False) -> None:
+        self.actions = actions
+
     def __len__(self) -> int:
         return 20
 
     def batch(self, idx):
-        return {"image": idx}
+        return {"image": idx} | ({"actions": idx} if self.actions else {})
 
 
 def test_probe_stage_draws_the_frame_batch_with_the_noise_setting():
@@ -289,3 +308,17 @@ def test_probe_stage_draws_the_frame_batch_with_the_noise_setting():
     assert float(policy.w[0]) < 1.0  # the probe's loss was optimised
     with pytest.raises(ValueError, match="probe stage trains on state-probe frames"):
         mod.train_stage(policy, None, cfg, "probe", 1, print, np.random.default_rng(0))
+
+
+def test_probe_stage_adds_the_weighted_action_loss_of_labelled_frames():
+    mod = load_recipe()
+    cfg = mod.SFTWLAConfig(
+        meta_state_weight=1.0, meta_state_frames=5, meta_state_frame_action_weight=0.25, logging_steps=1,
+        progress=False, learning_rate=0.0,
+    )  # fmt: skip
+    rows = []
+    mod.train_stage(_ProbeOnly(), None, cfg, "probe", 1, lambda *r: rows.append(r), np.random.default_rng(0),
+                    _Frames(actions=True))  # fmt: skip
+    row = rows[0][2]
+    assert row["loss/meta_state_frames"] == pytest.approx(2.0) and row["loss/action_frames"] == pytest.approx(4.0)
+    assert row["loss"] == pytest.approx(2.0 + 0.25 * 4.0)

@@ -627,7 +627,12 @@ class WLAPolicy(WLAPreTrainedModel):
         return F.mse_loss(self.latent_probe(latents), target)
 
     def meta_state_loss(self, batch: dict, noise: bool = True) -> torch.Tensor:
-        """MSE of the backbone state probe on single frames: the normalised full state read from the meta-query states.
+        """MSE of the backbone state probe on single frames (`frame_losses`' "loss/meta_state_frames")."""
+        return self.frame_losses({k: v for k, v in batch.items() if k != "actions"}, noise)["loss/meta_state_frames"]
+
+    def frame_losses(self, batch: dict, noise: bool = True) -> dict[str, torch.Tensor]:
+        """Losses on single frames outside the demonstrations: the backbone state probe's MSE (the normalised full state
+        read from the meta-query states) and, for frames labelled with an expert's chunk, the Action Expert's loss.
 
         Used on frames outside the demonstrations (`rollout.collect.state_frames`: one frame per seeded layout), so
         that the backbone learns to read goals and objects from the frame instead of recalling them from an episode.
@@ -639,8 +644,13 @@ class WLAPolicy(WLAPreTrainedModel):
                 (N strings each); optional `full_state_weight` float [N, F], a weight per row and dimension of the
                 squared error (e.g. the inverse variance within the row's task, so that a goal that varies little
                 across the dataset still counts); without it, the plain MSE.
+                Optional `actions` [N, H, A]: the chunk an expert takes from the frame, trained as SFT trains the
+                demonstrations' chunks.
             noise: add SFT's latent noise (`latent_noise_std`) to the frames' latents; false reads them clean, as
                 the policy reads its frames when it acts.
+
+        Returns:
+            "loss/meta_state_frames", plus "loss/action_frames" when the batch has `actions`.
         """
         if self.meta_probe is None:
             raise RuntimeError("meta_state_loss: this policy has no backbone state probe (meta_state_weight = 0)")
@@ -664,7 +674,39 @@ class WLAPolicy(WLAPreTrainedModel):
                     f"batch['full_state_weight']: expected shape {list(err.shape)}, got {list(weight.shape)}"
                 )
             err = err * weight
-        return err.mean()
+        out = {"loss/meta_state_frames": err.mean()}
+        if "actions" in batch:
+            actions = torch.as_tensor(batch["actions"], dtype=torch.float32)
+            self._check_actions(actions, n, "batch['actions']")
+            m = torch.ones(n, c.chunk_size, 1, device=dev)
+            out["loss/action_frames"] = self._action_losses(meta, actions, m)["loss/action"]
+        return out
+
+    def _action_losses(self, meta: torch.Tensor, actions: torch.Tensor, m: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The Action Expert's SFT loss on recorded chunks `actions` [N, H, A] from the meta-query states, with a
+        mask or weight `m` [N, H, 1]: "loss/action" (gaussian head: plus "loss/action_mse", "loss/action_nll" and
+        "train/action_std")."""
+        c, dev = self.config, self.device
+        out: dict[str, torch.Tensor] = {}
+        actions_n = (actions.to(dev) - self.action_mean) / self.action_std
+        denom = (m.sum() * c.action_dim).clamp_min(1.0)
+        if c.action_head == "gaussian":
+            mean_n = self.action_expert(meta)
+            out["loss/action_mse"] = (((mean_n - actions_n) ** 2) * m).sum() / denom
+            # log-std is fitted by NLL around the detached mean: the mean's gradient stays well scaled as std shrinks
+            mean = mean_n.detach() * self.action_std + self.action_mean
+            nll = -gaussian_log_prob(actions.to(dev), mean, self.action_expert.std())
+            out["loss/action_nll"] = (nll * m).sum() / denom
+            out["loss/action"] = out["loss/action_mse"] + out["loss/action_nll"]
+            out["train/action_std"] = self.action_expert.std().mean().detach()
+        else:
+            # conditional flow matching (rectified flow): x_t = (1-t) x_0 + t x_1, target velocity x_1 - x_0
+            t = torch.rand(actions_n.shape[0], device=dev)
+            x0 = torch.randn_like(actions_n)
+            xt = (1 - t)[:, None, None] * x0 + t[:, None, None] * actions_n
+            v = self.action_expert.velocity(self.action_expert.context_of(meta), xt, t)
+            out["loss/action"] = (((v - (actions_n - x0)) ** 2) * m).sum() / denom
+        return out
 
     def sft_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """Joint SFT losses on a collated window batch (`wlarl.data.collate_windows`).
@@ -727,25 +769,7 @@ class WLAPolicy(WLAPreTrainedModel):
             target = self._full_state_norm(torch.as_tensor(batch["full_state"]), n)
             out["loss/meta_state"] = F.mse_loss(self.meta_probe(meta), target)
 
-        # action expert
-        actions_n = (actions.to(dev) - self.action_mean) / self.action_std
-        denom = (m.sum() * c.action_dim).clamp_min(1.0)
-        if c.action_head == "gaussian":
-            mean_n = self.action_expert(meta)
-            out["loss/action_mse"] = (((mean_n - actions_n) ** 2) * m).sum() / denom
-            # log-std is fitted by NLL around the detached mean: the mean's gradient stays well scaled as std shrinks
-            mean = mean_n.detach() * self.action_std + self.action_mean
-            nll = -gaussian_log_prob(actions.to(dev), mean, self.action_expert.std())
-            out["loss/action_nll"] = (nll * m).sum() / denom
-            out["loss/action"] = out["loss/action_mse"] + out["loss/action_nll"]
-            out["train/action_std"] = self.action_expert.std().mean().detach()
-        else:
-            # conditional flow matching (rectified flow): x_t = (1-t) x_0 + t x_1, target velocity x_1 - x_0
-            t = torch.rand(n, device=dev)
-            x0 = torch.randn_like(actions_n)
-            xt = (1 - t)[:, None, None] * x0 + t[:, None, None] * actions_n
-            v = self.action_expert.velocity(self.action_expert.context_of(meta), xt, t)
-            out["loss/action"] = (((v - (actions_n - x0)) ** 2) * m).sum() / denom
+        out.update(self._action_losses(meta, actions, m))
 
         # world expert, teacher-forced on the recorded chunk (clean and noisy episodes alike); open loop over K chunks
         world = self._open_loop_world(batch, chunks, meta, z_in, z_next, detach=True, reencode=False)

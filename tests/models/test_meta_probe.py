@@ -127,3 +127,33 @@ def test_meta_state_loss_reads_clean_latents_without_noise():
     assert clean[0] == clean[1], "without noise the probe's error on the same frames is deterministic"
     noisy = [float(policy.meta_state_loss(frames)) for _ in range(2)]
     assert noisy[0] != noisy[1] and clean[0] not in noisy, "SFT's latent noise is drawn afresh at every call"
+
+
+def test_frame_losses_with_expert_chunks_train_the_action_expert():
+    policy = _probe_policy(1.0)
+    frames = _frames() | {"actions": _batch()["actions"]}  # the chunk follows the state, as an expert's would
+    out = policy.frame_losses(frames, noise=False)
+    assert set(out) == {"loss/meta_state_frames", "loss/action_frames"}
+    # the probe term is meta_state_loss's, with or without chunks
+    torch.testing.assert_close(out["loss/meta_state_frames"], policy.meta_state_loss(frames, noise=False))
+    policy.zero_grad()
+    out["loss/action_frames"].backward()
+    for part in (policy.action_expert, policy.backbone):
+        assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in part.parameters())
+    assert all(p.grad is None for p in policy.meta_probe.parameters()), "the action term does not train the probe"
+    # the Action Expert learns the frames' chunks
+    opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    first = float(out["loss/action_frames"].detach())
+    for _ in range(60):
+        loss = policy.frame_losses(frames, noise=False)["loss/action_frames"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(policy.frame_losses(frames, noise=False)["loss/action_frames"].detach()) < first - 1.0
+
+
+def test_frame_losses_check_the_chunk_shape():
+    policy = _probe_policy(1.0)
+    frames = _frames(4) | {"actions": torch.zeros(4, 3, 3)}
+    with pytest.raises(ValueError, match=r"batch\['actions'\]: expected shape \[4, 5, 3\], got \[4, 3, 3\]"):
+        policy.frame_losses(frames)

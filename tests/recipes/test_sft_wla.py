@@ -159,6 +159,33 @@ def test_state_frames_batches_carry_each_tasks_first_subtask():
         mod.StateFrames(frames, {"push-v3": "reach the puck"})
 
 
+def test_labelled_state_frames_carry_their_own_subtasks_and_expert_chunks():
+    mod = load_recipe()
+    frames = {
+        task: {
+            "image": np.full((n, IMG, IMG, 3), k, np.uint8),
+            "state": np.full((n, 4), k, np.float32),
+            "full_state": np.full((n, 39), k, np.float32),
+            "instruction": [task] * n,
+            "subtask": [f"{task} phase {i}" for i in range(n)],
+            "action": np.full((n, 8, 4), 10 * k + np.arange(n)[:, None, None], np.float32),
+        }
+        for k, (task, n) in enumerate([("push-v3", 3), ("reach-v3", 2)])
+    }
+    sf = mod.StateFrames(frames)
+    batch = sf.batch(np.array([4, 1]))
+    assert batch["subtask"] == ["reach-v3 phase 1", "push-v3 phase 1"]
+    assert batch["actions"].shape == (2, 8, 4) and batch["actions"][:, 0, 0].tolist() == [11.0, 1.0]
+    # the demonstrations' first subtask still wins where it is given
+    assert mod.StateFrames(frames, {"push-v3": "a", "reach-v3": "b"}).batch(np.array([4]))["subtask"] == ["b"]
+    del frames["reach-v3"]["action"]
+    with pytest.raises(ValueError, match=r"only tasks \['push-v3'\] .* carry expert chunks"):
+        mod.StateFrames(frames)
+    del frames["push-v3"]["subtask"]
+    with pytest.raises(ValueError, match=r"tasks \['push-v3'\] have no per-frame subtask"):
+        mod.StateFrames(frames)
+
+
 def test_state_frames_weigh_each_dimension_by_its_variance_within_the_task():
     mod = load_recipe()
     rng = np.random.default_rng(0)
@@ -202,6 +229,8 @@ def test_state_frame_settings_are_checked():
         mod.SFTWLAConfig(meta_state_weight=1.0, meta_state_frames=5, meta_state_frame_batch=-4)
     with pytest.raises(ValueError, match="meta_state_pre_steps=-1"):
         mod.SFTWLAConfig(meta_state_weight=1.0, meta_state_frames=5, meta_state_pre_steps=-1)
+    with pytest.raises(ValueError, match="meta_state_frame_action_weight=-0.5"):
+        mod.SFTWLAConfig(meta_state_weight=1.0, meta_state_frames=5, meta_state_frame_action_weight=-0.5)
 
 
 @pytest.mark.metaworld

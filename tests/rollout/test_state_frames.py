@@ -51,8 +51,54 @@ def test_random_steps_move_the_arm_and_are_deterministic():
     )
 
 
+def test_expert_chunks_label_the_same_frames_with_the_clean_experts_next_actions():
+    from rollout.experts import ScriptedExpert
+    from rollout.sims.metaworld import MetaWorldEnv
+
+    plain = state_frames("push-v3", range(200, 204), image_size=32, random_steps=10, progress=False)
+    got = state_frames("push-v3", range(200, 204), image_size=32, random_steps=10, action_chunk=6, progress=False)
+    for key in ("image", "state", "full_state"):  # the labels are taken after the frame: the frames are unchanged
+        np.testing.assert_array_equal(got[key], plain[key])
+    assert "action" not in plain and got["action"].shape == (4, 6, 4) and got["action"].dtype == np.float32
+    assert got["subtask"] == ["reach the puck"] * 4  # the hand starts away from the puck
+    # the chunk is what the clean expert does from the frame's state, step after step
+    env, expert = MetaWorldEnv("push-v3", image_size=32, render_images=False), ScriptedExpert("push-v3")
+    try:
+        for i, seed in enumerate(range(200, 204)):
+            env.reset(seed=seed)
+            rng = np.random.default_rng(seed)
+            for _ in range(int(rng.integers(0, 11))):
+                env.step(rng.uniform(-1.0, 1.0, 4).astype(np.float32))
+            np.testing.assert_array_equal(env.full_state, got["full_state"][i])
+            for t in range(6):
+                action = expert.clean_action(env.full_state)
+                np.testing.assert_array_equal(got["action"][i, t], action)
+                env.step(action)
+    finally:
+        env.close()
+
+
+def test_expert_steps_take_frames_along_the_way_to_the_goal():
+    seeds = range(300, 310)
+    reset = state_frames("reach-v3", seeds, image_size=32, progress=False)
+    along = state_frames("reach-v3", seeds, image_size=32, expert_steps=40, progress=False)
+    again = state_frames("reach-v3", seeds, image_size=32, expert_steps=40, progress=False)
+    np.testing.assert_array_equal(along["image"], again["image"])
+
+    def to_goal(frames):
+        return np.linalg.norm(frames["full_state"][:, :3] - frames["full_state"][:, GOAL], axis=1)
+
+    closer = to_goal(reset) - to_goal(along)
+    assert (closer > 0.02).sum() >= 7 and (closer > -1e-3).all(), closer  # the expert heads for the goal
+    assert along["subtask"] == ["move the gripper to the goal"] * 10
+
+
 def test_bad_arguments_say_what_was_expected():
     with pytest.raises(ValueError, match="at least one seed"):
         state_frames("reach-v3", [], progress=False)
     with pytest.raises(ValueError, match="random_steps=-1"):
         state_frames("reach-v3", [0], random_steps=-1, progress=False)
+    with pytest.raises(ValueError, match="expert_steps=-2"):
+        state_frames("reach-v3", [0], expert_steps=-2, progress=False)
+    with pytest.raises(ValueError, match=r"= 160 steps may run past the episode's 150"):
+        state_frames("reach-v3", [0], random_steps=100, expert_steps=52, action_chunk=8, progress=False)

@@ -141,6 +141,14 @@ class SFTWLAConfig:
             "their task's demonstrations start with)."
         },
     )
+    meta_state_frame_task_weights: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Draw weights of the state-probe frames per task as TASK=W (e.g. [reach-v3=6, push-v3=6]); "
+            "unlisted tasks weigh 1, and a task's share of every frame batch is its weight over the sum (empty: "
+            "uniform over frames)."
+        },
+    )
     hidden_size: int = field(default=128, metadata={"help": "Backbone (tiny Llama) width."})
     num_layers: int = field(default=3, metadata={"help": "Backbone layers."})
     num_heads: int = field(default=4, metadata={"help": "Backbone attention heads."})
@@ -236,6 +244,7 @@ class SFTWLAConfig:
                 f"meta_state_frame_expert_steps={self.meta_state_frame_expert_steps}, meta_state_frame_action_weight="
                 f"{self.meta_state_frame_action_weight}: expected ≥ 0 (0: off)"
             )
+        parse_task_weights(self.meta_state_frame_task_weights)  # a malformed entry fails here, not after rendering
         if self.meta_state_pre_steps < 0:
             raise ValueError(f"meta_state_pre_steps={self.meta_state_pre_steps}: expected ≥ 0")
         if self.meta_state_pre_steps > 0 and self.meta_state_frames <= 0:
@@ -347,6 +356,30 @@ class WindowBatches:
         }
 
 
+def parse_task_weights(items: list[str], tasks: list[str] | None = None) -> dict[str, float]:
+    """`meta_state_frame_task_weights` entries TASK=W as {task: W}; with `tasks`, every task listed must be one of them."""
+    weights: dict[str, float] = {}
+    for item in items:
+        task, sep, w = str(item).partition("=")
+        task = task.strip()
+        try:
+            value = float(w) if sep else float("nan")
+        except ValueError:
+            value = float("nan")
+        if not task or not value >= 0 or not np.isfinite(value):
+            raise ValueError(
+                f"meta_state_frame_task_weights entry {item!r}: expected TASK=W with W ≥ 0, e.g. reach-v3=6"
+            )
+        if task in weights:
+            raise ValueError(f"meta_state_frame_task_weights: {task!r} is given twice ({items}); give each task once")
+        if tasks is not None and task not in tasks:
+            raise ValueError(
+                f"meta_state_frame_task_weights entry {item!r}: {task!r} is not among the frames' tasks {tasks}"
+            )
+        weights[task] = value
+    return weights
+
+
 class StateFrames:
     """Frames of fresh seeded layouts with their full states, for the backbone state probe (`meta_state_frames`), and
     with the expert's chunk from each frame for the Action Expert (`meta_state_frame_action_weight`).
@@ -386,6 +419,30 @@ class StateFrames:
             self.task_rows[t] = np.arange(start, start + len(frames[t]["image"]))
             start += len(frames[t]["image"])
         self.weights: np.ndarray | None = None  # [N, F] per-row error weights (`weigh_by_task`)
+        self.row_p: np.ndarray | None = None  # [N] draw probabilities (`weigh_draws`); None: uniform
+
+    def weigh_draws(self, task_weights: dict[str, float]) -> dict[str, float]:
+        """Draw each task's frames with its share `task_weights.get(task, 1)` / sum of every task's weight (uniform
+        within the task); returns the shares."""
+        unknown = sorted(set(task_weights) - set(self.task_rows))
+        if unknown:
+            raise ValueError(
+                f"StateFrames.weigh_draws: tasks {unknown} have no frames (tasks: {list(self.task_rows)})"
+            )
+        w = {t: float(task_weights.get(t, 1.0)) for t in self.task_rows}
+        total = sum(w.values())
+        if total <= 0:
+            raise ValueError(f"StateFrames.weigh_draws: the task weights {w} sum to 0; give some task a weight > 0")
+        self.row_p = np.zeros(len(self))
+        for t, rows in self.task_rows.items():
+            self.row_p[rows] = w[t] / total / len(rows)
+        return {t: w[t] / total for t in self.task_rows}
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """n row indices: uniform over frames, or by the task shares of `weigh_draws`."""
+        if self.row_p is None:
+            return rng.integers(0, len(self), n)
+        return rng.choice(len(self), size=n, p=self.row_p)
 
     def weigh_by_task(self, mean: np.ndarray, std: np.ndarray, min_var: float = 1e-4) -> None:
         """Weigh every frame's probe error by the inverse variance of each dimension within its task, in the
@@ -545,8 +602,7 @@ def train_stage(
         """The losses on a fresh draw of frames, with "loss": the state probe's error (weight 1 in the probe stage,
         meta_state_weight beside a joint step) plus meta_state_frame_action_weight × the action loss on labelled
         frames."""
-        draw = rng.integers(0, len(frames), frame_batch)
-        out = policy.frame_losses(frames.batch(draw), noise=cfg.meta_state_frame_noise)
+        out = policy.frame_losses(frames.batch(frames.draw(rng, frame_batch)), noise=cfg.meta_state_frame_noise)
         probe_weight = 1.0 if stage == "probe" else cfg.meta_state_weight
         out["loss"] = probe_weight * out["loss/meta_state_frames"]
         if "loss/action_frames" in out:
@@ -671,6 +727,10 @@ def main(argv: list[str] | None = None) -> None:
         frames = StateFrames.collect(ep_ds, windows, cfg, image_size)
         if cfg.meta_state_frame_norm == "task":
             frames.weigh_by_task(policy.full_state_mean.numpy(), policy.full_state_std.numpy())
+        if cfg.meta_state_frame_task_weights:
+            tasks = list(frames.task_rows)
+            shares = frames.weigh_draws(parse_task_weights(cfg.meta_state_frame_task_weights, tasks))
+            logger.info("state-probe frame draws by task: %s", {t: round(v, 3) for t, v in shares.items()})
         logger.info("state-probe frames: %d (%d per task, seeds %d+, up to %d random and %d expert steps, %s)",
                     len(frames), cfg.meta_state_frames, cfg.meta_state_frame_seed, cfg.meta_state_frame_steps,
                     cfg.meta_state_frame_expert_steps,

@@ -186,6 +186,48 @@ def test_labelled_state_frames_carry_their_own_subtasks_and_expert_chunks():
         mod.StateFrames(frames)
 
 
+def test_state_frame_draws_follow_the_task_weights():
+    mod = load_recipe()
+    frames = {
+        task: {"image": np.zeros((n, IMG, IMG, 3), np.uint8), "state": np.zeros((n, 4), np.float32),
+               "full_state": np.zeros((n, 39), np.float32), "instruction": [task] * n}
+        for task, n in [("push-v3", 100), ("reach-v3", 10), ("door-open-v3", 50)]
+    }  # fmt: skip
+    sf = mod.StateFrames(frames, {"push-v3": "a", "reach-v3": "b", "door-open-v3": "c"})
+    uniform = sf.draw(np.random.default_rng(0), 8)
+    np.testing.assert_array_equal(uniform, np.random.default_rng(0).integers(0, 160, 8))  # as before weights existed
+    shares = sf.weigh_draws(mod.parse_task_weights(["reach-v3=6", "push-v3=2"], list(frames)))
+    assert shares == pytest.approx({"push-v3": 2 / 9, "reach-v3": 6 / 9, "door-open-v3": 1 / 9})
+    rows = sf.draw(np.random.default_rng(0), 9000)
+    task_of = np.repeat([0, 1, 2], [100, 10, 50])[rows]
+    np.testing.assert_allclose(np.bincount(task_of) / 9000, [2 / 9, 6 / 9, 1 / 9], atol=0.02)
+    assert len(np.unique(rows[task_of == 1])) == 10  # uniform within a task: all of reach's frames come up
+    with pytest.raises(ValueError, match="sum to 0"):
+        sf.weigh_draws({"push-v3": 0, "reach-v3": 0, "door-open-v3": 0})
+
+
+@pytest.mark.parametrize(
+    "items, match",
+    [
+        (["reach-v3"], "expected TASK=W"),
+        (["reach-v3=-1"], "expected TASK=W with W ≥ 0"),
+        (["reach-v3=x"], "expected TASK=W"),
+        (["reach-v3=2", "reach-v3=3"], "given twice"),
+        (["pick-place-v3=2"], "not among the frames' tasks"),
+    ],
+)
+def test_task_weight_errors_name_the_entry(items, match):
+    mod = load_recipe()
+    with pytest.raises(ValueError, match=match):
+        mod.parse_task_weights(items, ["reach-v3", "push-v3"])
+
+
+def test_malformed_task_weights_fail_at_config_time():
+    mod = load_recipe()
+    with pytest.raises(ValueError, match="'reach-v3:6'"):
+        mod.SFTWLAConfig(meta_state_weight=1.0, meta_state_frames=5, meta_state_frame_task_weights=["reach-v3:6"])
+
+
 def test_state_frames_weigh_each_dimension_by_its_variance_within_the_task():
     mod = load_recipe()
     rng = np.random.default_rng(0)
@@ -272,11 +314,13 @@ def test_debug_run_with_state_frames(tmp_path, labelled):
         "--meta_state_pre_steps", "4", "--meta_state_frame_noise", "false", "--meta_state_frame_batch", "5",
     ]  # fmt: skip
     if labelled:
-        args += ["--meta_state_frame_action_weight", "0.5", "--meta_state_frame_expert_steps", "5"]
+        args += ["--meta_state_frame_action_weight", "0.5", "--meta_state_frame_expert_steps", "5",
+                 "--meta_state_frame_task_weights", "reach-v3=3"]  # fmt: skip
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "state-probe frames: 6 (3 per task" in proc.stderr
     assert ("with expert chunks" in proc.stderr) == labelled
+    assert ("state-probe frame draws by task: {'push-v3': 0.25, 'reach-v3': 0.75}" in proc.stderr) == labelled
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     joint = [r for r in rows if r["stage"] == "joint"]
     assert all(np.isfinite(r["loss/meta_state_frames"]) and r["loss/meta_state_frames"] > 0 for r in joint)
@@ -319,6 +363,9 @@ class _Frames:
 
     def __len__(self) -> int:
         return 20
+
+    def draw(self, rng, n):
+        return rng.integers(0, len(self), n)
 
     def batch(self, idx):
         return {"image": idx} | ({"actions": idx} if self.actions else {})

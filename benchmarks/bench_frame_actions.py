@@ -10,7 +10,11 @@ next chunk. Two seed ranges: the first frames an SFT with `meta_state_frame_seed
 seeds 20020+, which no SFT or demonstration uses ("held-out"). Every policy acts greedily once per frame; its chunk is
 compared with the expert's: the median cosine between the two chunks' mean x / y / z motion, the R² of the expert's
 mean motion by the policy's, and the MSE over the whole chunk. Equal numbers on both ranges mean the policy does not
-recall its training frames; a high cosine with a low success means the direction is right and the precision is not.
+recall its training frames.
+
+Much of the expert's motion follows from where the hand is, which the robot state gives. So the same numbers are
+also given for the first action alone against a goal-blind expert: the clean expert acting from the same state with
+the goal replaced by the mean goal of the frames. A policy that reads the goal beats it; one that does not, does not.
 """
 
 from __future__ import annotations
@@ -27,6 +31,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SEEDS = {"train": 100_000, "held-out": 20_020}
+GOAL = slice(36, 39)  # the goal in Meta-World's 39-d observation, which the scripted experts read
+
+
+def goal_blind_actions(task: str, full_states: np.ndarray) -> np.ndarray:
+    """[N, 1, 4] first actions of the clean expert from `full_states` [N, 39] with every goal set to their mean."""
+    from rollout.experts import ScriptedExpert
+
+    expert = ScriptedExpert(task, "clean")
+    blind = np.array(full_states, dtype=np.float64)
+    blind[:, GOAL] = blind[:, GOAL].mean(0)
+    return np.stack([expert.clean_action(fs) for fs in blind])[:, None]
 
 
 def chunk_agreement(policy: np.ndarray, expert: np.ndarray) -> dict[str, float]:
@@ -82,17 +97,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         expert_steps=args.expert_steps, action_chunk=key[1], progress=False,
                     )  # fmt: skip
                 frames = rendered[key]
-                got = chunk_agreement(greedy_chunks(policy, frames, task), frames["action"])
-                rows.append({"policy": path, "task": task, "seeds": f"{name} ({first}+)", "frames": args.n, **got})
+                chunks, expert = greedy_chunks(policy, frames, task), frames["action"]
+                first_action = chunk_agreement(chunks[:, :1], expert[:, :1])
+                blind = chunk_agreement(goal_blind_actions(task, frames["full_state"]), expert[:, :1])
+                rows.append({
+                    "policy": path, "task": task, "seeds": f"{name} ({first}+)", "frames": args.n,
+                    **chunk_agreement(chunks, expert),
+                    **{f"first_{k}": v for k, v in first_action.items()},
+                    **{f"blind_first_{k}": v for k, v in blind.items()},
+                })  # fmt: skip
                 print(rows[-1], flush=True)
     lines = [
         f"{args.camera}, {args.n} frames per task and seed range (up to {args.random_steps} random then up to "
         f"{args.expert_steps} clean expert steps after the reset); the greedy chunk against the clean expert's.",
         "",
-        "| policy | task | seeds | cos of mean motion (median) | R² of the expert's mean motion | chunk MSE |",
-        "|---|---|---|---|---|---|",
+        "| policy | task | seeds | chunk: cos of mean motion (median) | chunk: R² of the expert's mean motion | "
+        "chunk MSE | first action: cos / R² | goal-blind expert's first action: cos / R² |",
+        "|---|---|---|---|---|---|---|---|",
         *[f"| `{r['policy']}` | {r['task']} | {r['seeds']} | {r['cos_median']:.2f} | {r['r2_motion']:.2f} | "
-          f"{r['mse']:.3f} |" for r in rows],
+          f"{r['mse']:.3f} | {r['first_cos_median']:.2f} / {r['first_r2_motion']:.2f} | "
+          f"{r['blind_first_cos_median']:.2f} / {r['blind_first_r2_motion']:.2f} |" for r in rows],
     ]  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -132,6 +132,13 @@ class SFTWLAConfig:
             "is taken, so that frames also lie along the expert's way to the goal (0: none)."
         },
     )
+    meta_state_frame_target_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Up to this many steps towards a random workspace point after the random ones (before the "
+            "expert's), so that the hand's position in a frame tells nothing of the goal (0: none)."
+        },
+    )
     meta_state_frame_action_weight: float = field(
         default=0.0,
         metadata={
@@ -239,9 +246,12 @@ class SFTWLAConfig:
             )
         if self.meta_state_frame_batch < 0:
             raise ValueError(f"meta_state_frame_batch={self.meta_state_frame_batch}: expected ≥ 0 (0: batch_size)")
-        if self.meta_state_frame_expert_steps < 0 or self.meta_state_frame_action_weight < 0:
+        if min(self.meta_state_frame_expert_steps, self.meta_state_frame_target_steps) < 0 or (
+            self.meta_state_frame_action_weight < 0
+        ):
             raise ValueError(
-                f"meta_state_frame_expert_steps={self.meta_state_frame_expert_steps}, meta_state_frame_action_weight="
+                f"meta_state_frame_expert_steps={self.meta_state_frame_expert_steps}, meta_state_frame_target_steps="
+                f"{self.meta_state_frame_target_steps}, meta_state_frame_action_weight="
                 f"{self.meta_state_frame_action_weight}: expected ≥ 0 (0: off)"
             )
         parse_task_weights(self.meta_state_frame_task_weights)  # a malformed entry fails here, not after rendering
@@ -475,6 +485,7 @@ class StateFrames:
         labelled = cfg.meta_state_frame_action_weight > 0
         render = partial(state_frames, seeds=seeds, image_size=image_size, camera=camera,
                          random_steps=cfg.meta_state_frame_steps, expert_steps=cfg.meta_state_frame_expert_steps,
+                         target_steps=cfg.meta_state_frame_target_steps,
                          action_chunk=cfg.chunk_size if labelled else 0)  # fmt: skip
         workers = min(cfg.meta_state_frame_workers, len(tasks))
         if workers > 1:
@@ -731,9 +742,9 @@ def main(argv: list[str] | None = None) -> None:
             tasks = list(frames.task_rows)
             shares = frames.weigh_draws(parse_task_weights(cfg.meta_state_frame_task_weights, tasks))
             logger.info("state-probe frame draws by task: %s", {t: round(v, 3) for t, v in shares.items()})
-        logger.info("state-probe frames: %d (%d per task, seeds %d+, up to %d random and %d expert steps, %s)",
-                    len(frames), cfg.meta_state_frames, cfg.meta_state_frame_seed, cfg.meta_state_frame_steps,
-                    cfg.meta_state_frame_expert_steps,
+        logger.info("state-probe frames: %d (%d per task, seeds %d+, up to %d random, %d target and %d expert steps, "
+                    "%s)", len(frames), cfg.meta_state_frames, cfg.meta_state_frame_seed, cfg.meta_state_frame_steps,
+                    cfg.meta_state_frame_target_steps, cfg.meta_state_frame_expert_steps,
                     "with expert chunks" if frames.actions is not None else "no action labels")  # fmt: skip
     train_stage(policy, windows, cfg, "tokenizer", cfg.tokenizer_steps, log, rng)
     train_stage(policy, windows, cfg, "probe", cfg.meta_state_pre_steps, log, rng, frames)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from rollout.experts import NOISE_MODES, NoiseSpec, ScriptedExpert
+from rollout.experts import NOISE_MODES, WORKSPACE_HIGH, WORKSPACE_LOW, NoiseSpec, ScriptedExpert
 from rollout.sims.metaworld import resolve_tasks
 
 
@@ -319,15 +319,19 @@ def state_frames(
     progress: bool = True,
     expert_steps: int = 0,
     action_chunk: int = 0,
+    target_steps: int = 0,
 ) -> dict[str, Any]:
     """One frame per seeded layout of `task`, with the simulator state it shows: training data for a state probe
     that must read goals and objects from the frame (every frame a new layout, so nothing can be recalled by episode).
 
     Each layout is reset from its seed; with `random_steps` > 0 the arm then takes k uniform random actions, k drawn
     from 0 … random_steps by a generator seeded with the layout's seed (hand positions and occlusions as in an
-    episode). With `expert_steps` > 0 the clean scripted expert (`rollout.experts`) then takes j steps, j drawn from
-    0 … expert_steps by the same generator, so that frames also lie along the expert's way to the goal. The random
-    steps are drawn first, so frames with `expert_steps` 0 are those of the same seeds without it.
+    episode). With `target_steps` > 0 the hand then heads for a random point of the workspace (the wrong-target box of
+    `rollout.experts`) for m steps, m drawn from 0 … target_steps, so that where the hand is tells nothing of the goal.
+    With `expert_steps` > 0 the clean scripted expert (`rollout.experts`) then takes j steps, j drawn from 0 …
+    expert_steps by the same generator, so that frames also lie along the expert's way to the goal. The draws come in
+    that order and only for the options that are on, so frames without the later options are those of the same seeds
+    without them.
 
     With `action_chunk` H > 0 every frame is also labelled with the clean expert's next H actions, taken from the
     frame's state by stepping the simulator after the frame is rendered (the frame is unchanged): one expert chunk per
@@ -350,17 +354,19 @@ def state_frames(
         raise ValueError(f"state_frames({task!r}): expected at least one seed")
     for name, value in (
         ("random_steps", random_steps),
+        ("target_steps", target_steps),
         ("expert_steps", expert_steps),
         ("action_chunk", action_chunk),
     ):
         if value < 0:
             raise ValueError(f"state_frames: {name}={value}: expected ≥ 0 (0 = off)")
     env = MetaWorldEnv(task, image_size=image_size, camera=camera, render_images=False)
-    if random_steps + expert_steps + action_chunk > env.max_episode_steps:
+    if random_steps + target_steps + expert_steps + action_chunk > env.max_episode_steps:
         env.close()
         raise ValueError(
-            f"state_frames({task!r}): random_steps + expert_steps + action_chunk = "
-            f"{random_steps + expert_steps + action_chunk} steps may run past the episode's {env.max_episode_steps}"
+            f"state_frames({task!r}): random_steps + target_steps + expert_steps + action_chunk = "
+            f"{random_steps + target_steps + expert_steps + action_chunk} steps may run past the episode's "
+            f"{env.max_episode_steps}"
         )
     expert = ScriptedExpert(task, "clean")
     out: dict[str, list] = {"image": [], "state": [], "full_state": [], "instruction": [], "subtask": [], "action": []}
@@ -372,6 +378,13 @@ def state_frames(
             for _ in range(int(rng.integers(0, random_steps + 1)) if random_steps else 0):
                 obs, *_ = env.step(rng.uniform(-1.0, 1.0, 4).astype(np.float32))
                 subtask = expert.subtask(env.full_state)
+            if target_steps:
+                steps, target = int(rng.integers(0, target_steps + 1)), rng.uniform(WORKSPACE_LOW, WORKSPACE_HIGH)
+                grip = float(rng.choice([-1.0, 1.0]))
+                for _ in range(steps):
+                    delta = np.clip(10.0 * (target - env.full_state[:3]), -1.0, 1.0)
+                    obs, *_ = env.step(np.append(delta, grip).astype(np.float32))
+                    subtask = expert.subtask(env.full_state)
             for _ in range(int(rng.integers(0, expert_steps + 1)) if expert_steps else 0):
                 obs, *_ = env.step(expert.clean_action(env.full_state))
                 subtask = expert.subtask(env.full_state)

@@ -151,8 +151,8 @@ def subtask_phases(task_name: str) -> list[str]:
 SUBTASK_RULES: dict[str, list[str]] = {task: subtask_phases(task) for task in TASK_SUBTASKS}
 
 # Wrong-target points are drawn from this box (the reachable part of Meta-World's hand space), metres.
-_WORKSPACE_LOW = np.array([-0.3, 0.4, 0.05])
-_WORKSPACE_HIGH = np.array([0.3, 0.9, 0.3])
+WORKSPACE_LOW = np.array([-0.3, 0.4, 0.05])
+WORKSPACE_HIGH = np.array([0.3, 0.9, 0.3])
 
 
 class SubtaskLabeler:
@@ -330,7 +330,7 @@ class ScriptedExpert:
 
     def _start_segment(self, length: int) -> None:
         self._segment_left = int(length)
-        self._target = self._rng.uniform(_WORKSPACE_LOW, _WORKSPACE_HIGH)
+        self._target = self._rng.uniform(WORKSPACE_LOW, WORKSPACE_HIGH)
         self._grip = float(self._rng.choice([-1.0, 1.0]))
 
 

@@ -12,9 +12,14 @@ compared with the expert's: the median cosine between the two chunks' mean x / y
 mean motion by the policy's, and the MSE over the whole chunk. Equal numbers on both ranges mean the policy does not
 recall its training frames.
 
-Much of the expert's motion follows from where the hand is, which the robot state gives. So the same numbers are
-also given for the first action alone against a goal-blind expert: the clean expert acting from the same state with
-the goal replaced by the mean goal of the frames. A policy that reads the goal beats it; one that does not, does not.
+Much of the expert's motion follows from where the hand is, which the robot state gives. Two goal-blind references:
+the clean expert's first action from the same state with the goal replaced by the frames' mean goal, and a
+nearest-neighbour regressor (k = 10) from the hand's position to the expert's mean motion, fitted on the "train"
+frames and scored on the held-out ones. The second catches a shortcut of frames along the expert's way: the hand's
+offset from its start already points at the goal. A policy that reads the goal beats both.
+
+With `--episodes` (datasets of `collect_policy_episodes.py`) it also scores the closed loop: the recorded action
+against the clean expert's at every state the policy visited, by the hand's distance to the goal.
 """
 
 from __future__ import annotations
@@ -55,6 +60,42 @@ def chunk_agreement(policy: np.ndarray, expert: np.ndarray) -> dict[str, float]:
     return {"cos_median": float(np.median(cos)), "r2_motion": float(r2), "mse": float(((policy - expert) ** 2).mean())}
 
 
+def hand_knn_r2(train: dict, test: dict, k: int = 10) -> float:
+    """R² of the expert's mean x / y / z motion on `test` frames predicted from the hand's position alone: the mean
+    motion of the k `train` frames whose hands are nearest."""
+    h_train, h_test = train["full_state"][:, :3], test["full_state"][:, :3]
+    m_train, m_test = train["action"][:, :, :3].mean(1), test["action"][:, :, :3].mean(1)
+    d = ((h_test[:, None] - h_train[None]) ** 2).sum(-1)
+    pred = m_train[np.argsort(d, axis=1)[:, :k]].mean(1)
+    return float(1 - ((pred - m_test) ** 2).sum() / max(float(((m_test - m_test.mean(0)) ** 2).sum()), 1e-12))
+
+
+def closed_loop(path: str, bins=(0.0, 0.05, 0.10, 0.15, 0.20, np.inf)) -> list[dict]:
+    """Per task of the episodes at `path`: median cosine of the recorded action's x / y / z against the clean
+    expert's at every visited state, overall and by the hand's distance to the goal (metres, `bins`)."""
+    from rollout.experts import ScriptedExpert
+    from wlarl.data import load_episodes
+
+    ep = load_episodes(path)
+    full, action, names = (np.asarray(ep.dataset["full_state"]), np.asarray(ep.dataset["action"]),
+                           ep.dataset["task_name"])  # fmt: skip
+    rows = []
+    for task in sorted(set(names)):
+        expert = ScriptedExpert(task, "clean")
+        t = np.array([i for s, e in ep.episode_ranges if names[s] == task for i in range(s, e - 1)])
+        want = np.stack([expert.clean_action(fs) for fs in full[t]])[:, :3]
+        got = action[t, :3]
+        cos = (got * want).sum(1) / np.maximum(np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1), 1e-8)
+        dist = np.linalg.norm(full[t, :3] - full[t, GOAL], axis=1)
+        row = {"episodes": path, "task": task, "states": len(t), "cos_median": float(np.median(cos))}
+        for lo, hi in zip(bins[:-1], bins[1:]):
+            m = (dist >= lo) & (dist < hi)
+            label = f"{100 * lo:.0f}-{100 * hi:.0f} cm" if np.isfinite(hi) else f"≥ {100 * lo:.0f} cm"
+            row[label] = (float(np.median(cos[m])) if m.any() else float("nan"), int(m.sum()))
+        rows.append(row)
+    return rows
+
+
 def greedy_chunks(policy, frames: dict, task: str, batch: int = 100) -> np.ndarray:
     from wlarl.types import Observation
 
@@ -77,7 +118,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--camera", default="corner")
     ap.add_argument("--n", type=int, default=200, help="frames per task and seed range")
     ap.add_argument("--random_steps", type=int, default=30)
+    ap.add_argument("--target_steps", type=int, default=0)
     ap.add_argument("--expert_steps", type=int, default=60)
+    ap.add_argument("--episodes", nargs="*", default=[], help="policy episodes for the closed-loop check")
     ap.add_argument("--out", default="runs/bench_frame_actions")
     args = ap.parse_args(argv)
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -85,8 +128,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from wlarl.models.wla import WLAPolicy
 
     policies = [WLAPolicy.from_pretrained(p).eval() for p in args.policy_paths]
-    rows = []
+    rows, knn = [], {}
     for task in args.tasks:
+        by_range = {}
         for name, first in SEEDS.items():
             rendered = {}  # frames per image size and chunk length: the same for every policy
             for path, policy in zip(args.policy_paths, policies):
@@ -94,9 +138,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 if key not in rendered:
                     rendered[key] = state_frames(
                         task, range(first, first + args.n), key[0], args.camera, random_steps=args.random_steps,
-                        expert_steps=args.expert_steps, action_chunk=key[1], progress=False,
+                        target_steps=args.target_steps, expert_steps=args.expert_steps, action_chunk=key[1],
+                        progress=False,
                     )  # fmt: skip
-                frames = rendered[key]
+                frames = by_range[name] = rendered[key]
                 chunks, expert = greedy_chunks(policy, frames, task), frames["action"]
                 first_action = chunk_agreement(chunks[:, :1], expert[:, :1])
                 blind = chunk_agreement(goal_blind_actions(task, frames["full_state"]), expert[:, :1])
@@ -107,9 +152,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     **{f"blind_first_{k}": v for k, v in blind.items()},
                 })  # fmt: skip
                 print(rows[-1], flush=True)
+        knn[task] = hand_knn_r2(by_range["train"], by_range["held-out"])
+    loops = [row for path in args.episodes for row in closed_loop(path)]
     lines = [
-        f"{args.camera}, {args.n} frames per task and seed range (up to {args.random_steps} random then up to "
-        f"{args.expert_steps} clean expert steps after the reset); the greedy chunk against the clean expert's.",
+        f"{args.camera}, {args.n} frames per task and seed range (up to {args.random_steps} random, up to "
+        f"{args.target_steps} random-target, then up to {args.expert_steps} clean expert steps after the reset); the "
+        "greedy chunk against the clean expert's.",
         "",
         "| policy | task | seeds | chunk: cos of mean motion (median) | chunk: R² of the expert's mean motion | "
         "chunk MSE | first action: cos / R² | goal-blind expert's first action: cos / R² |",
@@ -117,10 +165,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
         *[f"| `{r['policy']}` | {r['task']} | {r['seeds']} | {r['cos_median']:.2f} | {r['r2_motion']:.2f} | "
           f"{r['mse']:.3f} | {r['first_cos_median']:.2f} / {r['first_r2_motion']:.2f} | "
           f"{r['blind_first_cos_median']:.2f} / {r['blind_first_r2_motion']:.2f} |" for r in rows],
+        "",
+        "Hand-only nearest neighbours (fitted on the train frames), R² of the expert's mean motion on the held-out "
+        "frames: " + ", ".join(f"{t} {v:.2f}" for t, v in knn.items()) + ".",
     ]  # fmt: skip
+    if loops:
+        bands = [k for k in loops[0] if k.endswith("cm")]
+        lines += [
+            "", "Closed loop: median cosine of the recorded action against the clean expert's at the visited states "
+            "(states in brackets), by the hand's distance to the goal.", "",
+            "| episodes | task | states | all | " + " | ".join(bands) + " |", "|---|---|---|---|" + "---|" * len(bands),
+            *[f"| `{r['episodes']}` | {r['task']} | {r['states']} | {r['cos_median']:.2f} | "
+              + " | ".join(f"{r[b][0]:.2f} ({r[b][1]})" for b in bands) + " |" for r in loops],
+        ]  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "frame_actions.json").write_text(json.dumps(rows, indent=2))
+    (out / "frame_actions.json").write_text(json.dumps({"frames": rows, "hand_knn_r2": knn, "closed_loop": loops},
+                                                       indent=2))  # fmt: skip
     (out / "frame_actions.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return rows

@@ -93,6 +93,20 @@ def test_expert_steps_take_frames_along_the_way_to_the_goal():
     assert along["subtask"] == ["move the gripper to the goal"] * 10
 
 
+def test_target_steps_spread_the_hand_over_the_workspace():
+    seeds = range(400, 440)
+    near = state_frames("reach-v3", seeds, image_size=32, random_steps=10, progress=False)
+    spread = state_frames("reach-v3", seeds, image_size=32, random_steps=10, target_steps=40, progress=False)
+    again = state_frames("reach-v3", seeds, image_size=32, random_steps=10, target_steps=40, progress=False)
+    np.testing.assert_array_equal(spread["image"], again["image"])
+    np.testing.assert_allclose(spread["full_state"][:, GOAL], near["full_state"][:, GOAL], atol=1e-6)  # same layouts
+    assert (spread["state"][:, :3].std(0) > 2 * near["state"][:, :3].std(0)).all()
+    # the hand's offset from the start does not point at the goal
+    move, to_goal = spread["state"][:, :3] - near["state"][:, :3], spread["full_state"][:, GOAL] - near["state"][:, :3]
+    cos = (move * to_goal).sum(1) / (np.linalg.norm(move, axis=1) * np.linalg.norm(to_goal, axis=1) + 1e-9)
+    assert abs(np.median(cos[np.linalg.norm(move, axis=1) > 0.02])) < 0.5
+
+
 def test_bad_arguments_say_what_was_expected():
     with pytest.raises(ValueError, match="at least one seed"):
         state_frames("reach-v3", [], progress=False)
@@ -100,5 +114,7 @@ def test_bad_arguments_say_what_was_expected():
         state_frames("reach-v3", [0], random_steps=-1, progress=False)
     with pytest.raises(ValueError, match="expert_steps=-2"):
         state_frames("reach-v3", [0], expert_steps=-2, progress=False)
+    with pytest.raises(ValueError, match="target_steps=-3"):
+        state_frames("reach-v3", [0], target_steps=-3, progress=False)
     with pytest.raises(ValueError, match=r"= 160 steps may run past the episode's 150"):
         state_frames("reach-v3", [0], random_steps=100, expert_steps=52, action_chunk=8, progress=False)

@@ -255,6 +255,11 @@ class SFTWLAConfig:
                 f"{self.meta_state_frame_action_weight}: expected ≥ 0 (0: off)"
             )
         parse_task_weights(self.meta_state_frame_task_weights)  # a malformed entry fails here, not after rendering
+        if self.meta_state_frame_action_weight > 0 and self.meta_state_frames <= 0:
+            raise ValueError(
+                f"meta_state_frame_action_weight={self.meta_state_frame_action_weight} trains the Action Expert on the "
+                f"state-probe frames: it needs meta_state_frames > 0 (got {self.meta_state_frames})"
+            )
         if self.meta_state_pre_steps < 0:
             raise ValueError(f"meta_state_pre_steps={self.meta_state_pre_steps}: expected ≥ 0")
         if self.meta_state_pre_steps > 0 and self.meta_state_frames <= 0:

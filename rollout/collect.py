@@ -330,14 +330,13 @@ def state_frames(
     `rollout.experts`) for m steps, m drawn from 0 … target_steps, so that where the hand is tells nothing of the goal.
     With `expert_steps` > 0 the clean scripted expert (`rollout.experts`) then takes j steps, j drawn from 0 …
     expert_steps by the same generator, so that frames also lie along the expert's way to the goal. The draws come in
-    that order and only for the options that are on, so frames without the later options are those of the same seeds
-    without them.
+    that order, each only when its option is on, so an option left at 0 leaves the frames of the others unchanged.
 
     With `action_chunk` H > 0 every frame is also labelled with the clean expert's next H actions, taken from the
     frame's state by stepping the simulator after the frame is rendered (the frame is unchanged): one expert chunk per
     fresh layout, for a policy's action loss. Every frame carries the subtask label of `rollout.experts`' rules,
     followed from the reset through the steps before it. Deterministic in (task, seeds, image_size, camera,
-    random_steps, expert_steps).
+    random_steps, target_steps, expert_steps).
 
     Returns:
         {"image": uint8 [N, H, W, 3], "state": float32 [N, 4], "full_state": float32 [N, 39],

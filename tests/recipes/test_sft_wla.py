@@ -273,6 +273,8 @@ def test_state_frame_settings_are_checked():
         mod.SFTWLAConfig(meta_state_weight=1.0, meta_state_frames=5, meta_state_pre_steps=-1)
     with pytest.raises(ValueError, match="meta_state_frame_action_weight=-0.5"):
         mod.SFTWLAConfig(meta_state_weight=1.0, meta_state_frames=5, meta_state_frame_action_weight=-0.5)
+    with pytest.raises(ValueError, match="it needs meta_state_frames > 0"):
+        mod.SFTWLAConfig(meta_state_weight=1.0, meta_state_frame_action_weight=1.0)
 
 
 @pytest.mark.metaworld

@@ -148,6 +148,14 @@ class SFTWLAConfig:
             "their task's demonstrations start with)."
         },
     )
+    meta_state_frame_dims: list[int] = field(
+        default_factory=list,
+        metadata={
+            "help": "Full-state dimensions the probe's error on the frames counts (e.g. [4, 5, 6, 36, 37, 38]: the "
+            "object's and the goal's positions); the others weigh 0, so that what one frame cannot tell (a knocked "
+            "object's orientation, the previous frame's state) does not take the probe's capacity (empty: all)."
+        },
+    )
     meta_state_frame_task_weights: list[str] = field(
         default_factory=list,
         metadata={
@@ -435,6 +443,19 @@ class StateFrames:
             start += len(frames[t]["image"])
         self.weights: np.ndarray | None = None  # [N, F] per-row error weights (`weigh_by_task`)
         self.row_p: np.ndarray | None = None  # [N] draw probabilities (`weigh_draws`); None: uniform
+
+    def keep_dims(self, dims: list[int]) -> None:
+        """Count only the full-state dimensions `dims` in the probe's error (the per-row weights of the others are 0;
+        on top of `weigh_by_task`'s weights where they are set)."""
+        size = self.full_states.shape[1]
+        bad = [d for d in dims if not 0 <= int(d) < size]
+        if bad or not dims:
+            raise ValueError(
+                f"meta_state_frame_dims {list(dims)}: expected indices in 0 … {size - 1} (the full state)"
+            )
+        mask = np.zeros(size, np.float32)
+        mask[list(map(int, dims))] = 1.0
+        self.weights = (np.ones_like(self.full_states) if self.weights is None else self.weights) * mask
 
     def weigh_draws(self, task_weights: dict[str, float]) -> dict[str, float]:
         """Draw each task's frames with its share `task_weights.get(task, 1)` / sum of every task's weight (uniform
@@ -743,6 +764,11 @@ def main(argv: list[str] | None = None) -> None:
         frames = StateFrames.collect(ep_ds, windows, cfg, image_size)
         if cfg.meta_state_frame_norm == "task":
             frames.weigh_by_task(policy.full_state_mean.numpy(), policy.full_state_std.numpy())
+        if cfg.meta_state_frame_dims:
+            frames.keep_dims(cfg.meta_state_frame_dims)
+            logger.info(
+                "state-probe frames: the probe's error counts full-state dimensions %s", cfg.meta_state_frame_dims
+            )
         if cfg.meta_state_frame_task_weights:
             tasks = list(frames.task_rows)
             shares = frames.weigh_draws(parse_task_weights(cfg.meta_state_frame_task_weights, tasks))

@@ -242,10 +242,20 @@ def test_state_frames_weigh_each_dimension_by_its_variance_within_the_task():
     }  # fmt: skip
     sf = mod.StateFrames(frames, {"push-v3": "a", "reach-v3": "b"})
     assert "full_state_weight" not in sf.batch(np.array([0]))
+    sf.keep_dims([1])  # without task weights: a 0/1 mask
+    assert sf.batch(np.array([0]))["full_state_weight"][0].tolist() == [0.0, 1.0] + [0.0] * 37
+    sf.weights = None
     sf.weigh_by_task(np.zeros(39), np.ones(39))
     w = sf.batch(np.array([0, 400]))["full_state_weight"].numpy()  # a push row, a reach row
     np.testing.assert_allclose(w[:, 0], [1 / 0.1**2, 1 / 2.0**2], rtol=0.15)
     assert w[1, 1] == 0 and (w[:, 2:] == 0).all()  # constant within the task: weight 0
+    # only the kept dimensions count, on top of the task weights
+    before = sf.weights.copy()
+    sf.keep_dims([0, 2])
+    np.testing.assert_array_equal(sf.weights[:, 0], before[:, 0])
+    assert (sf.weights[:, 1] == 0).all() and (sf.weights[:, 3:] == 0).all()
+    with pytest.raises(ValueError, match=r"meta_state_frame_dims \[39\]: expected indices in 0 … 38"):
+        sf.keep_dims([39])
     # in the probe's normalisation: a dimension scaled by 10 there weighs 100 times more
     std = np.ones(39)
     std[0] = 0.1

@@ -359,6 +359,7 @@ def state_frames(
     ):
         if value < 0:
             raise ValueError(f"state_frames: {name}={value}: expected ≥ 0 (0 = off)")
+    expert = ScriptedExpert(task, "clean")
     env = MetaWorldEnv(task, image_size=image_size, camera=camera, render_images=False)
     if random_steps + target_steps + expert_steps + action_chunk > env.max_episode_steps:
         env.close()
@@ -367,7 +368,6 @@ def state_frames(
             f"{random_steps + target_steps + expert_steps + action_chunk} steps may run past the episode's "
             f"{env.max_episode_steps}"
         )
-    expert = ScriptedExpert(task, "clean")
     out: dict[str, list] = {"image": [], "state": [], "full_state": [], "instruction": [], "subtask": [], "action": []}
     try:
         for seed in tqdm(seeds, desc=f"{task} state frames", unit="frame", disable=not progress, leave=False):

@@ -21,11 +21,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_frame_actions import greedy_chunks  # noqa: E402
 from bench_goal_learning import FIRST_SEED, GOAL, probe_goals  # noqa: E402
 
 HAND = slice(0, 3)  # the hand's position in the 39-d full state
@@ -50,7 +50,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     os.environ.setdefault("MUJOCO_GL", "egl")
     from rollout.collect import state_frames
     from wlarl.models.wla import WLAPolicy
-    from wlarl.types import Observation
 
     first = FIRST_SEED + 20
     rows, rendered = [], {}  # frames per image size: the same resets for every policy
@@ -61,15 +60,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rendered[size] = state_frames(args.task, range(first, first + args.n), size, args.camera)
         f = rendered[size]
         hand, goal = f["full_state"][:, HAND], f["full_state"][:, GOAL]
-        actions = []
-        with torch.no_grad():
-            for i in range(0, args.n, 100):
-                obs = Observation(
-                    images=torch.from_numpy(f["image"][i : i + 100]), states=torch.from_numpy(f["state"][i : i + 100]),
-                    instructions=f["instruction"][i : i + 100], task_names=[args.task] * len(f["image"][i : i + 100]),
-                ).to(policy.device)  # fmt: skip
-                actions.append(policy.act(obs, sample=False).actions[:, :, :3].mean(1).float().cpu().numpy())
-        a = np.concatenate(actions)
+        a = greedy_chunks(policy, f, args.task)[:, :, :3].mean(1)
         read = probe_goals(policy, f["image"], f["state"], f["instruction"], args.task).numpy()
         rows.append({
             "policy": path, "frames": args.n,

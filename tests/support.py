@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 
@@ -18,3 +19,8 @@ def load_script(path, name: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def load_benchmark(name: str):
+    """Import `benchmarks/<name>.py` (see `load_script`)."""
+    return load_script(Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py", f"{name}_cli")

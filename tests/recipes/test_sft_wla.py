@@ -138,17 +138,23 @@ def test_debug_run(dataset, tmp_path, head):
     assert not np.allclose(policy.config.action_std, 1.0)
 
 
-def test_state_frames_batches_carry_each_tasks_first_subtask():
-    mod = load_recipe()
-    frames = {
+def _task_frames(sizes: list[tuple[str, int]]) -> dict[str, dict]:
+    """`state_frames`-like frames per task: the k-th task's image, state and full state are filled with k, its
+    instructions are "<task> <i>"."""
+    return {
         task: {
             "image": np.full((n, IMG, IMG, 3), k, np.uint8),
             "state": np.full((n, 4), k, np.float32),
             "full_state": np.full((n, 39), k, np.float32),
             "instruction": [f"{task} {i}" for i in range(n)],
         }
-        for k, (task, n) in enumerate([("push-v3", 3), ("reach-v3", 2)])
+        for k, (task, n) in enumerate(sizes)
     }
+
+
+def test_state_frames_batches_carry_each_tasks_first_subtask():
+    mod = load_recipe()
+    frames = _task_frames([("push-v3", 3), ("reach-v3", 2)])
     sf = mod.StateFrames(frames, {"push-v3": "reach the puck", "reach-v3": "reach the goal"})
     assert len(sf) == 5
     batch = sf.batch(np.array([4, 0]))
@@ -161,17 +167,11 @@ def test_state_frames_batches_carry_each_tasks_first_subtask():
 
 def test_labelled_state_frames_carry_their_own_subtasks_and_expert_chunks():
     mod = load_recipe()
-    frames = {
-        task: {
-            "image": np.full((n, IMG, IMG, 3), k, np.uint8),
-            "state": np.full((n, 4), k, np.float32),
-            "full_state": np.full((n, 39), k, np.float32),
-            "instruction": [task] * n,
-            "subtask": [f"{task} phase {i}" for i in range(n)],
-            "action": np.full((n, 8, 4), 10 * k + np.arange(n)[:, None, None], np.float32),
-        }
-        for k, (task, n) in enumerate([("push-v3", 3), ("reach-v3", 2)])
-    }
+    frames = _task_frames([("push-v3", 3), ("reach-v3", 2)])
+    for k, (task, f) in enumerate(frames.items()):
+        n = len(f["image"])
+        f["subtask"] = [f"{task} phase {i}" for i in range(n)]
+        f["action"] = np.full((n, 8, 4), 10 * k + np.arange(n)[:, None, None], np.float32)
     sf = mod.StateFrames(frames)
     batch = sf.batch(np.array([4, 1]))
     assert batch["subtask"] == ["reach-v3 phase 1", "push-v3 phase 1"]
@@ -188,11 +188,7 @@ def test_labelled_state_frames_carry_their_own_subtasks_and_expert_chunks():
 
 def test_state_frame_draws_follow_the_task_weights():
     mod = load_recipe()
-    frames = {
-        task: {"image": np.zeros((n, IMG, IMG, 3), np.uint8), "state": np.zeros((n, 4), np.float32),
-               "full_state": np.zeros((n, 39), np.float32), "instruction": [task] * n}
-        for task, n in [("push-v3", 100), ("reach-v3", 10), ("door-open-v3", 50)]
-    }  # fmt: skip
+    frames = _task_frames([("push-v3", 100), ("reach-v3", 10), ("door-open-v3", 50)])
     sf = mod.StateFrames(frames, {"push-v3": "a", "reach-v3": "b", "door-open-v3": "c"})
     uniform = sf.draw(np.random.default_rng(0), 8)
     np.testing.assert_array_equal(uniform, np.random.default_rng(0).integers(0, 160, 8))  # as before weights existed

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from support import load_script
+from support import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    return load_script(
-        Path(__file__).resolve().parents[2] / "benchmarks" / "bench_frame_actions.py", "bench_frame_actions_cli"
-    )
+    return load_benchmark("bench_frame_actions")
 
 
 def test_chunk_agreement_tells_the_expert_from_a_scaled_copy_and_from_noise(bench):

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from support import load_script
+from support import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    return load_script(
-        Path(__file__).resolve().parents[2] / "benchmarks" / "bench_goal_action.py", "bench_goal_action_cli"
-    )
+    return load_benchmark("bench_goal_action")
 
 
 def test_linear_r2_separates_an_action_that_follows_the_goal_from_one_that_does_not(bench):

@@ -3,18 +3,14 @@ where the answer is known."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from support import load_script
+from support import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    return load_script(
-        Path(__file__).resolve().parents[2] / "benchmarks" / "bench_observability.py", "bench_observability_cli"
-    )
+    return load_benchmark("bench_observability")
 
 
 def _goals(n: int, seed: int = 0) -> np.ndarray:

@@ -68,6 +68,7 @@ from wlarl.trainer.callbacks import (  # noqa: E402
     VerifyCallback,
     period_steps,
 )
+from wlarl.utils.cache import cache_root  # noqa: E402
 from wlarl.utils.distributed import exit_without_teardown  # noqa: E402
 
 logger = logging.getLogger("wlarl.grpo_world")
@@ -120,10 +121,7 @@ def bootstrap(preset: str) -> dict[str, str]:
     preset_path = resolve_preset(preset)
     sections = {s: load_section(preset, s) for s in ("collect_demos", "sft_wla", "train_reward", "train_state_reward")}
     key = hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:12]
-    cache_root = Path(
-        os.environ.get("WLARL_CACHE", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wlarl")
-    )
-    root = cache_root / "bootstrap" / f"{preset_path.stem}-{key}"
+    root = cache_root() / "bootstrap" / f"{preset_path.stem}-{key}"
     done = root / "paths.json"
     if done.is_file():
         paths = json.loads(done.read_text())

@@ -33,6 +33,7 @@ import torch
 from wlarl.cli import parse_config, save_config
 from wlarl.data import load_episodes
 from wlarl.models.wla import WLAConfig, WLAPolicy, WLAProcessor, tiny_llama_config
+from wlarl.utils.cache import cache_root
 
 logger = logging.getLogger("sft_wla")
 
@@ -102,6 +103,14 @@ class SFTWLAConfig:
     )
     meta_state_frame_workers: int = field(
         default=2, metadata={"help": "Processes rendering the state-probe frames (one task per process at a time)."}
+    )
+    meta_state_frame_cache: bool = field(
+        default=True,
+        metadata={
+            "help": "Keep the rendered state-probe frames under $WLARL_CACHE/state_frames (default ~/.cache/wlarl), "
+            "keyed by task, seeds, frame options and the code that renders them, and reuse them: another SFT with the "
+            "same frames skips their rendering (3-6 min for 8 tasks × 2,000 frames). false: render every time."
+        },
     )
     meta_state_frame_noise: bool = field(
         default=True,
@@ -496,7 +505,7 @@ class StateFrames:
         from collections import Counter
         from functools import partial
 
-        from rollout.collect import state_frames
+        from rollout.collect import cached_state_frames
 
         starts = [s for s, _ in ep_ds.episode_ranges]
         tasks = list(ep_ds.meta.get("tasks") or sorted(set(windows.task_name)))
@@ -509,11 +518,13 @@ class StateFrames:
         seeds = range(cfg.meta_state_frame_seed, cfg.meta_state_frame_seed + cfg.meta_state_frames)
         camera = ep_ds.meta.get("camera", "corner")
         labelled = cfg.meta_state_frame_action_weight > 0
-        render = partial(state_frames, seeds=seeds, image_size=image_size, camera=camera,
+        cache_dir = cache_root() / "state_frames" if cfg.meta_state_frame_cache else None
+        render = partial(cached_state_frames, seeds=seeds, cache_dir=cache_dir, image_size=image_size, camera=camera,
                          random_steps=cfg.meta_state_frame_steps, expert_steps=cfg.meta_state_frame_expert_steps,
                          target_steps=cfg.meta_state_frame_target_steps,
                          action_chunk=cfg.chunk_size if labelled else 0)  # fmt: skip
         workers = min(cfg.meta_state_frame_workers, len(tasks))
+        t0 = time.perf_counter()
         if workers > 1:
             import concurrent.futures as cf
             import multiprocessing as mp
@@ -529,6 +540,8 @@ class StateFrames:
                 frames = {t: job.result() for t, job in zip(tasks, jobs)}
         else:
             frames = {t: render(t, progress=cfg.progress) for t in tasks}
+        logger.info("state-probe frames of %d tasks ready in %.0f s (cache: %s)", len(tasks), time.perf_counter() - t0,
+                    cache_dir or "off")  # fmt: skip
         out = cls(frames, None if labelled else subtasks)
         for name, ours, theirs in (("image", out.images, windows.images), ("state", out.states, windows.states),
                                    ("full_state", out.full_states, windows.full_states)):  # fmt: skip

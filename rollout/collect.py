@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import inspect
 import json
+import logging
 import multiprocessing as mp
 import os
 import time
@@ -19,6 +21,8 @@ import numpy as np
 
 from rollout.experts import NOISE_MODES, WORKSPACE_HIGH, WORKSPACE_LOW, NoiseSpec, ScriptedExpert
 from rollout.sims.metaworld import resolve_tasks
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -409,4 +413,90 @@ def state_frames(
     }
     if action_chunk:
         frames["action"] = np.asarray(out["action"], dtype=np.float32)
+    return frames
+
+
+# The code that decides what a state frame holds; a change to any of these files gives new cache keys.
+_FRAME_SOURCES = ("collect.py", "experts.py", "sims/metaworld.py")
+_FRAME_PACKAGES = ("metaworld", "mujoco", "gymnasium", "numpy")
+_STATE_FRAMES_SIGNATURE = inspect.signature(state_frames)
+
+
+def state_frames_key(task: str, seeds: range | list[int], **options: Any) -> str:
+    """The content key of `state_frames(task, seeds, **options)`: its arguments (defaults filled in, `progress`
+    left out), the source of the modules that render and label the frames, the simulator packages' versions and the
+    MuJoCo rendering backend."""
+    import hashlib
+    import importlib.metadata
+
+    bound = _STATE_FRAMES_SIGNATURE.bind(task, [int(s) for s in seeds], **options)
+    bound.apply_defaults()
+    args = {k: v for k, v in bound.arguments.items() if k != "progress"}
+    versions = {}
+    for pkg in _FRAME_PACKAGES:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = None
+    h = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for name in _FRAME_SOURCES:
+        h.update((here / name).read_bytes())
+    payload = {"args": args, "versions": versions, "gl": os.environ.get("MUJOCO_GL", "egl")}
+    h.update(json.dumps(payload, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def save_state_frames(frames: dict[str, Any], path: str | Path) -> None:
+    """`state_frames`' output as one safetensors file (arrays as tensors, the string lists in its metadata), written
+    atomically: a reader never sees a partial file."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {k: np.ascontiguousarray(v) for k, v in frames.items() if isinstance(v, np.ndarray)}
+    meta = {k: json.dumps(list(frames[k])) for k in ("instruction", "subtask")}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(arrays, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_state_frames(path: str | Path) -> dict[str, Any]:
+    """What `save_state_frames` wrote, as `state_frames` returns it."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        meta = f.metadata() or {}
+        frames: dict[str, Any] = {k: f.get_tensor(k) for k in f.keys()}
+    missing = sorted({"image", "state", "full_state", "seed"} - set(frames)) + sorted(
+        {"instruction", "subtask"} - set(meta)
+    )
+    if missing:
+        raise ValueError(f"{path}: not a state-frames file (it lacks {missing})")
+    for k in ("instruction", "subtask"):
+        frames[k] = json.loads(meta[k])
+    if not len(frames["instruction"]) == len(frames["subtask"]) == len(frames["image"]):
+        raise ValueError(f"{path}: its {len(frames['image'])} frames and their string labels differ in number")
+    return frames
+
+
+def cached_state_frames(
+    task: str, seeds: range | list[int], cache_dir: str | Path | None, progress: bool = True, **options: Any
+) -> dict[str, Any]:
+    """`state_frames(task, seeds, **options)` through a file cache in `cache_dir` (None: no cache), keyed by
+    `state_frames_key`: the first call renders and saves them, later calls with the same arguments and code load
+    them. A file that cannot be read is rendered again and replaced."""
+    if cache_dir is None:
+        return state_frames(task, seeds, progress=progress, **options)
+    path = Path(cache_dir) / f"{task}-{state_frames_key(task, seeds, **options)}.safetensors"
+    if path.is_file():
+        try:
+            return load_state_frames(path)
+        except Exception as e:  # a damaged file costs a new rendering, not the run
+            logger.warning("state frames cache %s is unreadable (%s); rendering them again", path, e)
+    frames = state_frames(task, seeds, progress=progress, **options)
+    save_state_frames(frames, path)
     return frames

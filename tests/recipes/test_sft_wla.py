@@ -313,7 +313,14 @@ def test_debug_run_with_state_frames(tmp_path, labelled):
     data = tmp_path / "data"
     write_episodes(eps, data, {"image_size": IMG, "camera": "corner", "tasks": ["push-v3", "reach-v3"]})
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "MUJOCO_GL": "egl"}
+    cache = tmp_path / "cache"
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+        "MUJOCO_GL": "egl",
+        "WLARL_CACHE": str(cache),
+    }
     args = [
         sys.executable, str(RECIPE), "--config", "debug", "--dataset_path", str(data), "--output_dir", str(out),
         "--latent_size", "4", "--max_steps", "4", "--tokenizer_steps", "2", "--logging_steps", "2",
@@ -324,8 +331,14 @@ def test_debug_run_with_state_frames(tmp_path, labelled):
     if labelled:
         args += ["--meta_state_frame_action_weight", "0.5", "--meta_state_frame_expert_steps", "5",
                  "--meta_state_frame_task_weights", "reach-v3=3"]  # fmt: skip
+    else:
+        args += ["--meta_state_frame_cache", "false"]
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the rendered frames are kept in the cache, one file per task, unless the cache is off
+    kept = sorted(p.name.split("-")[0] for p in (cache / "state_frames").glob("*.safetensors"))
+    assert kept == (["push", "reach"] if labelled else []), kept
+    assert f"(cache: {cache / 'state_frames' if labelled else 'off'})" in proc.stderr
     assert "state-probe frames: 6 (3 per task" in proc.stderr
     assert ("with expert chunks" in proc.stderr) == labelled
     assert ("state-probe frame draws by task: {'push-v3': 0.25, 'reach-v3': 0.75}" in proc.stderr) == labelled

@@ -118,3 +118,75 @@ def test_bad_arguments_say_what_was_expected():
         state_frames("reach-v3", [0], target_steps=-3, progress=False)
     with pytest.raises(ValueError, match=r"= 160 steps may run past the episode's 150"):
         state_frames("reach-v3", [0], random_steps=100, expert_steps=52, action_chunk=8, progress=False)
+
+
+def test_cached_frames_are_rendered_once_then_loaded_unchanged(tmp_path, monkeypatch):
+    import rollout.collect as collect
+
+    opts = {"image_size": 32, "random_steps": 5, "action_chunk": 3}
+    first = collect.cached_state_frames("push-v3", [8, 9], tmp_path, progress=False, **opts)
+    files = list(tmp_path.glob("*.safetensors"))
+    assert [f.name for f in files] == [f"push-v3-{collect.state_frames_key('push-v3', [8, 9], **opts)}.safetensors"]
+    stamp = files[0].stat().st_mtime_ns
+
+    def no_render(*a, **k):
+        raise AssertionError("rendered although the frames are cached")
+
+    monkeypatch.setattr(collect, "state_frames", no_render)
+    again = collect.cached_state_frames("push-v3", range(8, 10), tmp_path, progress=False, **opts)
+    assert sorted(again) == sorted(first) and files[0].stat().st_mtime_ns == stamp
+    for key, value in first.items():
+        if isinstance(value, np.ndarray):
+            assert again[key].dtype == value.dtype
+            np.testing.assert_array_equal(again[key], value)
+        else:
+            assert again[key] == value
+    # other options are other frames: a miss renders (here: fails loudly)
+    with pytest.raises(AssertionError, match="rendered although"):
+        collect.cached_state_frames("push-v3", [8, 9], tmp_path, progress=False, **(opts | {"random_steps": 6}))
+    # no cache directory: always rendered, nothing written
+    with pytest.raises(AssertionError, match="rendered although"):
+        collect.cached_state_frames("push-v3", [8, 9], None, progress=False, **opts)
+
+
+def test_cache_key_follows_what_the_frames_depend_on(monkeypatch):
+    from rollout.collect import state_frames_key
+
+    key = state_frames_key("reach-v3", [1, 2, 3], random_steps=4)
+    assert key == state_frames_key("reach-v3", range(1, 4), random_steps=4, image_size=64, progress=True)
+    others = [
+        state_frames_key("push-v3", [1, 2, 3], random_steps=4),
+        state_frames_key("reach-v3", [1, 2, 4], random_steps=4),
+        state_frames_key("reach-v3", [1, 2, 3], random_steps=5),
+        state_frames_key("reach-v3", [1, 2, 3], random_steps=4, camera="closeup"),
+        state_frames_key("reach-v3", [1, 2, 3], random_steps=4, action_chunk=2),
+    ]
+    monkeypatch.setenv("MUJOCO_GL", "osmesa")  # another renderer may draw other pixels
+    others.append(state_frames_key("reach-v3", [1, 2, 3], random_steps=4))
+    assert len({key, *others}) == len(others) + 1
+    with pytest.raises(TypeError):
+        state_frames_key("reach-v3", [1], random_stpes=4)
+
+
+def test_an_unreadable_cache_file_is_rendered_again_and_replaced(tmp_path, caplog):
+    from rollout.collect import cached_state_frames, load_state_frames, state_frames_key
+
+    path = tmp_path / f"reach-v3-{state_frames_key('reach-v3', [3], image_size=32)}.safetensors"
+    path.write_bytes(b"half a file")
+    with caplog.at_level("WARNING", logger="rollout.collect"):
+        got = cached_state_frames("reach-v3", [3], tmp_path, image_size=32, progress=False)
+    assert "unreadable" in caplog.text and str(path) in caplog.text
+    np.testing.assert_array_equal(got["image"], state_frames("reach-v3", [3], image_size=32, progress=False)["image"])
+    np.testing.assert_array_equal(load_state_frames(path)["full_state"], got["full_state"])
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_file_without_frames_is_refused_by_name(tmp_path):
+    from safetensors.numpy import save_file
+
+    from rollout.collect import load_state_frames
+
+    path = tmp_path / "other.safetensors"
+    save_file({"image": np.zeros((1, 2, 2, 3), np.uint8)}, str(path), metadata={"subtask": "[]"})
+    with pytest.raises(ValueError, match=r"not a state-frames file .*'full_state', 'seed', 'state', 'instruction'"):
+        load_state_frames(path)

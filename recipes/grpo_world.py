@@ -449,7 +449,8 @@ def main() -> None:
     callbacks = []
     if eval_steps:
         evaluator = make_real_evaluator(
-            tasks, cfg.eval_episodes_per_task, seed=cfg.seed, max_episode_steps=cfg.eval_max_episode_steps,
+            cfg.eval_tasks or tasks, cfg.eval_episodes_per_task, seed=cfg.seed,
+            max_episode_steps=cfg.eval_max_episode_steps,
             sampled_temperature=cfg.temperature if cfg.eval_sampled else None, **real,
         )  # fmt: skip
         callbacks.append(RealEvalCallback(evaluator, eval_steps, at_start=cfg.eval_at_start))

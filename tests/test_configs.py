@@ -85,6 +85,8 @@ def test_scale_rewards_accepts_trl_booleans(out, given, expected):
         ({"beta": -0.01}, "beta", "≥ 0"),
         ({"start_states": "sim"}, "start_states", "'reset'"),
         ({"start_states": "reset"}, "tasks", "--tasks"),
+        ({"tasks": ["reach-v3", "reach-v3"]}, "tasks", "twice"),
+        ({"eval_tasks": ["push-v3", "reach-v3", "push-v3"]}, "eval_tasks", "give each task once"),
         ({"nll_coef": -1.0}, "nll_coef", "≥ 0"),
         ({"solved_anchor_coef": -0.1}, "solved_anchor_coef", "≥ 0"),
         ({"subtask_coef": -0.5}, "subtask_coef", "≥ 0"),

@@ -195,6 +195,14 @@ class GRPOWorldConfig(GRPOConfig):
             "help": "Simulator task names (e.g. reach-v3) for resets and evaluation; empty: all in the dataset."
         },
     )
+    eval_tasks: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Tasks the real evaluation covers, when they differ from `tasks` (empty: `tasks`): train on the "
+            "tasks a policy fails and still measure what that does to the ones it solves. Every task's episodes use "
+            "the same seeds whatever the list, so evaluations with other lists compare per task."
+        },
+    )
     start_sampling: str = field(
         default="uniform",
         metadata={
@@ -588,6 +596,10 @@ class GRPOWorldConfig(GRPOConfig):
                 )
         if self.success_signal not in SUCCESS_SIGNALS:
             raise bad("success_signal", f"unknown value {self.success_signal!r}; use one of {list(SUCCESS_SIGNALS)}")
+        for name in ("tasks", "eval_tasks"):
+            names = getattr(self, name)
+            if len(set(names)) != len(names):
+                raise bad(name, f"lists a task twice ({names}); give each task once")
         if self.start_states not in START_STATE_SOURCES:
             raise bad("start_states", f"unknown value {self.start_states!r}; use one of {list(START_STATE_SOURCES)}")
         if self.start_states == "reset" and not self.tasks:

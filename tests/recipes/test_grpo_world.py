@@ -140,7 +140,8 @@ def test_debug_real_engine_trains_in_the_simulator_and_counts_its_budget(tmp_pat
     proc = launch(
         accel, "--output_dir", str(out), "--engine", "real", "--real_max_episode_steps", "16", "--max_steps", "2",
         "--verify_steps", "0", "--tasks", "reach-v3", "--num_reset_starts", "2", "--eval_steps", "2",
-        "--eval_episodes_per_task", "1", "--log_image_steps", "0", "--start_sampling", "signal", cache=cache,
+        "--eval_episodes_per_task", "1", "--log_image_steps", "0", "--start_sampling", "signal",
+        "--eval_tasks", "reach-v3", "push-v3", cache=cache,
     )  # fmt: skip
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-6000:]
@@ -155,8 +156,11 @@ def test_debug_real_engine_trains_in_the_simulator_and_counts_its_budget(tmp_pat
     rows_per_step = 2 * 4 * procs
     assert [r["budget/real_train_episodes"] for r in train] == [rows_per_step, 2 * rows_per_step]
     assert 0 < train[-1]["budget/real_train_env_steps"] <= 2 * rows_per_step * 16
-    # evaluation at start and end, greedy and sampled, 1 episode each: counted apart from training
-    assert rows[-1]["budget/real_eval_episodes"] == 4
+    # evaluation at start and end, greedy and sampled, 1 episode per task of eval_tasks (trained on reach only):
+    # counted apart from training
+    evals = [r for r in rows if "eval/real_success" in r]
+    assert len(evals) == 2 and all("eval/reach-v3/success" in r and "eval/push-v3/success" in r for r in evals)
+    assert rows[-1]["budget/real_eval_episodes"] == 8
     assert rows[-1]["budget/real_train_episodes"] == 2 * rows_per_step
     saved = json.loads((out / "checkpoint-2" / "real_budget.json").read_text())
     assert saved["real_train_episodes"] == 2 * rows_per_step

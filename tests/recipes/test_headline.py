@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "recipes"))
 
 import headline  # noqa: E402
 
-from wlarl.cli import parse_config  # noqa: E402
+from wlarl.cli import load_section, parse_config  # noqa: E402
 from wlarl.configs import GRPOWorldConfig  # noqa: E402
 from wlarl.utils.video import branch_strip, write_png_atomic  # noqa: E402
 
@@ -50,27 +50,36 @@ def test_shipped_headline_arms_are_valid_grpo_world_configs(tmp_path):
 
 def test_the_p1280_headline_gives_every_arm_the_same_1280_real_training_episodes(tmp_path):
     head, arms = headline.load_headline("headline_p1280")
-    assert list(arms) == ["real", "wlarl", "wlarl_focus", "real_anchor", "wlarl_anchor"]
+    assert list(arms) == [
+        "real", "wlarl", "wlarl_focus", "real_anchor", "wlarl_anchor", "real_reach_push", "wlarl_reach_push",
+    ]  # fmt: skip
     assert head["eval_episodes_per_task"] >= 50
     cfgs = {}
     for i, (name, over) in enumerate(arms.items()):
         sec = headline.arm_config(head, over, PATHS, tmp_path / name, first=i == 0)
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({"grpo_world": sec}))
         cfgs[name] = parse_config(GRPOWorldConfig, "grpo_world", argv=["--config", str(tmp_path / f"{name}.yaml")])
-    real = cfgs.pop("real")
-    for r in (real, cfgs.pop("real_anchor")):
-        assert r.engine == "real" and r.max_steps // r.num_iterations * r.num_starts * r.num_generations == 1280
-    for wl in cfgs.values():
-        assert wl.engine == "imagined" and wl.rounds * wl.round_episodes_per_task * 8 == 1280
-        assert wl.max_steps // wl.rounds == 10 and wl.learning_rate == real.learning_rate
-    # each variant differs from its arm in one setting only
+    real = cfgs["real"]
+    for name, c in cfgs.items():
+        if c.engine == "real":
+            assert c.max_steps // c.num_iterations * c.num_starts * c.num_generations == 1280, name
+        else:  # the rounds' real episodes over the tasks trained on (all 8 unless `tasks` names some)
+            assert c.engine == "imagined" and c.rounds * c.round_episodes_per_task * len(c.tasks or range(8)) == 1280
+            assert c.max_steps // c.rounds == 10 and c.learning_rate == real.learning_rate
+    # the focused arms train on reach and push and are evaluated, as the others, on the preset's 8 tasks
+    default_tasks = load_section("default", "evaluate")["tasks"]
+    for name in ("real_reach_push", "wlarl_reach_push"):
+        assert cfgs[name].tasks == ["reach-v3", "push-v3"] and cfgs[name].eval_tasks == default_tasks
+    # each variant differs from its arm in the settings named only
     for variant, arm, changed in (
-        ("wlarl_focus", "wlarl", "start_sampling"),
-        ("wlarl_anchor", "wlarl", "solved_anchor_coef"),
-        ("real_anchor", "real", "solved_anchor_coef"),
+        ("wlarl_focus", "wlarl", {"start_sampling"}),
+        ("wlarl_anchor", "wlarl", {"solved_anchor_coef"}),
+        ("real_anchor", "real", {"solved_anchor_coef"}),
+        ("real_reach_push", "real", {"tasks", "eval_tasks"}),
+        ("wlarl_reach_push", "wlarl", {"tasks", "eval_tasks", "round_episodes_per_task"}),
     ):
         v, a = (yaml.safe_load((tmp_path / f"{n}.yaml").read_text())["grpo_world"] for n in (variant, arm))
-        assert {k for k in v if v[k] != a.get(k) and k not in ("output_dir", "eval_at_start")} == {changed}
+        assert {k for k in v if v[k] != a.get(k) and k not in ("output_dir", "eval_at_start")} == changed
 
 
 @pytest.mark.parametrize(

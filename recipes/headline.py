@@ -201,7 +201,21 @@ def summarize(name: str, out: Path) -> dict[str, Any]:
         "advantage_agreement": agree,
         "agreement_gap": gap,
         "wall_s": last_value(rows, "train_runtime"),
+        "train_tasks": _train_tasks(out),
     }
+
+
+def trained_on(trained: list[str], evaluated: list[str]) -> str:
+    """A legend suffix for an arm's training curves, which cover only the tasks it trained on: " (a, b only)" where
+    those are fewer than the tasks evaluated, else ""."""
+    trained = [t for t in trained if t in evaluated]
+    return f" ({', '.join(trained)} only)" if trained and len(trained) < len(evaluated) else ""
+
+
+def _train_tasks(out: Path) -> list[str]:
+    """The tasks an arm trained on (`grpo_world.tasks` in its saved config.json); empty: all of its dataset's."""
+    path = Path(out) / "config.json"
+    return list(json.loads(path.read_text()).get("tasks") or []) if path.is_file() else []
 
 
 def _num(v: float | None, spec: str = ".3f") -> str:
@@ -279,11 +293,13 @@ def plot(arms: dict[str, dict[str, Any]], out: Path) -> list[Path]:
     # 1. real (and imagined) success vs real training episodes
     fig, ax = plt.subplots(figsize=(10, 4.5))
     ax.errorbar([0], [first[key]], yerr=err(first), fmt="ks", capsize=4, label="base, greedy (95 % CI)")
+    evaluated = eval_tasks(first)
     for name, a in arms.items():
         c = colors.get(name)
         rows = read_metrics(a["output_dir"])
         after = a["final_eval"]
         p = a["real_train_episodes"]
+        on = trained_on(a.get("train_tasks") or [], evaluated)
         ax.errorbar([p], [after[key]], yerr=err(after), fmt="o", color=c, capsize=4,
                     label=f"{ARM_TITLES.get(name, name)}, greedy")  # fmt: skip
         ax.plot([0, p], [first[key], after[key]], "-", color=c, alpha=0.4)
@@ -293,7 +309,7 @@ def plot(arms: dict[str, dict[str, Any]], out: Path) -> list[Path]:
         if vals:
             # a round's episodes count once collected; a rollout's at its step
             xs = [budget_at(rows, s) for s in steps]
-            ax.plot(xs, vals, ":", marker=".", color=c, label=f"{name}: sampled real success while training")
+            ax.plot(xs, vals, ":", marker=".", color=c, label=f"{name}: sampled real success while training{on}")
         steps, vals = series(rows, "rollout/imagined_success_all_rows")
         if vals:
             # the steps between two rounds share one budget: their mean, one point per budget
@@ -301,9 +317,9 @@ def plot(arms: dict[str, dict[str, Any]], out: Path) -> list[Path]:
             for s, v in zip(steps, vals):
                 at.setdefault(budget_at(rows, s), []).append(v)
             ax.plot(list(at), [sum(v) / len(v) for v in at.values()], "--", marker="x", color=c, alpha=0.6,
-                    label=f"{name}: imagined success, mean per budget (not success)")  # fmt: skip
+                    label=f"{name}: imagined success, mean per budget (not success){on}")  # fmt: skip
     ax.set_xlabel("real training episodes")
-    ax.set_ylabel("success rate (8 tasks)")
+    ax.set_ylabel(f"success rate ({len(evaluated)} tasks evaluated)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(**outside)

@@ -137,7 +137,10 @@ def test_report_and_plots_from_finished_arms(tmp_path):
         _eval(4, 0.8, tasks={"reach-v3": 0.1, "window-open-v3": 0.9}),
         {"step": 4, "train_runtime": 1200.0},
     ])  # fmt: skip
+    (tmp_path / "wlarl" / "config.json").write_text(json.dumps({"tasks": ["reach-v3"]}))
     arms = {n: headline.summarize(n, tmp_path / n) for n in ("real", "wlarl")}
+    # the arm's trained tasks come from its saved config; without one (or without tasks), all of its dataset's
+    assert arms["wlarl"]["train_tasks"] == ["reach-v3"] and arms["real"]["train_tasks"] == []
     results, table = headline.report(arms, seed=42, episodes_per_task=50)
     assert results["real"]["real_train_episodes"] == results["wlarl"]["real_train_episodes"] == 256
     assert results["real"]["intervals_apart"] is False and results["wlarl"]["intervals_apart"] is True
@@ -231,3 +234,10 @@ def test_debug_headline_runs_both_arms_reports_and_resumes(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert proc.stderr.count("finished before; not run again") == 2
+
+
+def test_training_curves_say_when_they_cover_fewer_tasks_than_evaluated():
+    evaluated = ["reach-v3", "push-v3", "drawer-open-v3"]
+    assert headline.trained_on(["reach-v3", "push-v3"], evaluated) == " (reach-v3, push-v3 only)"
+    assert headline.trained_on([], evaluated) == ""  # trained on all of its dataset's tasks
+    assert headline.trained_on(["push-v3", "reach-v3", "drawer-open-v3"], evaluated) == ""

@@ -452,13 +452,16 @@ def save_state_frames(frames: dict[str, Any], path: str | Path) -> None:
     atomically: a reader never sees a partial file."""
     from safetensors.numpy import save_file
 
-    from rewards.model_files import write_atomic
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.ascontiguousarray(v) for k, v in frames.items() if isinstance(v, np.ndarray)}
     meta = {k: json.dumps(list(frames[k])) for k in ("instruction", "subtask")}
-    write_atomic(path, lambda tmp: save_file(arrays, str(tmp), metadata=meta))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(arrays, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_state_frames(path: str | Path) -> dict[str, Any]:

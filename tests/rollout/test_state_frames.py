@@ -178,7 +178,7 @@ def test_an_unreadable_cache_file_is_rendered_again_and_replaced(tmp_path, caplo
     assert "unreadable" in caplog.text and str(path) in caplog.text
     np.testing.assert_array_equal(got["image"], state_frames("reach-v3", [3], image_size=32, progress=False)["image"])
     np.testing.assert_array_equal(load_state_frames(path)["full_state"], got["full_state"])
-    assert not list(tmp_path.glob("*tmp*"))  # no temporary file left behind
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_a_file_without_frames_is_refused_by_name(tmp_path):
